@@ -1,0 +1,259 @@
+"""Atomic checkpoint writes, safe loads, and run directories.
+
+A checkpoint is a dict of tensors and plain Python values only, so that
+``torch.load(..., weights_only=True)`` can read it and nothing in it can run
+code. Writes go to a temporary file in the same folder, are flushed to disk
+and renamed over the target: a crash leaves either the old or the new file,
+never half of one.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from nas import __version__
+from nas.errors import FerNasError
+
+__all__ = ["atomic_save", "atomic_write_text", "safe_load", "RunDir", "RUN_MARKERS", "read_csv_rows", "write_csv"]
+
+# Files whose presence means "a run lives here" (guards against silent overwrite).
+RUN_MARKERS = ("config.yaml", "last.pt", "metrics.csv")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_bytes(data: bytes, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_save(obj: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """``torch.save`` to a temp file, fsync, rename over ``path``.
+
+    Serialising into memory first means a failure while pickling never touches disk.
+    Adds ``toolkit_version`` when absent."""
+    if "toolkit_version" not in obj:
+        obj = {**obj, "toolkit_version": __version__}
+    buf = io.BytesIO()
+    torch.save(dict(obj), buf)
+    try:
+        _atomic_write_bytes(buf.getvalue(), Path(path))
+    except OSError as e:
+        raise FerNasError(f"{path}: cannot write checkpoint ({e.strerror or e})") from None
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    """Write a small text file atomically (configs, genotypes, CSV summaries)."""
+    try:
+        _atomic_write_bytes(text.encode("utf-8"), Path(path))
+    except OSError as e:
+        raise FerNasError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
+def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; anything that would need to run
+    code to unpickle (a crafted payload, a pickled module) is refused with one line."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (p / name).is_file():
+                p = p / name
+                break
+        else:
+            raise FerNasError(f"{path}: folder holds no best.pt or last.pt")
+    if not p.is_file():
+        raise FerNasError(f"{p}: checkpoint not found")
+    try:
+        obj = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every failure mode becomes one line
+        msg = " ".join(str(e).split())
+        if "weights_only" in msg or "Unsupported global" in msg or "Unpickl" in type(e).__name__:
+            raise FerNasError(f"{p}: refused to load: the file holds objects other than tensors and "
+                              "plain values (possible code payload); only weights_only checkpoints are accepted") from None
+        raise FerNasError(f"{p}: not a readable checkpoint ({type(e).__name__}: {msg[:160]})") from None
+    if not isinstance(obj, dict):
+        raise FerNasError(f"{p}: checkpoint must be a dict, found {type(obj).__name__}")
+    obj.setdefault("path", str(p))
+    return obj
+
+
+class RunDir:
+    """One run directory: ``config.yaml``, ``log.txt``, ``metrics.csv``, checkpoints, plots.
+
+    Refuses to reuse a folder that already holds a run unless ``resume`` or ``force``;
+    checks before any work that the folder is writable and has ``min_free_mb`` free.
+    With ``enabled=False`` (non-zero ranks under DDP) every write is a no-op."""
+
+    def __init__(self, path: str | os.PathLike, *, resume: bool = False, force: bool = False,
+                 enabled: bool = True, min_free_mb: float = 50.0, quiet: bool = False) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+        self.quiet = quiet
+        if not enabled:
+            return
+        holds_run = self.path.is_dir() and any((self.path / m).exists() for m in RUN_MARKERS)
+        if holds_run and not (resume or force):
+            raise FerNasError(f"{self.path}: folder already holds a run; pass --resume {self.path} "
+                              "to continue it or --force to overwrite it")
+        if resume and not (self.path / "last.pt").is_file():
+            raise FerNasError(f"{self.path}: nothing to resume (no last.pt)")
+        if force and holds_run and not resume:
+            for name in os.listdir(self.path):
+                q = self.path / name
+                shutil.rmtree(q) if q.is_dir() else q.unlink()
+        self.check_writable(self.path, min_free_mb)
+
+    @staticmethod
+    def check_writable(path: Path, min_free_mb: float) -> None:
+        """Fail before training starts if ``path`` cannot hold the run."""
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / ".write_probe"
+            with open(probe, "wb") as f:
+                f.write(b"x" * 4096)
+                f.flush()
+                os.fsync(f.fileno())
+            probe.unlink()
+        except OSError as e:
+            raise FerNasError(f"{path}: save directory is not writable ({e.strerror or e})") from None
+        free_mb = shutil.disk_usage(path).free / 2**20
+        if free_mb < min_free_mb:
+            raise FerNasError(f"{path}: only {free_mb:.0f} MB free, need at least {min_free_mb:.0f} MB for this run")
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    # -- config and log -------------------------------------------------------------
+    def write_config(self, config: argparse.Namespace | Mapping[str, Any]) -> None:
+        """All flags as YAML (plain values only, so ``--config`` can read it back)."""
+        if not self.enabled:
+            return
+        import yaml
+
+        d = vars(config) if isinstance(config, argparse.Namespace) else dict(config)
+        clean = {k: _plain(v) for k, v in d.items() if not k.startswith("_")}
+        atomic_write_text(yaml.safe_dump(clean, sort_keys=True), self.path / "config.yaml")
+
+    def log(self, message: str, echo: bool = True) -> None:
+        """Append a timestamped line to log.txt and print it (through tqdm, so it
+        does not tear progress bars)."""
+        if not self.enabled:
+            return
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        with open(self.path / "log.txt", "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+        if echo and not self.quiet:
+            try:
+                from tqdm import tqdm
+
+                tqdm.write(message, file=sys.stdout)
+            except ImportError:  # pragma: no cover
+                print(message)
+
+    # -- metrics ----------------------------------------------------------------------
+    def append_metrics(self, row: Mapping[str, Any], name: str = "metrics.csv") -> None:
+        """Append one row; the header comes from the first row written. New keys in a
+        later row rewrite the file with the wider header."""
+        if not self.enabled:
+            return
+        p = self.path / name
+        rows = read_csv_rows(p) if p.exists() else []
+        header = list(rows[0].keys()) if rows else []
+        new_keys = [k for k in row if k not in header]
+        if p.exists() and not new_keys:
+            with open(p, "a", newline="", encoding="utf-8") as f:
+                csv.DictWriter(f, fieldnames=header).writerow({k: _fmt(row.get(k, "")) for k in header})
+            return
+        header += new_keys
+        rows.append({k: _fmt(v) for k, v in row.items()})
+        write_csv(p, rows, header)
+
+    def truncate_metrics(self, key: str, keep_upto: int, name: str = "metrics.csv") -> None:
+        """On resume: drop rows with ``key`` > ``keep_upto`` (written after the
+        checkpoint we resume from), so the CSV equals an uninterrupted run's."""
+        if not self.enabled:
+            return
+        p = self.path / name
+        if not p.exists():
+            return
+        rows = read_csv_rows(p)
+        header = list(rows[0].keys()) if rows else []
+        kept = [r for r in rows if r.get(key, "") != "" and int(float(r[key])) <= keep_upto]
+        write_csv(p, kept, header)
+
+    def save(self, name: str, state: Mapping[str, Any]) -> Path:
+        """Atomically write a checkpoint into the run directory."""
+        p = self.path / name
+        if self.enabled:
+            atomic_save(state, p)
+        return p
+
+
+def read_csv_rows(path: str | os.PathLike) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], header: list[str]) -> None:
+    """Write rows atomically with the given header."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=header, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _fmt(r.get(k, "")) for k in header})
+    atomic_write_text(buf.getvalue(), path)
+
+
+def _fmt(v: Any) -> Any:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        return _fmt(v.item())
+    return v
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, os.PathLike):
+        return os.fspath(v)
+    return str(v)

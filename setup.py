@@ -1,0 +1,20 @@
+"""fer-nas: differentiable architecture search for facial expression recognition."""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+_version = re.search(r'__version__ = "([^"]+)"', Path(__file__).with_name("nas").joinpath("__init__.py").read_text()).group(1)
+
+setup(
+    name="fer-nas",
+    version=_version,
+    description="Differentiable neural architecture search (SGAS/DARTS) for facial expression recognition",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["nas", "nas.*"]),
+    python_requires=">=3.10",
+    install_requires=["torch", "torchvision", "numpy", "pandas", "scipy", "pyyaml", "tqdm"],
+    extras_require={"test": ["pytest", "hypothesis"], "plots": ["matplotlib"]},
+    license="MIT",
+)

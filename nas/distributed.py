@@ -1,0 +1,127 @@
+"""Multi-process training under ``torchrun`` (DistributedDataParallel).
+
+``torchrun --nproc_per_node N train_searched.py ...`` sets ``RANK``,
+``WORLD_SIZE`` and ``LOCAL_RANK``; :func:`init_distributed` reads them and
+joins the process group (NCCL on CUDA, gloo on CPU). Without them everything
+here degrades to a single process, so the same scripts run unchanged.
+
+The data split between ranks is by *slicing every global batch*: all ranks
+draw the same permutation (same generator seed), batch it at
+``batch_size * world_size`` and rank ``r`` takes ``batch[r::world_size]``.
+Shards are disjoint, every rank does the same number of steps, and the
+per-rank batch is ``--batch_size`` (as with ``DistributedSampler``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from nas.errors import FerNasError
+
+__all__ = ["DistInfo", "init_distributed", "cleanup", "all_reduce_sum", "all_reduce_max", "all_gather_objects",
+           "broadcast_object", "barrier", "shard_batch", "single_process"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits: ``rank`` of ``world_size``; ``is_main`` writes files."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def single_process(device: torch.device | str = "cpu") -> DistInfo:
+    return DistInfo(device=torch.device(device))
+
+
+def init_distributed(device: torch.device | str = "cpu", timeout_s: float = 600.0) -> DistInfo:
+    """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1).
+
+    ``device`` is the resolved single-process device; under DDP on CUDA each
+    rank takes ``cuda:LOCAL_RANK``. Returns a :class:`DistInfo` either way."""
+    device = torch.device(device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(device=device)
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise FerNasError(f"LOCAL_RANK {local_rank}: only {torch.cuda.device_count()} CUDA device(s) on this node")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    if not dist.is_initialized():
+        kwargs: dict[str, Any] = {"backend": backend, "timeout": timedelta(seconds=timeout_s)}
+        if backend == "nccl":
+            kwargs["device_id"] = device
+        dist.init_process_group(**kwargs)
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """In-place sum over ranks (no-op single-process); returns ``t``."""
+    if _active():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    if _active():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable, in-process only) as a list indexed by rank."""
+    if not _active():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    if not _active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    if _active():
+        dist.barrier()
+
+
+def shard_batch(idx: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """This rank's disjoint share of a global batch of indices."""
+    if info.world_size <= 1:
+        return idx
+    return idx[info.rank::info.world_size]

@@ -1,0 +1,86 @@
+"""Optimizers and learning-rate schedules for retraining.
+
+SGD with momentum and a cosine schedule to ``lr_min`` is the DARTS/Auto-FERNet
+recipe; Nesterov SGD, Adam and reduce-on-plateau are the seed papers'
+alternatives. Optimizers use PyTorch's fused kernels where the device has
+them: besides being one kernel per step, a fused ``step()`` reads a
+``found_inf`` flag *on the device* and skips the whole update (parameters,
+momentum, Adam moments) when it is set, which is how the trainer drops a
+non-finite batch without a host sync.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from nas.errors import FerNasError
+
+__all__ = ["OPTIMIZERS", "SCHEDULERS", "build_optimizer", "build_scheduler", "current_lr",
+           "supports_found_inf", "set_found_inf"]
+
+OPTIMIZERS = ("sgd", "nesterov", "adam")
+SCHEDULERS = ("cosine", "plateau", "none")
+
+
+def _fused_ok(params: list[torch.Tensor]) -> bool:
+    """Fused SGD/Adam exist for float CPU and CUDA tensors in recent PyTorch."""
+    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+
+
+def build_optimizer(params: Iterable[nn.Parameter] | nn.Module, name: str = "sgd", *, lr: float = 0.025,
+                    momentum: float = 0.9, weight_decay: float = 3e-4) -> torch.optim.Optimizer:
+    """SGD (``sgd``/``nesterov``) or Adam with decoupled-free L2 ``weight_decay``.
+
+    SGD momentum buffers are created as zeros up front. With dampening 0 a zero
+    buffer gives the same first update as PyTorch's lazy ``buf = grad``, and it
+    avoids a fused-kernel corner case: a first step skipped through ``found_inf``
+    would otherwise leave the lazily created buffer uninitialised."""
+    if isinstance(params, nn.Module):
+        params = params.parameters()
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise FerNasError("the model has no trainable parameters")
+    fused = _fused_ok(params)
+    if name in ("sgd", "nesterov"):
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+            nesterov=(name == "nesterov") and momentum > 0, fused=fused or None)
+        if momentum > 0:
+            for p in params:
+                opt.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    elif name == "adam":
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+    else:
+        raise FerNasError(f"--optimizer {name!r}: unknown optimizer (choose from {', '.join(OPTIMIZERS)})")
+    return opt
+
+
+def supports_found_inf(optimizer: torch.optim.Optimizer) -> bool:
+    """True when ``optimizer.step()`` honours a device-side ``found_inf`` flag."""
+    return bool(optimizer.defaults.get("fused"))
+
+
+def set_found_inf(optimizer: torch.optim.Optimizer, flag: torch.Tensor | None) -> None:
+    """Give a fused optimizer the skip flag for its next step (float32 scalar: 1 = skip)."""
+    optimizer.found_inf = flag  # type: ignore[attr-defined]
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, name: str = "cosine", *, epochs: int,
+                    lr_min: float = 0.0, plateau_factor: float = 0.75, plateau_patience: int = 5):
+    """Per-epoch schedule. ``cosine``: CosineAnnealingLR over ``epochs`` to ``lr_min``
+    (call ``step()`` after each epoch). ``plateau``: ReduceLROnPlateau on validation
+    accuracy (call ``step(val_acc)`` after each validation). ``none``: constant."""
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(epochs)), eta_min=lr_min)
+    if name == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=plateau_factor,
+                                                          patience=plateau_patience, min_lr=lr_min)
+    if name == "none":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _e: 1.0)
+    raise FerNasError(f"--scheduler {name!r}: unknown scheduler (choose from {', '.join(SCHEDULERS)})")
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])

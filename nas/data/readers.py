@@ -1,0 +1,73 @@
+"""Format detection and the one reading entry point, :func:`load_dataset`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from nas.data.ck48 import is_ck48, read_ck48
+from nas.data.dataset import FERData
+from nas.data.fer2013 import LABEL_MODES, locate_csv, read_fer2013_csv
+from nas.data.files import is_hidden, require_path
+from nas.data.folders import is_fer2013_folders, read_fer2013_folders, read_folder
+from nas.data.jaffe import is_jaffe, read_jaffe
+from nas.errors import FerNasError
+
+__all__ = ["FORMATS", "detect_format", "load_dataset"]
+
+FORMATS = ("fer2013_csv", "fer2013_folders", "ck48", "jaffe", "folder")
+
+
+def detect_format(path: str | Path) -> str:
+    """The format of ``path``: ``fer2013_csv`` (a CSV file, or a folder holding fer2013.csv,
+    icml_face_data.csv or train.csv, also under ``fer2013/``), ``fer2013_folders`` (train/ and
+    test/), ``jaffe`` (tiffs), ``ck48`` (CK+ class folder names) or ``folder`` (other class folders)."""
+    p = require_path(path)
+    if p.is_file():
+        if p.suffix.lower() == ".csv":
+            return "fer2013_csv"
+        raise FerNasError(f"{p}: unknown format (expected a FER2013 .csv file or a data folder)")
+    if locate_csv(p) is not None:
+        return "fer2013_csv"
+    if is_fer2013_folders(p):
+        return "fer2013_folders"
+    if is_jaffe(p):
+        return "jaffe"
+    if is_ck48(p):
+        return "ck48"
+    if any(d.is_dir() and not is_hidden(d) for d in p.iterdir()):
+        return "folder"
+    raise FerNasError(f"{p}: unknown format (no fer2013.csv, train/+test/ folders, JAFFE tiffs or class folders)")
+
+
+def load_dataset(path: str | Path, format: str = "auto", *, skip_bad_rows: bool = False, seed: int = 0,
+                 val_fraction: float = 0.1, ferplus: str | Path | None = None, labels: str = "fer",
+                 classes: list[str] | None = None,
+                 jaffe_crop: tuple[int, int, int, int] | None = None) -> FERData:
+    """Read a dataset in any supported format into a :class:`FERData`.
+
+    ``seed``/``val_fraction`` set the held-out PublicTest part where a format has none;
+    ``ferplus``/``labels`` join FER+ votes to a FER2013 CSV; ``classes`` orders a generic
+    folder's classes; ``jaffe_crop`` = (top, left, height, width) is JAFFE's face box.
+    Bad input raises :class:`FerNasError` with one line naming the file and the fault.
+    """
+    if format == "auto":
+        format = detect_format(path)
+    if format not in FORMATS:
+        raise FerNasError(f"--format {format!r}: unknown format (choose from auto, {', '.join(FORMATS)})")
+    if labels not in LABEL_MODES:
+        raise FerNasError(f"--labels {labels!r}: unknown (choose from {', '.join(LABEL_MODES)})")
+    if (ferplus is not None or labels != "fer") and format != "fer2013_csv":
+        raise FerNasError(f"{path}: FER+ labels join a FER2013 CSV only, not {format}")
+    if classes is not None and format != "folder":
+        raise FerNasError(f"--classes applies to generic class folders only, not {format}")
+    if jaffe_crop is not None and format != "jaffe":
+        raise FerNasError(f"--jaffe_crop applies to JAFFE only, not {format}")
+    if format == "fer2013_csv":
+        return read_fer2013_csv(path, skip_bad_rows=skip_bad_rows, seed=seed, val_fraction=val_fraction,
+                                ferplus=ferplus, labels=labels)
+    if format == "fer2013_folders":
+        return read_fer2013_folders(path, skip_bad_rows=skip_bad_rows, seed=seed, val_fraction=val_fraction)
+    if format == "ck48":
+        return read_ck48(path, skip_bad_rows=skip_bad_rows)
+    if format == "jaffe":
+        return read_jaffe(path, jaffe_crop=jaffe_crop, skip_bad_rows=skip_bad_rows)
+    return read_folder(path, classes=classes, skip_bad_rows=skip_bad_rows)

@@ -1,0 +1,89 @@
+"""The one place scripts get their data: ``--dataset``/``--data`` flags and :func:`open_data`."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from nas.data.dataset import FERData
+from nas.data.fer2013 import LABEL_MODES
+from nas.data.readers import detect_format, load_dataset
+from nas.errors import FerNasError
+
+__all__ = ["DATASETS", "SYNTH_FORMATS", "open_data", "add_data_args", "open_data_from_args"]
+
+DATASETS = ("auto", "synthfer", "fer2013", "ck48", "jaffe", "folder")
+#: SynthFER export format -> the reader format that reads it back.
+SYNTH_FORMATS = {"fer2013": "fer2013_csv", "ck48": "ck48", "jaffe": "jaffe", "folder": "folder"}
+
+
+def open_data(dataset: str = "auto", data: str | Path | None = None, *, size: int | None = None, seed: int = 0,
+              noise: float = 0.1, difficulty: float = 1.0, synth_format: str = "fer2013",
+              **reader_opts: Any) -> FERData:
+    """Open a dataset by kind. ``auto`` reads ``data`` in its detected format, or SynthFER
+    when there is no ``data``; ``synthfer`` without ``data`` exports SynthFER
+    (``size``, ``seed``, ``noise``, ``difficulty``) in ``synth_format`` to a cached folder and
+    reads it back with the real reader; ``fer2013`` accepts either FER2013 format;
+    ``ck48``/``jaffe``/``folder`` read that format. ``reader_opts`` go to :func:`load_dataset`
+    (``skip_bad_rows``, ``ferplus``, ``labels``, ``classes``, ``jaffe_crop``, ``val_fraction``)."""
+    if dataset not in DATASETS:
+        raise FerNasError(f"--dataset {dataset!r}: unknown (choose from {', '.join(DATASETS)})")
+    reader_opts.setdefault("seed", seed)
+    if dataset == "synthfer" or (dataset == "auto" and data is None):
+        if data is not None:  # a SynthFER export made earlier: read it like any other data
+            return load_dataset(data, **reader_opts)
+        if synth_format not in SYNTH_FORMATS:
+            raise FerNasError(f"SynthFER format {synth_format!r}: unknown (choose from {', '.join(SYNTH_FORMATS)})")
+        from nas.data import synthfer  # lazy: only SynthFER users pay for the renderer
+
+        folder = synthfer.export_cached(synth_format, size=size, seed=seed, noise=noise, difficulty=difficulty)
+        return load_dataset(folder, SYNTH_FORMATS[synth_format], **reader_opts)
+    if data is None:
+        raise FerNasError(f"--dataset {dataset} needs --data PATH")
+    if dataset == "fer2013":
+        fmt = detect_format(data)
+        if fmt not in ("fer2013_csv", "fer2013_folders"):
+            raise FerNasError(f"{data}: --dataset fer2013 expects fer2013.csv or train/+test/ folders, found {fmt}")
+    else:
+        fmt = "auto" if dataset == "auto" else dataset
+    return load_dataset(data, fmt, **reader_opts)
+
+
+def _crop_box(value: str) -> tuple[int, int, int, int]:
+    try:
+        box = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4:
+        raise argparse.ArgumentTypeError(f"expected top,left,height,width, got {value!r}")
+    return box  # type: ignore[return-value]
+
+
+def add_data_args(parser: argparse.ArgumentParser, *, dataset: str = "auto", synth_format: str = "fer2013") -> None:
+    """The data flags every script shares (one argument group). ``synth_format`` is the
+    SynthFER export this script reads (e.g. ``ck48`` for the CK+ script)."""
+    g = parser.add_argument_group("data")
+    g.add_argument("--dataset", default=dataset, choices=DATASETS,
+                   help="kind of data; auto: detect the format of --data, or SynthFER without --data")
+    g.add_argument("--data", default=None, help="file or folder to read (see python -m nas.data inspect)")
+    g.add_argument("--skip_bad_rows", action="store_true", help="skip and count malformed rows/images")
+    g.add_argument("--ferplus", default=None, help="FER+ fer2013new.csv to join with fer2013.csv")
+    g.add_argument("--labels", default="fer", choices=LABEL_MODES, help="FER labels or FER+ majority/soft labels")
+    g.add_argument("--classes", default=None, type=lambda s: [c.strip() for c in s.split(",") if c.strip()],
+                   help="class order for a generic root/<class>/ folder, comma-separated")
+    g.add_argument("--jaffe_crop", default=None, type=_crop_box, help="JAFFE face box top,left,height,width")
+    g.add_argument("--val_fraction", default=0.1, type=float,
+                   help="held-out PublicTest fraction of Training where a format has no PublicTest")
+    g.add_argument("--data_seed", default=0, type=int, help="seed of SynthFER and of held-out splits")
+    g.add_argument("--synth_size", default=None, type=int, help="SynthFER size (default: the exporter's)")
+    g.add_argument("--synth_noise", default=0.1, type=float, help="SynthFER fraction of flipped training labels")
+    g.add_argument("--synth_difficulty", default=1.0, type=float, help="SynthFER nuisance strength")
+    parser.set_defaults(synth_format=synth_format)
+
+
+def open_data_from_args(args: argparse.Namespace) -> FERData:
+    """:func:`open_data` with the flags of :func:`add_data_args`."""
+    return open_data(args.dataset, args.data, size=args.synth_size, seed=args.data_seed, noise=args.synth_noise,
+                     difficulty=args.synth_difficulty, synth_format=getattr(args, "synth_format", "fer2013"),
+                     skip_bad_rows=args.skip_bad_rows, ferplus=args.ferplus, labels=args.labels,
+                     classes=args.classes, jaffe_crop=args.jaffe_crop, val_fraction=args.val_fraction)

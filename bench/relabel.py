@@ -1,0 +1,129 @@
+"""Speed of the batched relabelling rule against per-sample Python loops.
+
+    python bench/relabel.py [--device cpu|cuda|auto] [--quick] [--out FILE.json]
+
+Prints JSON: for each batch size and with/without the FES gate, microseconds per call of
+
+* ``batched``: ``nas.relabel.relabel``;
+* ``loop_reference``: the per-sample loop as the Auto-FERNet reference script writes it
+  (inside the training step: per sample ``torch.max`` of the row and the target's
+  probability, evaluated in each condition, ``topk`` for the prediction, a Python
+  FES table, the label written back into the target tensor); the rule's ``0 <``
+  condition is applied without FES too, so that all three agree;
+* ``loop_lean``: ``nas.relabel.relabel_loop``, a per-sample loop with each quantity
+  computed once;
+
+and the ratios loop/batched. All three are asserted to give the same labels first.
+``ratio_batch64`` is loop_reference / batched with FES at batch 64.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from nas.cli import ArgumentParser, run as cli_run
+from nas.fes import DEFAULT_FES
+from nas.relabel import relabel, relabel_loop
+from nas.utils import resolve_device
+
+THRESHOLD = 0.2
+FES_THRESHOLD = 0.03
+
+
+def _time(fn: Callable[[], Any], device: torch.device, min_time: float, max_calls: int) -> float:
+    """Seconds per call of ``fn``, repeated until ``min_time`` seconds or ``max_calls`` calls."""
+    fn()  # warm-up (allocator, kernels)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time or calls >= max_calls:
+            return elapsed / calls
+
+
+def reference_loop(probs: torch.Tensor, targets: torch.Tensor, threshold: float, fes: Any = None,
+                   fes_threshold: float = 0.03) -> torch.Tensor:
+    """The relabelling loop in the shape of the reference script (one sample per
+    iteration, conditions re-evaluated as written, label written back in place)."""
+    target = targets.clone()
+    table = None if fes is None else (fes.tolist() if hasattr(fes, "tolist") else fes)
+    for i in range(target.size(0)):
+        if table is not None:
+            if torch.max(probs[i]) - probs[i][target[i].item()] < threshold \
+                    and torch.max(probs[i]) - probs[i][target[i].item()] > 0 \
+                    and table[target[i].item()][probs[i].topk(1, 0, True)[1].item()] > fes_threshold:
+                target[i] = probs[i].topk(1, 0, True)[1]
+        elif torch.max(probs[i]) - probs[i][target[i].item()] < threshold \
+                and torch.max(probs[i]) - probs[i][target[i].item()] > 0:
+            target[i] = probs[i].topk(1, 0, True)[1]
+    return target
+
+
+def run(device: str = "cpu", quick: bool = False) -> dict:
+    """Benchmark figures as a dict (see the module docstring)."""
+    dev = resolve_device(device)
+    batches = [64, 256, 1024] if quick else [64, 128, 256, 1024, 8192]
+    min_time = 0.2 if quick else 1.0
+    gen = torch.Generator().manual_seed(0)
+    fes_dev = torch.tensor(DEFAULT_FES, dtype=torch.float32, device=dev)
+    results = []
+    for n in batches:
+        # Peaked softmax rows so that a fair share of samples sit within the margin.
+        probs = torch.softmax(2.0 * torch.randn(n, 7, generator=gen), dim=1).to(dev)
+        targets = torch.randint(0, 7, (n,), generator=gen).to(dev)
+        row: dict[str, Any] = {"batch": n}
+        for label, fes in (("no_fes", None), ("fes", DEFAULT_FES), ("fes_tensor", fes_dev)):
+            fast, changed = relabel(probs, targets, THRESHOLD, fes, FES_THRESHOLD, return_mask=True)
+            lean = relabel_loop(probs, targets, THRESHOLD, fes, FES_THRESHOLD)
+            ref = reference_loop(probs, targets, THRESHOLD, fes, FES_THRESHOLD)
+            assert torch.equal(fast, lean), f"batched and lean loop disagree at batch {n} ({label})"
+            assert torch.equal(fast, ref), f"batched and reference loop disagree at batch {n} ({label})"
+            loop_calls = 3 if n > 1024 else 30
+            t_fast = _time(lambda: relabel(probs, targets, THRESHOLD, fes, FES_THRESHOLD), dev, min_time, 100000)
+            t_lean = _time(lambda: relabel_loop(probs, targets, THRESHOLD, fes, FES_THRESHOLD), dev, min_time,
+                           loop_calls)
+            t_ref = _time(lambda: reference_loop(probs, targets, THRESHOLD, fes, FES_THRESHOLD), dev, min_time,
+                          loop_calls)
+            row[label] = {"batched_us": round(t_fast * 1e6, 2), "loop_reference_us": round(t_ref * 1e6, 1),
+                          "loop_lean_us": round(t_lean * 1e6, 1), "ratio_reference": round(t_ref / t_fast, 1),
+                          "ratio_lean": round(t_lean / t_fast, 1), "changed": int(changed.sum())}
+        results.append(row)
+    return {"bench": "relabel", "device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "threshold": THRESHOLD, "fes_threshold": FES_THRESHOLD, "quick": quick, "results": results,
+            "ratio_batch64": results[0]["fes"]["ratio_reference"],
+            "ratio_batch64_lean": results[0]["fes"]["ratio_lean"]}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="bench/relabel.py", description="Batched relabel rule vs a per-sample loop.")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    parser.add_argument("--quick", action="store_true", help="fewer batch sizes, shorter timings")
+    parser.add_argument("--out", default=None, help="also write the JSON here")
+    return parser
+
+
+def main(args: argparse.Namespace) -> dict:
+    result = run(args.device, args.quick)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    return result
+
+
+if __name__ == "__main__":
+    cli_run(main, get_args_parser())

@@ -78,15 +78,17 @@ class BatchAugment:
                               scale=uniform(*self.scale), tx=uniform(-t, t) * W, ty=uniform(-t, t) * H)
         else:
             out = crop_flip(x, top, left, flip, c).float()
-        out = out / 255.0
+        # in-place passes over the batch: these elementwise steps cost more than the crop itself
         if self.brightness > 0:
             b = uniform(max(0.0, 1 - self.brightness), 1 + self.brightness).view(B, 1, 1, 1)
-            out = (out * b).clamp_(0, 1)
-        if self.contrast > 0:
+            out.mul_(b / 255.0).clamp_(0, 1)
+        else:
+            out.div_(255.0)
+        if self.contrast > 0:  # blend with the image mean, as torchvision's adjust_contrast
             f = uniform(max(0.0, 1 - self.contrast), 1 + self.contrast).view(B, 1, 1, 1)
             m = out.mean(dim=(1, 2, 3), keepdim=True)
-            out = ((out - m) * f + m).clamp_(0, 1)
-        out = (out - self.mean) / self.std
+            out = torch.addcmul(m * (1 - f), out, f).clamp_(0, 1)
+        out.sub_(self.mean).div_(self.std)
         if self.cutout > 0:
             out = out.masked_fill(self._cutout_mask(B, c, dev, generator), 0.0)
         return out
@@ -104,13 +106,12 @@ class BatchAugment:
 def crop_flip(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor,
               crop: int) -> torch.Tensor:
     """Exact per-sample crop (``top``, ``left`` int64 B) and horizontal flip (bool B) by one gather."""
-    B, C = x.shape[:2]
+    B, C, H, W = x.shape
     ar = torch.arange(crop, device=x.device)
     rows = top[:, None] + ar  # B×crop
     cols = left[:, None] + torch.where(flip[:, None], crop - 1 - ar, ar)
-    b = torch.arange(B, device=x.device)[:, None, None, None]
-    ch = torch.arange(C, device=x.device)[None, :, None, None]
-    return x[b, ch, rows[:, None, :, None], cols[:, None, None, :]]
+    flat = (rows[:, :, None] * W + cols[:, None, :]).view(B, 1, crop * crop).expand(B, C, crop * crop)
+    return x.reshape(B, C, H * W).gather(2, flat).view(B, C, crop, crop)
 
 
 def affine_crop(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor, crop: int, *,

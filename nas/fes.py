@@ -1,0 +1,187 @@
+"""Facial-expression similarity (FES) from FER+ votes, as Auto-FERNet defines it.
+
+For two expressions ``i != j`` and an image whose ten taggers gave ``v_i`` and ``v_j``
+votes, the image contributes ``min(v_i, v_j) / max(v_i, v_j)`` when both got votes and
+nothing otherwise; FES(i, j) is the sum over images divided by the number of rows in
+the file (every row, including those voted "not a face"). The diagonal is 1. The
+matrix is symmetric and in FER2013 label order (angry, disgust, fear, happy, sad,
+surprise, neutral). Relabelling uses it as a gate: a label may move from ``i`` to
+``j`` only when FES(i, j) exceeds a threshold (0.03 by default).
+
+``python -m nas.fes --ferplus fer2013new.csv [--out fes.json]`` prints the matrix.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nas.cli import ArgumentParser, run
+from nas.errors import FerNasError
+
+__all__ = ["FES_CLASSES", "FERPLUS_COLUMNS", "DEFAULT_FES", "fes_from_ferplus", "fes_from_votes", "format_fes",
+           "fes_to_json", "load_fes", "get_args_parser", "main"]
+
+# FER2013 label order (the toolkit's order; equal to nas.data.FER_CLASSES).
+FES_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+# FER+ vote column for each FER2013 class, in FER2013 order.
+FERPLUS_COLUMNS = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
+_VOTE_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF")
+
+# fes_from_ferplus on the published fer2013new.csv (35,887 rows); tests/test_fes.py
+# recomputes it from the file when the file is present.
+DEFAULT_FES = np.array([
+    [1.0, 0.027189268254, 0.021883582108, 0.020030233789, 0.048782432600, 0.032233562934, 0.058377010997],
+    [0.027189268254, 1.0, 0.009517628305, 0.011473679950, 0.027751316854, 0.013817545019, 0.032062058994],
+    [0.021883582108, 0.009517628305, 1.0, 0.015245517124, 0.027923650117, 0.046197002407, 0.033839430293],
+    [0.020030233789, 0.011473679950, 0.015245517124, 1.0, 0.025750791395, 0.034526573933, 0.055803987472],
+    [0.048782432600, 0.027751316854, 0.027923650117, 0.025750791395, 1.0, 0.034722813806, 0.138388962090],
+    [0.032233562934, 0.013817545019, 0.046197002407, 0.034526573933, 0.034722813806, 1.0, 0.052981957034],
+    [0.058377010997, 0.032062058994, 0.033839430293, 0.055803987472, 0.138388962090, 0.052981957034, 1.0],
+])
+DEFAULT_FES.setflags(write=False)
+
+
+def fes_from_votes(votes: np.ndarray) -> np.ndarray:
+    """FES matrix from an ``N x 7`` array of vote counts in FER2013 class order."""
+    v = np.asarray(votes, dtype=np.float64)
+    if v.ndim != 2 or v.shape[1] != len(FES_CLASSES):
+        raise ValueError(f"votes must be N x {len(FES_CLASSES)}, got shape {v.shape}")
+    if v.shape[0] == 0:
+        raise ValueError("no rows of votes")
+    lo = np.minimum(v[:, :, None], v[:, None, :])
+    hi = np.maximum(v[:, :, None], v[:, None, :])
+    # lo > 0 exactly when both classes got votes; elsewhere the image adds nothing.
+    ratio = np.divide(lo, hi, out=np.zeros_like(lo), where=lo > 0)
+    fes = ratio.sum(axis=0) / v.shape[0]
+    np.fill_diagonal(fes, 1.0)
+    return fes
+
+
+def _read_votes(path: Path) -> np.ndarray:
+    """The ``N x 7`` vote counts (FER2013 order) of a FER+ file, validated."""
+    if not path.is_file():
+        raise FerNasError(f"{path}: FER+ votes file not found")
+    try:
+        with path.open("r", encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError:
+        raise FerNasError(f"{path}: not a text CSV file") from None
+    except csv.Error as e:
+        raise FerNasError(f"{path}: not a CSV file ({e})") from None
+    except OSError as e:
+        raise FerNasError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not rows:
+        raise FerNasError(f"{path}: empty file (expected a FER+ header with {', '.join(FERPLUS_COLUMNS)})")
+    header = [h.strip() for h in rows[0]]
+    lower = [h.lower() for h in header]
+    missing = [c for c in FERPLUS_COLUMNS if c not in lower]
+    if missing:
+        raise FerNasError(f"{path}: line 1: not a FER+ votes header, missing column(s) {', '.join(missing)}")
+    body = rows[1:]
+    if not body:
+        raise FerNasError(f"{path}: no data rows after the header")
+    width = len(header)
+    lengths = np.fromiter((len(r) for r in body), dtype=np.int64, count=len(body))
+    bad = np.flatnonzero(lengths != width)
+    if bad.size:
+        i = int(bad[0])
+        raise FerNasError(f"{path}: line {i + 2}: expected {width} fields, found {lengths[i]}")
+    # Every vote column present is checked, not only the seven used, so a damaged
+    # file is caught wherever the damage is.
+    vote_cols = [lower.index(c.lower()) for c in _VOTE_COLUMNS if c.lower() in lower]
+    table = np.array(body, dtype=object)[:, vote_cols].astype(str)
+    stripped = np.char.strip(table)
+    ok = np.char.isdecimal(stripped)
+    if not ok.all():
+        i, j = (int(k) for k in np.argwhere(~ok)[0])
+        raise FerNasError(f"{path}: line {i + 2}: column {header[vote_cols[j]]!r}: "
+                          f"{str(table[i, j])!r} is not a non-negative integer vote count")
+    counts = stripped.astype(np.int64)
+    order = [vote_cols.index(lower.index(c)) for c in FERPLUS_COLUMNS]
+    return counts[:, order]
+
+
+def fes_from_ferplus(path: str | os.PathLike) -> np.ndarray:
+    """7x7 FES matrix (float64, FER2013 order) from a FER+ ``fer2013new.csv`` file.
+    A malformed file is a :class:`FerNasError` naming the file and line."""
+    return fes_from_votes(_read_votes(Path(path)))
+
+
+def format_fes(fes: np.ndarray, digits: int = 4) -> str:
+    """The matrix as an aligned text table with class names."""
+    w = max(len(c) for c in FES_CLASSES)
+    cell = max(digits + 3, w + 1)
+    lines = [" " * w + "".join(f"{c:>{cell}}" for c in FES_CLASSES)]
+    for name, row in zip(FES_CLASSES, np.asarray(fes)):
+        lines.append(f"{name:<{w}}" + "".join(f"{x:>{cell}.{digits}f}" for x in row))
+    return "\n".join(lines)
+
+
+def fes_to_json(fes: np.ndarray, source: str | None = None) -> str:
+    """JSON text ``{"classes": [...], "matrix": [[...]], "source": ...}`` (what
+    :func:`load_fes` reads)."""
+    rows = ",\n  ".join(json.dumps([float(x) for x in r]) for r in np.asarray(fes))
+    text = '{\n "classes": ' + json.dumps(list(FES_CLASSES)) + ',\n "matrix": [\n  ' + rows + "\n ]"
+    if source is not None:
+        text += ',\n "source": ' + json.dumps(source)
+    return text + "\n}\n"
+
+
+def load_fes(path: str | os.PathLike) -> np.ndarray:
+    """A FES matrix from a JSON file (as written by ``--out``, or a bare 7x7 list of
+    lists) or from a FER+ votes CSV (computed). Checked: 7x7, finite, non-negative."""
+    p = Path(path)
+    if p.suffix.lower() == ".csv":
+        return fes_from_ferplus(p)
+    if not p.is_file():
+        raise FerNasError(f"{p}: FES matrix file not found")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise FerNasError(f"{p}: not a JSON FES matrix (file is not UTF-8 text)") from None
+    except json.JSONDecodeError as e:
+        raise FerNasError(f"{p}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    if isinstance(data, dict):
+        classes = data.get("classes")
+        if classes is not None and list(classes) != list(FES_CLASSES):
+            raise FerNasError(f"{p}: classes {classes!r} are not in FER2013 order ({', '.join(FES_CLASSES)})")
+        data = data.get("matrix")
+    try:
+        m = np.array(data, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise FerNasError(f"{p}: 'matrix' must be a 7x7 list of numbers") from None
+    if m.shape != (7, 7):
+        raise FerNasError(f"{p}: FES matrix must be 7x7, found shape {m.shape}")
+    if not np.isfinite(m).all() or (m < 0).any():
+        raise FerNasError(f"{p}: FES matrix entries must be finite and non-negative")
+    return m
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="python -m nas.fes",
+                            description="Facial-expression similarity (FES) matrix from FER+ votes.")
+    parser.add_argument("--ferplus", required=True, help="FER+ votes file (fer2013new.csv)")
+    parser.add_argument("--out", default=None, help="also write the matrix as JSON to this file")
+    parser.add_argument("--digits", type=int, default=4, help="decimals to print (default 4)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> np.ndarray:
+    fes = fes_from_ferplus(args.ferplus)
+    print(format_fes(fes, args.digits))
+    if args.out:
+        from nas.checkpoint import atomic_write_text
+
+        atomic_write_text(fes_to_json(fes, source=str(args.ferplus)), args.out)
+        print(f"wrote {args.out}")
+    return fes
+
+
+if __name__ == "__main__":
+    run(main, get_args_parser())

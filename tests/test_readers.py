@@ -314,3 +314,21 @@ def test_ferplus_join_on_the_real_file(tmp_path):
     assert np.array_equal(d.images[:, 0].numpy(), base[np.array(kept) % 40])
     assert sum(surviving.values()) == 31264, surviving  # the figure reported for this file
     print(f"FER+ majority rule: {surviving} survive, {sum(surviving.values())} of 35887 rows")
+
+
+# ---------------------------------------------------------------- SynthFER read back by the real readers
+
+def test_synthfer_csv_and_folder_exports_read_back_alike(tmp_path, monkeypatch):
+    pytest.importorskip("nas.data.synthfer")
+    monkeypatch.setenv("FERNAS_CACHE", str(tmp_path))
+    csv = open_data("synthfer", size=21, seed=3, noise=0.2, synth_format="fer2013")
+    folders = open_data("synthfer", size=21, seed=3, noise=0.2, synth_format="folder")
+    assert (csv.format, folders.format) == ("fer2013_csv", "fer2013_folders")
+    assert csv.clean_labels is not None and (csv.clean_labels >= 0).all()
+    assert (csv.labels != csv.clean_labels).any()  # label noise is there, and only in Training
+    assert (csv.labels == csv.clean_labels)[csv.split > 0].all()
+
+    def rows(d):
+        return sorted(zip(map(bytes, d.images.flatten(1).numpy()), d.labels.tolist(), d.clean_labels.tolist(),
+                          d.split.tolist()))
+    assert rows(csv) == rows(folders)

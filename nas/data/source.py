@@ -14,7 +14,7 @@ __all__ = ["DATASETS", "SYNTH_FORMATS", "open_data", "add_data_args", "open_data
 
 DATASETS = ("auto", "synthfer", "fer2013", "ck48", "jaffe", "folder")
 #: SynthFER export format -> the reader format that reads it back.
-SYNTH_FORMATS = {"fer2013": "fer2013_csv", "ck48": "ck48", "jaffe": "jaffe", "folder": "folder"}
+SYNTH_FORMATS = {"fer2013": "fer2013_csv", "folder": "fer2013_folders", "ck48": "ck48", "jaffe": "jaffe"}
 
 
 def open_data(dataset: str = "auto", data: str | Path | None = None, *, size: int | None = None, seed: int = 0,

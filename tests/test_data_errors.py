@@ -228,3 +228,10 @@ def test_bad_clean_label_sidecar(tmp_path):
 def test_unknown_format_name(tmp_path):
     fer_csv(tmp_path)
     raises(["--format 'csv'", "unknown format"], load_dataset, tmp_path, "csv")
+
+
+def test_partial_layouts_are_detected_and_named(tmp_path):
+    save_png(tmp_path / "fer" / "train" / "happy" / "a.png", random_images(1)[0])
+    raises(["test", "missing folder"], load_dataset, tmp_path / "fer")
+    write_ck48(tmp_path / "ck", {"anger": ["S010_004_00000017.png"], "neutral": ["S010_004_00000001.png"]})
+    raises(["neutral", "unknown class folder"], load_dataset, tmp_path / "ck")

@@ -27,9 +27,10 @@ _NAME = re.compile(r"^(S\d+)_(\d+)_(\d+)$")
 
 
 def is_ck48(path: Path) -> bool:
-    """Class folders that are all CK+48 names, at least one of them CK+-only (anger, sadness, contempt)."""
+    """Class folders with at least one CK+-only name (anger, sadness, contempt); the reader
+    rejects any folder that is not a CK+48 class rather than guessing its index."""
     subs = {d.name.lower() for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")}
-    return bool(subs) and subs <= set(CK48_FOLDERS) and bool(subs & {"anger", "sadness", "contempt"})
+    return bool(subs & {"anger", "sadness", "contempt"})
 
 
 def read_ck48(path: str | Path, *, skip_bad_rows: bool = False) -> FERData:

@@ -46,7 +46,12 @@ def scan_class_folders(root: Path, class_names: list[str] | tuple[str, ...],
 
 
 def is_fer2013_folders(path: Path) -> bool:
-    return (path / "train").is_dir() and (path / "test").is_dir()
+    """``train/`` and ``test/``, or one of them holding FER2013 emotion folders (the reader
+    then names what is missing)."""
+    parts = [path / p for p in ("train", "test") if (path / p).is_dir()]
+    if len(parts) == 2:
+        return True
+    return any(d.is_dir() and d.name.lower() in FER_CLASSES for p in parts for d in p.iterdir())
 
 
 def read_fer2013_folders(path: str | Path, *, skip_bad_rows: bool = False, seed: int = 0,

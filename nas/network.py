@@ -38,8 +38,10 @@ def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
     if drop_prob <= 0.0:
         return x
     keep = 1.0 - drop_prob
-    mask = torch.bernoulli(torch.full((x.shape[0], 1, 1, 1), keep, device=x.device, dtype=x.dtype))
-    return x * (mask / keep)
+    # Drawn and scaled in float32 so that a bf16/fp16 activation does not round the
+    # keep probability; then cast to x's dtype for the multiply.
+    mask = torch.bernoulli(torch.full((x.shape[0], 1, 1, 1), keep, device=x.device, dtype=torch.float32))
+    return x * mask.div_(keep).to(x.dtype)
 
 
 class Cell(nn.Module):

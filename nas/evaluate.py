@@ -205,7 +205,7 @@ def load_model_from_checkpoint(path: str | Path, device: torch.device | str = "c
         if key not in ckpt:
             raise FerNasError(f"{p}: not a fer-nas model checkpoint (no {key!r} entry)")
     try:
-        model = model_from_spec(ckpt["model_spec"])
+        model = model_from_spec(ckpt["model_spec"], where=str(p))
     except FerNasError as e:
         raise FerNasError(f"{p}: {e}") from None
     try:

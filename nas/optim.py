@@ -2,11 +2,13 @@
 
 SGD with momentum and a cosine schedule to ``lr_min`` is the DARTS/Auto-FERNet
 recipe; Nesterov SGD, Adam and reduce-on-plateau are the seed papers'
-alternatives. Optimizers use PyTorch's fused kernels where the device has
-them: besides being one kernel per step, a fused ``step()`` reads a
-``found_inf`` flag *on the device* and skips the whole update (parameters,
-momentum, Adam moments) when it is set, which is how the trainer drops a
-non-finite batch without a host sync.
+alternatives. On CUDA the optimizers use PyTorch's fused kernels: besides
+being one kernel per step, a fused ``step()`` reads a ``found_inf`` flag *on
+the device* and skips the whole update (parameters, momentum, Adam moments)
+when it is set, which is how the trainer drops a non-finite batch without a
+host sync. On CPU a "sync" is free and the fused CPU kernels measured ~30x
+slower than ``foreach`` (55 ms vs 1.9 ms per step for 162 tensors), so CPU
+keeps the default implementation and the trainer checks the flag in Python.
 """
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ SCHEDULERS = ("cosine", "plateau", "none")
 
 
 def _fused_ok(params: list[torch.Tensor]) -> bool:
-    """Fused SGD/Adam exist for float CPU and CUDA tensors in recent PyTorch."""
-    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    """Fused SGD/Adam for float CUDA tensors (see the module note on CPU)."""
+    return all(p.device.type == "cuda" and p.is_floating_point() for p in params)
 
 
 def build_optimizer(params: Iterable[nn.Parameter] | nn.Module, name: str = "sgd", *, lr: float = 0.025,

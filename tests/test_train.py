@@ -1,0 +1,305 @@
+"""The training engine: gradients reach every parameter, a short run writes every file,
+resume after interruption is bitwise exact, the NaN policies, honest selection."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nas.checkpoint import RunDir, read_csv_rows, safe_load
+from nas.data.dataset import FER_CLASSES, FERData
+from nas.errors import FerNasError, RunInterrupted
+from nas.models import build_model
+from nas.train import TrainConfig, Trainer, config_from_args
+from nas.utils import seed_everything
+
+ROOT = Path(__file__).resolve().parents[1]
+# Subprocesses get one thread: on a shared 2-core machine, oversubscribed OpenMP threads
+# spin against each other and tiny convolutions run 10-50x slower.
+ENV1 = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_data(n_train: int = 96, n_val: int = 32, n_test: int = 32, seed: int = 0) -> FERData:
+    """Learnable toy faces: each class brightens a horizontal band at its own height."""
+    n = n_train + n_val + n_test
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 7
+    labels = labels[torch.randperm(n, generator=g)]
+    img = torch.randint(0, 70, (n, 1, 48, 48), generator=g)
+    for c in range(7):
+        img[labels == c, :, 4 + 6 * c: 9 + 6 * c, 6:42] += 150
+    split = torch.zeros(n, dtype=torch.int64)
+    split[n_train:n_train + n_val] = 1
+    split[n_train + n_val:] = 2
+    return FERData(images=img.clamp(0, 255).to(torch.uint8), labels=labels, split=split, classes=list(FER_CLASSES),
+                   format="fer2013_csv", source="toy")
+
+
+def write_fer_csv(path: Path, data: FERData) -> Path:
+    usage = ("Training", "PublicTest", "PrivateTest")
+    lines = ["emotion,pixels,Usage"]
+    for i in range(len(data)):
+        px = " ".join(map(str, data.images[i, 0].flatten().tolist()))
+        lines.append(f"{int(data.labels[i])},{px},{usage[int(data.split[i])]}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def tiny_model(arch: str = "FER_V1", **kw):
+    seed_everything(0)
+    kw = {"init_channels": 4, "layers": 3, "auxiliary": True, "drop_path_prob": 0.2, **kw}
+    return build_model(arch, **kw)
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(epochs=2, batch_size=16, cutout=True, progress=False, log_interval=2, snapshot_at=[], seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+class StopAt:
+    """A stop flag and a target hook that raises it after a chosen (epoch, step)."""
+
+    def __init__(self, epoch: int, step: int):
+        self.at = (epoch, step)
+        self.signum = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def __call__(self, epoch, step, idx, logits, targets):
+        if (epoch, step) == self.at:
+            self.signum = signal.SIGTERM
+        return targets
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return safe_load(path)["model"]
+
+
+# ----------------------------------------------------------------------------- gradients
+@pytest.mark.parametrize("arch,kw", [("FER_V1", {"init_channels": 8, "layers": 5}), ("vgg_fer", {}),
+                                     ("resnet_fer", {}), ("cnn_shallow", {}), ("cnn_deep", {})])
+def test_every_parameter_gets_a_gradient_and_moves(arch, kw):
+    data = make_data(24, 8, 8)
+    model = tiny_model(arch, drop_path_prob=0.0, **kw)
+    tr = Trainer(model, data, cfg(batch_size=4), RunDir("unused", enabled=False))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    idx = tr.train_idx[:4]
+    tr.train_step(0, 0, idx)
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, missing
+    zero = [n for n, p in model.named_parameters() if float(p.grad.abs().sum()) == 0.0]
+    assert not zero, zero
+    if arch == "FER_V1":
+        assert any(n.startswith("auxiliary_head") for n in before)
+    moved = [n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())]
+    assert len(moved) == len(before)
+    assert int(tr.sums[2]) == 4 and float(tr.sums[3]) == 0.0
+
+
+# ----------------------------------------------------------------------------- a full run
+def test_two_epoch_cli_run_writes_everything_and_evaluate_agrees(tmp_path):
+    """train_searched.py end to end on a tiny fer2013.csv (the real reader), then the
+    checkpoint alone through ``python -m nas.evaluate`` gives the run's accuracy."""
+    csv = write_fer_csv(tmp_path / "fer2013.csv", make_data(64, 24, 24))
+    run_dir = tmp_path / "run"
+    args = ["--data", str(csv), "--arch", "FER_V1", "--init_channels", "4", "--layers", "3", "--epochs", "2",
+            "--batch_size", "16", "--cutout", "--snapshot_at", "1,101", "--save", str(run_dir), "--progress", "False"]
+    import train_searched
+
+    res = train_searched.main(train_searched.get_args_parser().parse_args(args))
+    for name in ("config.yaml", "log.txt", "metrics.csv", "best.pt", "last.pt", "results.json", "snapshot_train1.pt",
+                 "curves.png", "confusion.png", "saliency.png", "misclassified.png", "cell_normal.png",
+                 "cell_reduce.png"):
+        assert (run_dir / name).is_file(), name
+    assert not (run_dir / "snapshot_train101.pt").exists()
+    rows = read_csv_rows(run_dir / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert saved["selected_epoch"] == res["selected_epoch"]
+    sel = rows[saved["selected_epoch"] - 1]
+    assert float(sel["val_acc"]) == pytest.approx(max(float(r["val_acc"]) for r in rows), abs=1e-3)
+    assert saved["test_acc"] == pytest.approx(float(sel["test_acc"]), abs=1e-3)
+    assert saved["best_test_acc_for_reference_only"] == pytest.approx(max(float(r["test_acc"]) for r in rows), abs=1e-3)
+    assert saved["params"] == 4525  # FER_V1 C4 L3 without the auxiliary head
+
+    best = safe_load(run_dir / "best.pt")
+    assert best["epoch"] == saved["selected_epoch"] and best["step"] == 0
+    for key in ("model", "model_spec", "classes", "normalization", "input_size", "optimizer", "scheduler", "rng",
+                "generators", "best", "args", "toolkit_version"):
+        assert key in best, key
+    assert best["classes"] == list(FER_CLASSES) and best["input_size"] == 44
+
+    out = subprocess.run([sys.executable, "-m", "nas.evaluate", "--checkpoint", str(run_dir / "best.pt"), "--data",
+                          str(csv), "--tta", "center", "--bootstrap", "200", "--device", "cpu",
+                          "--out", str(tmp_path / "eval")], capture_output=True, text=True, cwd=ROOT, timeout=120, env=ENV1)
+    assert out.returncode == 0, out.stderr
+    ev = json.loads(out.stdout)
+    assert ev["views"]["center"]["accuracy"] == pytest.approx(saved["test_acc"], abs=1e-6)
+    assert (tmp_path / "eval" / "confusion_center.csv").is_file()
+
+    # the folder now holds a run: refused without --resume/--force, one line, exit 2
+    out = subprocess.run([sys.executable, "train_searched.py", *args], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120, env=ENV1)
+    assert out.returncode == 2 and "already holds a run" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_reference_flags_and_defaults():
+    import train_searched
+
+    a = train_searched.get_args_parser().parse_args([])
+    ref = dict(batch_size=64, learning_rate=0.025, momentum=0.9, weight_decay=3e-4, epochs=600, init_channels=36,
+               layers=12, auxiliary=True, auxiliary_weight=0.4, cutout=False, cutout_length=16, drop_path_prob=0.2,
+               seed=0, arch="FER_V1", grad_clip=5.0, save=None, snapshot_at=[85.0, 90.0], optimizer="sgd",
+               scheduler="cosine", labels="fer", nan_policy="stop", learning_rate_min=0.0, tta="center")
+    assert {k: getattr(a, k) for k in ref} == ref
+    b = train_searched.get_args_parser().parse_args(["--no_auxiliary", "--cutout", "--report_every", "7"])
+    assert b.auxiliary is False and b.cutout is True and b.log_interval == 7
+    assert config_from_args(b).auxiliary_weight == 0.0
+    with pytest.raises(FerNasError):
+        TrainConfig(nan_policy="ignore")
+
+
+# ----------------------------------------------------------------------------- resume
+def _run(tmp_path: Path, name: str, data: FERData, stop: StopAt | None = None, resume: bool = False):
+    run = RunDir(tmp_path / name, resume=resume)
+    tr = Trainer(tiny_model(), data, cfg(), run, target_hook=stop, stop=stop, args={"arch": "FER_V1"})
+    if resume:
+        tr.resume(tmp_path / name)
+    return tr, tr.fit()
+
+
+def _strip_times(rows):
+    return [{k: v for k, v in r.items() if k not in ("time_s", "images_per_s")} for r in rows]
+
+
+def test_interrupted_and_resumed_runs_end_bitwise_identical(tmp_path):
+    data = make_data(64, 16, 16)  # 4 steps per epoch, 2 epochs
+    ref, ref_res = _run(tmp_path, "ref", data)
+    ref_w = _weights(tmp_path / "ref" / "last.pt")
+    ref_rows = _strip_times(read_csv_rows(tmp_path / "ref" / "metrics.csv"))
+
+    for name, at in (("boundary", (0, 3)), ("mid", (1, 1))):
+        with pytest.raises(RunInterrupted) as e:
+            _run(tmp_path, name, data, stop=StopAt(*at))
+        assert e.value.signum == signal.SIGTERM and "--resume" in str(e.value)
+        ck = safe_load(tmp_path / name / "last.pt")
+        assert (ck["epoch"], ck["step"]) == ((1, 0) if name == "boundary" else (1, 2))
+        _, res = _run(tmp_path, name, data, resume=True)
+        w = _weights(tmp_path / name / "last.pt")
+        assert w.keys() == ref_w.keys()
+        diff = [k for k in w if not torch.equal(w[k], ref_w[k])]
+        assert not diff, f"{name}: {diff[:5]}"
+        assert _strip_times(read_csv_rows(tmp_path / name / "metrics.csv")) == ref_rows
+        assert {k: res[k] for k in ("selected_epoch", "val_acc", "test_acc")} == \
+            {k: ref_res[k] for k in ("selected_epoch", "val_acc", "test_acc")}
+        opt, ref_opt = safe_load(tmp_path / name / "last.pt")["optimizer"], safe_load(tmp_path / "ref" / "last.pt")["optimizer"]
+        assert all(torch.equal(opt["state"][i]["momentum_buffer"], ref_opt["state"][i]["momentum_buffer"])
+                   for i in ref_opt["state"])
+
+
+def test_real_sigterm_saves_last_pt_mid_epoch(tmp_path):
+    """The real signal path: GracefulStop turns SIGTERM into a save at the next step boundary."""
+    data = make_data(64, 16, 16)
+
+    def hook(epoch, step, idx, logits, targets):
+        if (epoch, step) == (0, 1):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return targets
+
+    before = signal.getsignal(signal.SIGTERM)
+    tr = Trainer(tiny_model(), data, cfg(), RunDir(tmp_path / "r"), target_hook=hook, args={"arch": "FER_V1"})
+    with pytest.raises(RunInterrupted) as e:
+        tr.fit()
+    assert e.value.signum == signal.SIGTERM
+    ck = safe_load(tmp_path / "r" / "last.pt")
+    assert (ck["epoch"], ck["step"]) == (0, 2)
+    assert signal.getsignal(signal.SIGTERM) == before  # handlers restored
+
+
+# ----------------------------------------------------------------------------- non-finite losses
+class NaNAt:
+    """Turns one batch's targets into NaN probabilities (a non-finite loss)."""
+
+    def __init__(self, epoch: int, step: int):
+        self.at = (epoch, step)
+
+    def __call__(self, epoch, step, idx, logits, targets):
+        if (epoch, step) == self.at:
+            return torch.full((targets.numel(), logits.shape[1]), float("nan"))
+        return targets
+
+
+def test_nan_stop_names_epoch_and_step_and_keeps_last_good_checkpoint(tmp_path):
+    data = make_data(64, 16, 16)
+    tr = Trainer(tiny_model(), data, cfg(log_interval=100), RunDir(tmp_path / "r"), target_hook=NaNAt(1, 2),
+                 args={"arch": "FER_V1"})
+    with pytest.raises(FerNasError, match=r"non-finite loss at epoch 2 step 3.*last good checkpoint") as e:
+        tr.fit()
+    assert "\n" not in str(e.value)
+    ck = safe_load(tmp_path / "r" / "last.pt")
+    assert (ck["epoch"], ck["step"]) == (1, 0)
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+    assert [r["epoch"] for r in read_csv_rows(tmp_path / "r" / "metrics.csv")] == ["1"]
+
+
+def test_nan_skip_batch_drops_only_that_update(tmp_path):
+    data = make_data(64, 16, 16)
+    tr = Trainer(tiny_model(), data, cfg(nan_policy="skip_batch", epochs=2), RunDir(tmp_path / "r"),
+                 target_hook=NaNAt(1, 2), args={"arch": "FER_V1"})
+    tr.fit()
+    rows = read_csv_rows(tmp_path / "r" / "metrics.csv")
+    assert [int(r["skipped_batches"]) for r in rows] == [0, 1]
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["skipped_batches"] == 1
+    assert float(rows[1]["train_loss"]) == pytest.approx(float(rows[1]["train_loss"]))  # finite, not NaN
+
+    # the skipped step leaves parameters and optimizer state exactly as they were
+    tr2 = Trainer(tiny_model(), data, cfg(nan_policy="skip_batch"), RunDir("unused", enabled=False),
+                  target_hook=NaNAt(0, 1))
+    idx = tr2.train_idx[:16]
+    tr2.train_step(0, 0, idx)
+    params = {n: p.detach().clone() for n, p in tr2.model.named_parameters()}
+    bufs = {i: s["momentum_buffer"].clone() for i, s in enumerate(tr2.optimizer.state.values())}
+    tr2.train_step(0, 1, idx)
+    assert all(torch.equal(params[n], p) for n, p in tr2.model.named_parameters())
+    assert all(torch.equal(bufs[i], s["momentum_buffer"]) for i, s in enumerate(tr2.optimizer.state.values()))
+    assert float(tr2.sums[3]) == 1.0 and int(tr2.sums[2]) == 16  # one skipped; the skipped batch is not counted
+
+
+# ----------------------------------------------------------------------------- schedule and selection
+def test_drop_path_schedule_and_offset():
+    data = make_data(24, 8, 8)
+    tr = Trainer(tiny_model(), data, cfg(epochs=10, drop_path_prob=0.2), RunDir("unused", enabled=False))
+    assert [round(tr.drop_path_at(e), 6) for e in (0, 5, 9)] == [0.0, 0.1, 0.18]
+    tr = Trainer(tiny_model(), data, cfg(epochs=10, drop_path_prob=0.2), RunDir("unused", enabled=False),
+                 drop_path_offset=300, drop_path_total=600)
+    assert tr.drop_path_at(0) == pytest.approx(0.1) and tr.drop_path_at(10) == pytest.approx(0.2 * 310 / 600)
+
+
+def test_soft_targets_train_against_vote_distributions(tmp_path):
+    data = make_data(48, 16, 16)
+    soft = torch.full((len(data), 7), 0.02)
+    soft[torch.arange(len(data)), data.labels] = 0.88
+    data.soft_labels = soft
+    tr = Trainer(tiny_model(), data, cfg(epochs=1, soft_targets=True), RunDir("unused", enabled=False))
+    assert tr.targets.dtype == torch.float32 and tr.targets.shape == (len(data), 7)
+    tr.fit()
+    data.soft_labels = None
+    with pytest.raises(FerNasError, match="ferplus"):
+        Trainer(tiny_model(), data, cfg(soft_targets=True), RunDir("unused", enabled=False))

@@ -1,0 +1,569 @@
+"""SynthFER: a synthetic facial-expression benchmark with known clean labels.
+
+Procedural 48×48 grayscale faces (see :mod:`nas.data.synthfer_render`) whose
+expression is set by action-unit-like parameters, with nuisances (identity,
+pose, light, noise, blur, occluders, background) drawn independently of the
+label. A chosen fraction of Training labels is flipped towards similar
+expressions following the FES matrix, and the clean labels are kept in a
+sidecar ``clean_labels.csv`` (header ``file,clean_label``), so relabelling can
+be scored against the truth.
+
+Exports write the real file layouts, read back by the real readers:
+
+- ``fer2013``: ``DIR/fer2013.csv`` (``emotion,pixels,Usage``), Training /
+  PublicTest / PrivateTest rows, FER2013's class balance;
+- ``folder``: the Kaggle image-folder re-packaging of the same rows,
+  ``DIR/train/<emotion>/Training_<i>.png``, ``DIR/test/<emotion>/PublicTest_<i>.png``
+  and ``PrivateTest_<i>.png`` (``i`` = the row index in the CSV export);
+- ``ck48``: CK+48-style ``DIR/<class>/S###_###_########.png``, 981 images,
+  327 sequences of 3 apex frames, ~120 subjects, frontal and evenly lit,
+  contempt instead of neutral;
+- ``jaffe``: ``DIR/<SUBJ>.<EXPR><n>.<id>.tiff``, 10 subjects, 213 images of
+  256×256 with the face in the box rows/cols 48..208 on a plain background.
+
+Label noise only touches Training rows of ``fer2013``/``folder`` exports; CK+
+and JAFFE exports are clean (they are test sets), their sidecar repeats the labels.
+
+Command line::
+
+    python -m nas.data.synthfer --out DIR --format fer2013 [--size N] [--noise 0.1]
+        [--seed S] [--difficulty D] [--preview] [--force]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from nas.data.dataset import FER_CLASSES, SPLITS
+from nas.data.synthfer_render import AUS, EXPRESSIONS, draw, sample_identity, sample_params
+from nas.errors import FerNasError
+
+__all__ = [
+    "RENDER_VERSION", "FORMATS", "STYLES", "FER_TRAIN_COUNTS", "FER_SPLIT_SIZES", "CK_COUNTS", "CK_CLASSES",
+    "JAFFE_COUNTS", "JAFFE_CODES", "JAFFE_SUBJECTS", "FES_FERPLUS", "fes_matrix", "class_counts",
+    "render", "flip_labels", "export", "export_cached", "cache_root", "preview", "get_args_parser", "main",
+]
+
+#: Bumped whenever the pictures change, so cached exports are rebuilt.
+RENDER_VERSION = "1"
+FORMATS: tuple[str, ...] = ("fer2013", "ck48", "jaffe", "folder")
+STYLES: tuple[str, ...] = ("fer", "ck", "jaffe")
+
+#: FER2013 Training class counts (FER order) and split sizes.
+FER_TRAIN_COUNTS: tuple[int, ...] = (3995, 436, 4097, 7215, 4830, 3171, 4965)
+FER_SPLIT_SIZES: tuple[int, ...] = (28709, 3589, 3589)
+#: CK+48 folders and image counts; the label order is FER2013's with contempt at 6.
+CK_CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "contempt")
+CK_FOLDERS: tuple[str, ...] = ("anger", "disgust", "fear", "happy", "sadness", "surprise", "contempt")
+CK_COUNTS: tuple[int, ...] = (135, 177, 75, 207, 84, 249, 54)   # in CK_CLASSES order; 981 in all
+CK_FRAMES = 3                                                   # apex frames kept per sequence
+CK_SUBJECTS = 120
+#: JAFFE expression codes and image counts, FER2013 order; 213 in all.
+JAFFE_CODES: tuple[str, ...] = ("AN", "DI", "FE", "HA", "SA", "SU", "NE")
+JAFFE_COUNTS: tuple[int, ...] = (30, 29, 32, 31, 31, 30, 30)
+JAFFE_SUBJECTS: tuple[str, ...] = ("KA", "KL", "KM", "KR", "MK", "NA", "NM", "TM", "UY", "YM")
+JAFFE_SIZE, JAFFE_BOX = 256, (48, 48, 160)   # the reader's default face crop: rows/cols 48..208
+
+#: Facial-expression similarity from the published FER+ votes (fer2013new.csv),
+#: FER2013 order: off-diagonal (i, j) = sum over images where both classes got
+#: votes of min(v_i, v_j) / max(v_i, v_j), divided by the number of rows (35887).
+#: Used when :mod:`nas.fes` is absent; tests recompute it from the file.
+FES_FERPLUS = np.array([
+    [0.0, 0.027195, 0.021876, 0.020030, 0.048779, 0.032225, 0.058376],
+    [0.027195, 0.0, 0.009524, 0.011474, 0.027752, 0.013817, 0.032064],
+    [0.021876, 0.009524, 0.0, 0.015247, 0.027918, 0.046196, 0.033837],
+    [0.020030, 0.011474, 0.015247, 0.0, 0.025749, 0.034527, 0.055804],
+    [0.048779, 0.027752, 0.027918, 0.025749, 0.0, 0.034720, 0.138386],
+    [0.032225, 0.013817, 0.046196, 0.034527, 0.034720, 0.0, 0.052984],
+    [0.058376, 0.032064, 0.033837, 0.055804, 0.138386, 0.052984, 0.0],
+])
+
+_DEFAULT_FER_TOTAL = sum(FER_SPLIT_SIZES)
+
+
+# --------------------------------------------------------------------------- labels
+def fes_matrix() -> np.ndarray:
+    """The 7×7 FES matrix (FER order): :data:`nas.fes.DEFAULT_FES` when that
+    module is present, else :data:`FES_FERPLUS`."""
+    try:
+        from nas.fes import DEFAULT_FES  # type: ignore[attr-defined]
+    except ImportError:
+        return FES_FERPLUS.copy()
+    m = np.asarray(DEFAULT_FES, dtype=np.float64)
+    return m if m.shape == (7, 7) else FES_FERPLUS.copy()
+
+
+def class_counts(total: int, weights: Sequence[float]) -> np.ndarray:
+    """Split ``total`` into integer counts proportional to ``weights`` (largest
+    remainder, ties to the lower index), e.g. FER2013's Training balance."""
+    w = np.asarray(weights, dtype=np.float64)
+    exact = total * w / w.sum()
+    counts = np.floor(exact).astype(np.int64)
+    short = int(total - counts.sum())
+    order = np.lexsort((np.arange(len(w)), -(exact - counts)))
+    counts[order[:short]] += 1
+    return counts
+
+
+def flip_labels(labels: np.ndarray, fraction: float, rng: np.random.Generator, *,
+                fes: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
+    """Flip ``round(fraction * eligible)`` of the eligible labels (``mask``) to
+    another class drawn with probability proportional to the FES row of the true
+    class (diagonal excluded). Returns the noisy copy."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if not 0.0 <= fraction <= 1.0:
+        raise FerNasError(f"--noise {fraction}: must be a fraction between 0 and 1")
+    fes = fes_matrix() if fes is None else np.asarray(fes, dtype=np.float64)
+    k = fes.shape[0]
+    probs = fes * (1.0 - np.eye(k))
+    probs = probs / probs.sum(1, keepdims=True)
+    eligible = np.flatnonzero(np.ones(len(labels), bool) if mask is None else mask)
+    n_flip = int(round(fraction * len(eligible)))
+    noisy = labels.copy()
+    if n_flip == 0:
+        return noisy
+    chosen = rng.choice(eligible, size=n_flip, replace=False)
+    cum = np.cumsum(probs[labels[chosen]], axis=1)
+    u = rng.random(n_flip)[:, None] * cum[:, -1:]
+    noisy[chosen] = np.minimum((cum <= u).sum(1), k - 1)
+    return noisy
+
+
+# --------------------------------------------------------------------------- rendering
+def _rng(seed: int, stream: int) -> np.random.Generator:
+    # independent streams per purpose, so adding draws to one leaves the others alone
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(seed) >> 32, stream])
+
+
+def _check(difficulty: float, style: str | None = None) -> None:
+    if not np.isfinite(difficulty) or difficulty < 0:
+        raise FerNasError(f"--difficulty {difficulty}: must be a number >= 0")
+    if style is not None and style not in STYLES:
+        raise FerNasError(f"style {style!r}: choose from {', '.join(STYLES)}")
+
+
+def _frame(style: str) -> dict[str, Any]:
+    return {"size": JAFFE_SIZE, "box": JAFFE_BOX} if style == "jaffe" else {"size": 48, "box": None}
+
+
+def render(n: int, seed: int = 0, *, labels: Sequence[int] | np.ndarray | None = None, difficulty: float = 1.0,
+           style: str = "fer") -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Render ``n`` faces.
+
+    Args:
+        n: number of images.
+        seed: everything (labels, faces, pixel noise) is a function of the seed.
+        labels: class per image; default: a shuffled draw with the style's class
+            balance. Classes are FER2013's order; for ``style="ck"`` index 6 is
+            contempt instead of neutral.
+        difficulty: 0 prototypical and clean, 1 default, larger is harder.
+        style: ``fer`` (in-the-wild nuisances, 48×48), ``ck`` (lab conditions,
+            apex expressions, 48×48) or ``jaffe`` (lab conditions, 256×256 with
+            the face in rows/cols 48..208).
+
+    Returns:
+        ``(images, labels, extra)``: uint8 N×H×W, int64 N clean labels, and a
+        dict with ``classes``, ``au`` (float32 N×len(AUS)), ``intensity`` and
+        all render ``params``.
+    """
+    _check(difficulty, style)
+    n = int(n)
+    if n < 0:
+        raise FerNasError(f"n={n}: must be >= 0")
+    if labels is None:
+        weights = {"fer": FER_TRAIN_COUNTS, "ck": CK_COUNTS, "jaffe": JAFFE_COUNTS}[style]
+        labels = np.repeat(np.arange(7), class_counts(n, weights))
+        _rng(seed, 1).shuffle(labels)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if len(labels) != n:
+        raise FerNasError(f"labels: expected {n} labels, got {len(labels)}")
+    if n and (labels.min() < 0 or labels.max() > 6):
+        raise FerNasError("labels: classes must be in 0..6")
+    expr = labels.copy()
+    if style == "ck":
+        expr[labels == 6] = EXPRESSIONS.index("contempt")
+    params = sample_params(_rng(seed, 2), expr, difficulty=difficulty, style=style)
+    images = draw(params, seed=int(_rng(seed, 3).integers(2**62)), **_frame(style))
+    classes = list(CK_CLASSES if style == "ck" else FER_CLASSES)
+    extra = {"classes": classes, "au": np.stack([params[a] for a in AUS], 1), "intensity": params["intensity"],
+             "params": params}
+    return images, labels, extra
+
+
+# --------------------------------------------------------------------------- exports
+def _fer_rows(size: int | None, seed: int, noise: float, difficulty: float) -> dict[str, Any]:
+    """The FER2013-style rows shared by the ``fer2013`` and ``folder`` exports."""
+    total = _DEFAULT_FER_TOTAL if size is None else int(size)
+    if total < 10:
+        raise FerNasError(f"--size {total}: need at least 10 rows (every split needs images)")
+    split_sizes = class_counts(total, FER_SPLIT_SIZES)
+    rng = _rng(seed, 1)
+    labels, usage = [], []
+    for code, m in enumerate(split_sizes):
+        lab = np.repeat(np.arange(7), class_counts(int(m), FER_TRAIN_COUNTS))
+        rng.shuffle(lab)
+        labels.append(lab)
+        usage.append(np.full(int(m), code))
+    clean = np.concatenate(labels)
+    usage_a = np.concatenate(usage)
+    images, _, _ = render(total, seed, labels=clean, difficulty=difficulty, style="fer")
+    noisy = flip_labels(clean, noise, _rng(seed, 4), mask=usage_a == 0)
+    return {"images": images, "clean": clean, "labels": noisy, "usage": usage_a}
+
+
+def _write_clean(path: Path, files: Sequence[Any], clean: np.ndarray) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "clean_label"])
+        w.writerows(zip(files, clean.tolist()))
+
+
+def _save_png(path: Path, img: np.ndarray, fmt: str = "PNG") -> None:
+    from PIL import Image
+
+    Image.fromarray(np.ascontiguousarray(img)).save(path, format=fmt)
+
+
+def _export_fer2013(out: Path, size: int | None, seed: int, noise: float, difficulty: float) -> dict[str, Any]:
+    rows = _fer_rows(size, seed, noise, difficulty)
+    lut = [str(i) for i in range(256)]
+    flat = rows["images"].reshape(len(rows["images"]), -1)
+    with open(out / "fer2013.csv", "w", newline="") as f:
+        f.write("emotion,pixels,Usage\n")
+        for lab, px, use in zip(rows["labels"].tolist(), flat.tolist(), rows["usage"].tolist()):
+            f.write(f"{lab},{' '.join(map(lut.__getitem__, px))},{SPLITS[use]}\n")
+    _write_clean(out / "clean_labels.csv", range(len(flat)), rows["clean"])
+    return rows
+
+
+def _export_folder(out: Path, size: int | None, seed: int, noise: float, difficulty: float) -> dict[str, Any]:
+    rows = _fer_rows(size, seed, noise, difficulty)
+    for top in ("train", "test"):
+        for c in FER_CLASSES:
+            (out / top / c).mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, (img, lab, use) in enumerate(zip(rows["images"], rows["labels"].tolist(), rows["usage"].tolist())):
+        rel = f"{'train' if use == 0 else 'test'}/{FER_CLASSES[lab]}/{SPLITS[use]}_{i}.png"
+        _save_png(out / rel, img)
+        files.append(rel)
+    _write_clean(out / "clean_labels.csv", files, rows["clean"])
+    return rows
+
+
+def _balanced_assign(rng: np.random.Generator, n_owners: int, wants: Sequence[int]) -> list[np.ndarray]:
+    """For each request of ``k`` distinct owners (subjects), pick the ``k`` owners
+    holding the fewest items so far, ties at random: every owner gets some."""
+    load = np.zeros(n_owners, dtype=np.int64)
+    out = []
+    for k in wants:
+        picks = []
+        while k > 0:  # more requests than owners: go round again
+            order = np.lexsort((rng.random(n_owners), load))
+            pick = order[:min(k, n_owners)]
+            load[pick] += 1
+            picks.append(pick)
+            k -= len(pick)
+        out.append(np.sort(np.concatenate(picks)) if picks else np.zeros(0, np.int64))
+    return out
+
+
+def _scaled(counts: Sequence[int], size: int | None, full: int, unit: int = 1) -> np.ndarray:
+    if size is None:
+        return np.asarray(counts, dtype=np.int64)
+    if int(size) < 7 * unit:
+        raise FerNasError(f"--size {size}: need at least {7 * unit} images (one {'sequence' if unit > 1 else 'image'} per class)")
+    return np.maximum(unit, np.round(np.asarray(counts) * int(size) / full / unit).astype(np.int64) * unit)
+
+
+def _subject_params(rng: np.random.Generator, n_subjects: int, style: str) -> dict[str, np.ndarray]:
+    ident = sample_identity(rng, n_subjects)
+    if style == "jaffe":
+        # JAFFE's posers: dark hair, mostly long
+        ident["hair"] = rng.uniform(0.03, 0.15, n_subjects)
+        ident["long_hair"] = (rng.random(n_subjects) < 0.8).astype(np.float64)
+    return ident
+
+
+def _export_ck48(out: Path, size: int | None, seed: int, difficulty: float) -> dict[str, Any]:
+    rng = _rng(seed, 5)
+    n_img = _scaled(CK_COUNTS, size, sum(CK_COUNTS), CK_FRAMES)
+    n_seq = n_img // CK_FRAMES
+    n_subj = int(min(CK_SUBJECTS, max(3, round(CK_SUBJECTS * n_seq.sum() / (sum(CK_COUNTS) // CK_FRAMES)))))
+    n_subj = min(n_subj, int(n_seq.sum()))
+    subj_ids = np.sort(rng.choice(np.arange(5, 1000), size=n_subj, replace=False))
+    picks = _balanced_assign(rng, n_subj, n_seq.tolist())
+    seq_label = np.concatenate([np.full(len(p), c) for c, p in enumerate(picks)])
+    seq_subj = np.concatenate(picks)
+    # sequence numbers run per subject in a random order of their sessions
+    order = rng.permutation(len(seq_label))
+    seq_no = np.zeros(len(seq_label), dtype=np.int64)
+    seen: dict[int, int] = {}
+    for i in order.tolist():
+        seen[int(seq_subj[i])] = seen.get(int(seq_subj[i]), 0) + 1
+        seq_no[i] = seen[int(seq_subj[i])]
+    ident = _subject_params(rng, n_subj, "ck")
+    expr = seq_label.copy()
+    expr[seq_label == 6] = EXPRESSIONS.index("contempt")
+    p_seq = sample_params(rng, expr, difficulty=difficulty, style="ck",
+                          identity={k: v[seq_subj] for k, v in ident.items()})
+    # the last CK_FRAMES frames of each sequence: same person and pose, expression
+    # still rising towards the apex
+    rep = np.repeat(np.arange(len(seq_label)), CK_FRAMES)
+    ramp = np.tile(np.linspace(0.9, 1.0, CK_FRAMES), len(seq_label)).astype(np.float32)
+    params = {k: v[rep].copy() for k, v in p_seq.items()}
+    for a in AUS:
+        params[a] *= ramp
+    params["tx"] += rng.normal(0, 0.004, len(rep)).astype(np.float32)
+    params["ty"] += rng.normal(0, 0.004, len(rep)).astype(np.float32)
+    images = draw(params, seed=int(rng.integers(2**62)))
+    n_frames = rng.integers(10, 45, len(seq_label))
+    labels = seq_label[rep]
+    files = []
+    for c in CK_FOLDERS:
+        (out / c).mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(images):
+        s = rep[i]
+        frame = int(n_frames[s]) - (CK_FRAMES - 1) + i % CK_FRAMES
+        rel = f"{CK_FOLDERS[labels[i]]}/S{subj_ids[seq_subj[s]]:03d}_{seq_no[s]:03d}_{frame:08d}.png"
+        _save_png(out / rel, img)
+        files.append(rel)
+    _write_clean(out / "clean_labels.csv", files, labels)
+    return {"images": images, "clean": labels, "labels": labels, "subjects": subj_ids[seq_subj[rep]]}
+
+
+def _export_jaffe(out: Path, size: int | None, seed: int, difficulty: float) -> dict[str, Any]:
+    rng = _rng(seed, 6)
+    counts = _scaled(JAFFE_COUNTS, size, sum(JAFFE_COUNTS))
+    n_subj = len(JAFFE_SUBJECTS)
+    # spread each expression's images over the subjects as evenly as possible
+    per = np.zeros((n_subj, 7), dtype=np.int64)
+    load = np.zeros(n_subj, dtype=np.int64)
+    for c, k in enumerate(counts.tolist()):
+        base, extra = divmod(k, n_subj)
+        per[:, c] = base
+        order = np.lexsort((rng.random(n_subj), load))
+        per[order[:extra], c] += 1
+        load += per[:, c]
+    subj, lab, rank = [], [], []
+    for s in range(n_subj):
+        for c in range(7):
+            for r in range(int(per[s, c])):
+                subj.append(s)
+                lab.append(c)
+                rank.append(r + 1)
+    subj_a, lab_a = np.array(subj), np.array(lab)
+    ident = _subject_params(rng, n_subj, "jaffe")
+    params = sample_params(rng, lab_a, difficulty=difficulty, style="jaffe",
+                           identity={k: v[subj_a] for k, v in ident.items()})
+    images = draw(params, seed=int(rng.integers(2**62)), size=JAFFE_SIZE, box=JAFFE_BOX)
+    files = []
+    for i, img in enumerate(images):
+        rel = f"{JAFFE_SUBJECTS[subj[i]]}.{JAFFE_CODES[lab[i]]}{rank[i]}.{i + 1}.tiff"
+        _save_png(out / rel, img, fmt="TIFF")
+        files.append(rel)
+    _write_clean(out / "clean_labels.csv", files, lab_a)
+    return {"images": images, "clean": lab_a, "labels": lab_a,
+            "subjects": np.array([JAFFE_SUBJECTS[s] for s in subj])}
+
+
+def _check_export(fmt: str, size: int | None, noise: float, difficulty: float) -> None:
+    if fmt not in FORMATS:
+        raise FerNasError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
+    if size is not None and int(size) <= 0:
+        raise FerNasError(f"--size {size}: must be a positive number of images")
+    if not (np.isfinite(noise) and 0.0 <= noise <= 1.0):
+        raise FerNasError(f"--noise {noise}: must be a fraction between 0 and 1")
+    _check(difficulty)
+
+
+def _write_into(out: Path, fmt: str, size: int | None, seed: int, noise: float, difficulty: float) -> dict[str, Any]:
+    if fmt == "fer2013":
+        rows = _export_fer2013(out, size, seed, noise, difficulty)
+    elif fmt == "folder":
+        rows = _export_folder(out, size, seed, noise, difficulty)
+    elif fmt == "ck48":
+        rows = _export_ck48(out, size, seed, difficulty)
+    else:
+        rows = _export_jaffe(out, size, seed, difficulty)
+    return rows
+
+
+def _manifest(fmt: str, size: int | None, seed: int, noise: float, difficulty: float, rows: dict[str, Any]) -> dict[str, Any]:
+    return {"format": fmt, "size": None if size is None else int(size), "n_images": int(len(rows["clean"])),
+            "seed": int(seed), "noise": float(noise) if fmt in ("fer2013", "folder") else 0.0,
+            "difficulty": float(difficulty), "render_version": RENDER_VERSION,
+            "flipped": int((rows["labels"] != rows["clean"]).sum())}
+
+
+def _export_atomic(final: Path, fmt: str, size: int | None, seed: int, noise: float, difficulty: float) -> dict[str, Any]:
+    """Write into a temporary sibling folder, then rename it to ``final``: a crash
+    never leaves a half export under the final name."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        rows = _write_into(tmp, fmt, size, seed, noise, difficulty)
+        info = _manifest(fmt, size, seed, noise, difficulty, rows)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info
+
+
+def _is_export(folder: Path) -> bool:
+    """An export folder is complete once it exists (it appears by rename) and
+    holds the clean-label sidecar."""
+    f = folder / "clean_labels.csv"
+    try:
+        with open(f) as fh:
+            return fh.readline().strip() == "file,clean_label"
+    except OSError:
+        return False
+
+
+def export(fmt: str, out: str | os.PathLike, *, size: int | None = None, seed: int = 0, noise: float = 0.1,
+           difficulty: float = 1.0, force: bool = False) -> dict[str, Any]:
+    """Write a SynthFER export in format ``fmt`` to the folder ``out`` (created;
+    it must not exist, or be empty, or with ``force`` be an earlier SynthFER
+    export, which is replaced). Returns a summary: format, image count, seed,
+    options and the number of flipped labels.
+
+    ``size``: total images (default: 35887 rows for ``fer2013``/``folder``, 981
+    for ``ck48``, 213 for ``jaffe``; smaller sizes keep the proportions).
+    """
+    _check_export(fmt, size, noise, difficulty)
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise FerNasError(f"{out}: exists and is not a folder")
+        if any(out.iterdir()):
+            if not force:
+                raise FerNasError(f"{out}: folder exists and is not empty (use --force to replace an earlier export)")
+            if not _is_export(out):
+                raise FerNasError(f"{out}: not a SynthFER export (no clean_labels.csv); refusing to replace it")
+            shutil.rmtree(out)
+        else:
+            out.rmdir()
+    return _export_atomic(out, fmt, size, seed, noise, difficulty)
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where cached exports live: ``cache_dir``, else ``$FERNAS_CACHE/synthfer``,
+    else ``~/.cache/fer-nas/synthfer``."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get("FERNAS_CACHE")
+    return Path(env) / "synthfer" if env else Path.home() / ".cache" / "fer-nas" / "synthfer"
+
+
+def export_cached(fmt: str, *, size: int | None = None, seed: int = 0, noise: float = 0.1, difficulty: float = 1.0,
+                  cache_dir: str | os.PathLike | None = None) -> Path:
+    """The folder of a SynthFER export, rendered on first use and cached by
+    (format, size, seed, noise, difficulty, renderer version). Concurrent
+    callers may both render; the first rename wins, the other result is dropped."""
+    _check_export(fmt, size, noise, difficulty)
+    if fmt in ("ck48", "jaffe"):
+        noise = 0.0  # test-set formats carry no label noise
+    size_key = "full" if size is None else str(int(size))
+    name = f"{fmt}-n{size_key}-seed{int(seed)}-noise{float(noise):.6g}-diff{float(difficulty):.6g}-v{RENDER_VERSION}"
+    final = cache_root(cache_dir) / name
+    if _is_export(final):
+        return final
+    try:
+        _export_atomic(final, fmt, size, seed, noise, difficulty)
+    except OSError:
+        if not _is_export(final):  # lost a race to another process: use its result
+            raise
+    return final
+
+
+# --------------------------------------------------------------------------- preview
+def preview(path: str | os.PathLike, *, style: str = "fer", difficulty: float = 1.0, seed: int = 0,
+            n_cols: int = 10, zoom: int = 3) -> Path:
+    """Write a PNG grid: a row per class, labelled. The first two columns are
+    clean prototypes (difficulty 0), the rest are random samples at
+    ``difficulty`` from weak to strong expression."""
+    from PIL import Image, ImageDraw
+
+    _check(difficulty, style)
+    n_clean = 2
+    classes = CK_CLASSES if style == "ck" else FER_CLASSES
+    labels = np.repeat(np.arange(7), n_cols)
+    img_d, _, ex = render(len(labels), seed, labels=labels, difficulty=difficulty, style=style)
+    img_0, _, _ = render(7 * n_clean, seed + 1, labels=np.repeat(np.arange(7), n_clean), difficulty=0.0, style=style)
+    tile = 48 * zoom
+
+    def fit(a: np.ndarray) -> Image.Image:
+        return Image.fromarray(np.ascontiguousarray(a)).resize((tile, tile), Image.NEAREST if a.shape[0] == 48 else Image.BILINEAR)
+
+    label_w, head_h, gap = 70, 34, 6
+    W = label_w + (n_clean + n_cols) * tile + gap
+    H = head_h + 7 * tile
+    canvas = Image.new("L", (W, H), 255)
+    drawer = ImageDraw.Draw(canvas)
+    drawer.text((4, 4), f"SynthFER, style {style}, seed {seed}", fill=0)
+    drawer.text((label_w, 19), "clean (difficulty 0)", fill=0)
+    drawer.text((label_w + n_clean * tile + gap, 19), f"difficulty {difficulty:g}: weak -> strong expression", fill=0)
+    inten = ex["intensity"].reshape(7, n_cols)
+    for c in range(7):
+        y = head_h + c * tile
+        drawer.text((6, y + tile // 2 - 6), classes[c], fill=0)
+        for j in range(n_clean):
+            canvas.paste(fit(img_0[c * n_clean + j]), (label_w + j * tile, y))
+        for j, k in enumerate(np.argsort(inten[c], kind="stable")):
+            canvas.paste(fit(img_d[c * n_cols + int(k)]), (label_w + n_clean * tile + gap + j * tile, y))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
+# --------------------------------------------------------------------------- CLI
+def get_args_parser() -> argparse.ArgumentParser:
+    from nas.cli import ArgumentParser
+
+    p = ArgumentParser(prog="python -m nas.data.synthfer",
+                       description="Export SynthFER, the synthetic facial-expression benchmark, in a real file format.")
+    p.add_argument("--out", required=True, help="output folder (created; must be new or empty unless --force)")
+    p.add_argument("--format", required=True, choices=FORMATS,
+                   help="fer2013: fer2013.csv; folder: train/ test/ image folders; ck48: CK+48 folders; jaffe: JAFFE tiffs")
+    p.add_argument("--size", type=int, default=None,
+                   help="number of images (default: 35887 for fer2013/folder, 981 for ck48, 213 for jaffe)")
+    p.add_argument("--noise", type=float, default=0.1, help="fraction of Training labels flipped along FES (fer2013/folder)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--difficulty", type=float, default=1.0, help="0 clean prototypes, 1 default, 2 hard")
+    p.add_argument("--preview", action="store_true",
+                   help="write only OUT/preview.png, a labelled grid with a row per class, instead of the data")
+    p.add_argument("--force", action="store_true", help="replace an earlier SynthFER export in --out")
+    return p
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    if args.preview:
+        _check_export(args.format, args.size, args.noise, args.difficulty)
+        style = {"ck48": "ck", "jaffe": "jaffe"}.get(args.format, "fer")
+        path = preview(Path(args.out) / "preview.png", style=style, difficulty=args.difficulty, seed=args.seed)
+        info: dict[str, Any] = {"preview": str(path), "style": style}
+    else:
+        info = export(args.format, args.out, size=args.size, seed=args.seed, noise=args.noise,
+                      difficulty=args.difficulty, force=args.force)
+        info["out"] = str(args.out)
+    info["seconds"] = round(time.perf_counter() - t0, 2)
+    print(json.dumps(info))
+    return info
+
+
+if __name__ == "__main__":
+    from nas.cli import run
+
+    run(main, get_args_parser())

@@ -46,10 +46,11 @@ import numpy as np
 from nas.data.dataset import FER_CLASSES, SPLITS
 from nas.data.synthfer_render import AUS, EXPRESSIONS, draw, sample_identity, sample_params
 from nas.errors import FerNasError
+from nas.fes import DEFAULT_FES
 
 __all__ = [
     "RENDER_VERSION", "FORMATS", "STYLES", "FER_TRAIN_COUNTS", "FER_SPLIT_SIZES", "CK_COUNTS", "CK_CLASSES",
-    "JAFFE_COUNTS", "JAFFE_CODES", "JAFFE_SUBJECTS", "FES_FERPLUS", "fes_matrix", "class_counts",
+    "JAFFE_COUNTS", "JAFFE_CODES", "JAFFE_SUBJECTS", "fes_matrix", "class_counts",
     "render", "flip_labels", "export", "export_cached", "cache_root", "preview", "get_args_parser", "main",
 ]
 
@@ -73,33 +74,13 @@ JAFFE_COUNTS: tuple[int, ...] = (30, 29, 32, 31, 31, 30, 30)
 JAFFE_SUBJECTS: tuple[str, ...] = ("KA", "KL", "KM", "KR", "MK", "NA", "NM", "TM", "UY", "YM")
 JAFFE_SIZE, JAFFE_BOX = 256, (48, 48, 160)   # the reader's default face crop: rows/cols 48..208
 
-#: Facial-expression similarity from the published FER+ votes (fer2013new.csv),
-#: FER2013 order: off-diagonal (i, j) = sum over images where both classes got
-#: votes of min(v_i, v_j) / max(v_i, v_j), divided by the number of rows (35887).
-#: Used when :mod:`nas.fes` is absent; tests recompute it from the file.
-FES_FERPLUS = np.array([
-    [0.0, 0.027195, 0.021876, 0.020030, 0.048779, 0.032225, 0.058376],
-    [0.027195, 0.0, 0.009524, 0.011474, 0.027752, 0.013817, 0.032064],
-    [0.021876, 0.009524, 0.0, 0.015247, 0.027918, 0.046196, 0.033837],
-    [0.020030, 0.011474, 0.015247, 0.0, 0.025749, 0.034527, 0.055804],
-    [0.048779, 0.027752, 0.027918, 0.025749, 0.0, 0.034720, 0.138386],
-    [0.032225, 0.013817, 0.046196, 0.034527, 0.034720, 0.0, 0.052984],
-    [0.058376, 0.032064, 0.033837, 0.055804, 0.138386, 0.052984, 0.0],
-])
-
 _DEFAULT_FER_TOTAL = sum(FER_SPLIT_SIZES)
 
 
 # --------------------------------------------------------------------------- labels
 def fes_matrix() -> np.ndarray:
-    """The 7×7 FES matrix (FER order): :data:`nas.fes.DEFAULT_FES` when that
-    module is present, else :data:`FES_FERPLUS`."""
-    try:
-        from nas.fes import DEFAULT_FES  # type: ignore[attr-defined]
-    except ImportError:
-        return FES_FERPLUS.copy()
-    m = np.asarray(DEFAULT_FES, dtype=np.float64)
-    return m if m.shape == (7, 7) else FES_FERPLUS.copy()
+    """The 7×7 FES matrix in FER order (:data:`nas.fes.DEFAULT_FES`, from the published FER+ votes)."""
+    return np.array(DEFAULT_FES, dtype=np.float64)
 
 
 def class_counts(total: int, weights: Sequence[float]) -> np.ndarray:
@@ -169,6 +150,10 @@ def render(n: int, seed: int = 0, *, labels: Sequence[int] | np.ndarray | None =
         style: ``fer`` (in-the-wild nuisances, 48×48), ``ck`` (lab conditions,
             apex expressions, 48×48) or ``jaffe`` (lab conditions, 256×256 with
             the face in rows/cols 48..208).
+
+    For a given ``n`` and ``seed`` the people, poses and light do not depend on
+    ``labels``: rendering the same seed with other labels shows the same faces
+    with other expressions.
 
     Returns:
         ``(images, labels, extra)``: uint8 N×H×W, int64 N clean labels, and a

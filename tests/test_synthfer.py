@@ -1,0 +1,289 @@
+"""SynthFER: determinism, class balance, FES-directed label noise, every export read
+back by the real readers, the preview, and the command line."""
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import chisquare
+
+from nas.cli import run
+from nas.data import load_dataset
+from nas.data.dataset import FER_CLASSES
+from nas.data.synthfer import (CK_CLASSES, CK_COUNTS, FER_SPLIT_SIZES, FER_TRAIN_COUNTS, JAFFE_COUNTS,
+                               JAFFE_SUBJECTS, class_counts, export, export_cached, fes_matrix, flip_labels,
+                               get_args_parser, main, render)
+from nas.errors import FerNasError
+from nas.fes import DEFAULT_FES
+
+
+# ----------------------------------------------------------------------------- renderer
+def test_render_is_deterministic_and_seed_dependent():
+    a, la, ea = render(40, seed=5)
+    b, lb, eb = render(40, seed=5)
+    c, lc, _ = render(40, seed=6)
+    assert a.dtype == np.uint8 and a.shape == (40, 48, 48)
+    assert np.array_equal(a, b) and np.array_equal(la, lb) and np.array_equal(ea["au"], eb["au"])
+    assert not np.array_equal(a, c)
+    assert a.std() > 20  # faces, not a flat field
+    # labels given: same faces for the same labels and seed
+    d, ld, _ = render(40, seed=5, labels=la)
+    assert np.array_equal(d, a) and np.array_equal(ld, la)
+
+
+def test_class_counts_reproduce_fer2013():
+    assert class_counts(28709, FER_TRAIN_COUNTS).tolist() == list(FER_TRAIN_COUNTS)
+    assert class_counts(35887, FER_SPLIT_SIZES).tolist() == [28709, 3589, 3589]
+    small = class_counts(1000, FER_TRAIN_COUNTS)
+    assert small.sum() == 1000
+    exact = 1000 * np.array(FER_TRAIN_COUNTS) / 28709
+    assert np.abs(small - exact).max() < 1
+
+
+def test_default_labels_follow_fer_training_balance():
+    _, labels, _ = render(700, seed=1)
+    assert np.bincount(labels, minlength=7).tolist() == class_counts(700, FER_TRAIN_COUNTS).tolist()
+    _, labels, extra = render(98, seed=1, style="ck")
+    assert extra["classes"] == list(CK_CLASSES)
+    assert np.bincount(labels, minlength=7).tolist() == class_counts(98, CK_COUNTS).tolist()
+
+
+def test_similar_expressions_overlap_like_fes():
+    """Render the same people under the same pose and light with every expression (a
+    seed fixes everything but the label) and compare: the nearest expression of sad is
+    neutral, of angry is disgust, of fear is surprise (and back), of happy is neutral,
+    the pairs FER+ taggers confuse (FES)."""
+    n = 60
+    ims = np.stack([render(n, 7, labels=np.full(n, c), difficulty=1.0)[0] for c in range(7)]).astype(np.float64)
+    # same seed, other label: only the expression changed (identity, pose, light are paired)
+    assert (ims[0] != ims[6]).any() and np.abs(ims[0] - ims[6]).mean() < 0.25 * np.abs(ims[0] - ims[0][::-1]).mean()
+    dist = np.sqrt(((ims[:, None] - ims[None]) ** 2).sum((-1, -2))).mean(-1)
+    np.fill_diagonal(dist, np.inf)
+    nearest = {FER_CLASSES[i]: FER_CLASSES[int(dist[i].argmin())] for i in range(7)}
+    assert nearest == {"angry": "disgust", "disgust": "angry", "fear": "surprise", "happy": "neutral",
+                       "sad": "neutral", "surprise": "fear", "neutral": "sad"}
+    fes = np.asarray(DEFAULT_FES)
+    for a, b in (("sad", "neutral"), ("fear", "surprise"), ("happy", "neutral")):
+        i, j = FER_CLASSES.index(a), FER_CLASSES.index(b)
+        assert fes[i, j] == max(fes[i, k] for k in range(7) if k != i)  # FES agrees on these
+
+
+def test_difficulty_zero_is_clean_and_difficulty_adds_nuisance():
+    lab = np.full(64, 6)
+    clean, _, _ = render(64, seed=3, labels=lab, difficulty=0.0)
+    hard, _, _ = render(64, seed=3, labels=lab, difficulty=2.0)
+    # neutral faces with no pose/light nuisance differ only by identity: the mean face is
+    # sharper (higher pixel variance of the mean) than under pose and light jitter
+    assert clean.astype(float).mean(0).std() > hard.astype(float).mean(0).std()
+
+
+def test_jaffe_style_draws_the_face_inside_the_crop_box():
+    im, _, _ = render(6, seed=4, style="jaffe")
+    assert im.shape == (6, 256, 256)
+    corner = im[:, :24, :24].astype(float)
+    assert corner.std(axis=(1, 2)).max() < 6  # plain background
+    box = im[:, 48:208, 48:208].astype(float)
+    assert box.std(axis=(1, 2)).min() > 3 * corner.std(axis=(1, 2)).max() + 5
+
+
+def test_render_rejects_bad_arguments():
+    with pytest.raises(FerNasError, match="style"):
+        render(4, style="photo")
+    with pytest.raises(FerNasError, match="difficulty"):
+        render(4, difficulty=-1)
+    with pytest.raises(FerNasError, match="labels"):
+        render(4, labels=[0, 1, 2, 9])
+
+
+# ----------------------------------------------------------------------------- label noise
+def test_flip_labels_rate_and_direction_follow_fes():
+    rng = np.random.default_rng(0)
+    n_per = 4000
+    labels = np.repeat(np.arange(7), n_per)
+    mask = np.arange(len(labels)) % 4 != 0  # a quarter of the rows must never change
+    noisy = flip_labels(labels, 0.3, rng, mask=mask)
+    flipped = noisy != labels
+    assert flipped.sum() == round(0.3 * mask.sum())
+    assert not flipped[~mask].any()
+    fes = np.asarray(DEFAULT_FES, dtype=np.float64)
+    for c in range(7):
+        targets = noisy[flipped & (labels == c)]
+        assert len(targets) > 500 and (targets != c).all()
+        obs = np.bincount(targets, minlength=7)
+        row = fes[c].copy()
+        row[c] = 0
+        expected = row / row.sum() * len(targets)
+        keep = np.arange(7) != c
+        assert chisquare(obs[keep], expected[keep]).pvalue > 1e-4, (c, obs, expected)
+        assert obs.argmax() == row.argmax()  # e.g. sad -> neutral, fear -> surprise
+    assert np.array_equal(fes_matrix(), fes)
+
+
+def test_flip_labels_zero_and_bad_fraction():
+    labels = np.arange(7).repeat(3)
+    assert np.array_equal(flip_labels(labels, 0.0, np.random.default_rng(0)), labels)
+    with pytest.raises(FerNasError, match="noise"):
+        flip_labels(labels, 1.5, np.random.default_rng(0))
+
+
+# ----------------------------------------------------------------------------- exports
+def _split_sizes(d) -> list[int]:
+    return np.bincount(d.split.numpy(), minlength=3).tolist()
+
+
+def test_fer2013_export_reads_back_with_counts_noise_and_pixels(tmp_path, monkeypatch):
+    size, noise = 140, 0.2
+    folder = export_cached("fer2013", size=size, seed=1, noise=noise, cache_dir=tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == ["clean_labels.csv", "fer2013.csv"]
+    assert folder.parent == tmp_path and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    d = load_dataset(folder)
+    assert d.format == "fer2013_csv" and d.images.shape == (size, 1, 48, 48)
+    sizes = class_counts(size, FER_SPLIT_SIZES).tolist()
+    assert _split_sizes(d) == sizes
+    clean, labels = d.clean_labels.numpy(), d.labels.numpy()
+    train = d.split.numpy() == 0
+    assert np.bincount(clean[train], minlength=7).tolist() == class_counts(sizes[0], FER_TRAIN_COUNTS).tolist()
+    assert (labels != clean).sum() == round(noise * sizes[0])
+    assert (labels == clean)[~train].all()
+    # the pixels are the renderer's, row for row
+    again, _, _ = render(size, 1, labels=clean)
+    assert np.array_equal(d.images[:, 0].numpy(), again)
+    # every option is part of the cache key
+    other = export_cached("fer2013", size=size, seed=1, noise=0.0, cache_dir=tmp_path)
+    assert other != folder and (load_dataset(other).labels == d.clean_labels).all()
+    # cached: a second call returns the folder without rendering
+    monkeypatch.setattr("nas.data.synthfer.render", lambda *a, **k: pytest.fail("re-rendered a cached export"))
+    assert export_cached("fer2013", size=size, seed=1, noise=noise, cache_dir=tmp_path) == folder
+
+
+def test_cache_root_follows_fernas_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FERNAS_CACHE", str(tmp_path))
+    folder = export_cached("fer2013", size=12, seed=0, noise=0.0)
+    assert folder.parent == tmp_path / "synthfer"
+
+
+def test_folder_export_reads_back(tmp_path):
+    size = 70
+    folder = export_cached("folder", size=size, seed=2, noise=0.3, cache_dir=tmp_path)
+    d = load_dataset(folder)
+    assert d.format == "fer2013_folders" and len(d) == size
+    assert _split_sizes(d) == class_counts(size, FER_SPLIT_SIZES).tolist()
+    names = d.meta["files"]
+    assert all(re.fullmatch(r"(train/\w+/Training|test/\w+/(PublicTest|PrivateTest))_\d+\.png", f) for f in names)
+    # label noise lands in the folder a file sits in; the sidecar keeps the truth
+    clean, labels, train = d.clean_labels.numpy(), d.labels.numpy(), d.split.numpy() == 0
+    assert (labels != clean).sum() == round(0.3 * train.sum())
+    assert (labels == clean)[~train].all()
+    for f, y in zip(names, labels.tolist()):
+        assert f.split("/")[1] == FER_CLASSES[y]
+
+
+def test_ck48_export_reads_back_with_ck_counts_and_subjects(tmp_path):
+    folder = export_cached("ck48", seed=0, cache_dir=tmp_path)
+    d = load_dataset(folder)
+    assert d.format == "ck48" and d.images.shape == (981, 1, 48, 48)
+    assert d.classes == list(CK_CLASSES)
+    assert np.bincount(d.labels.numpy(), minlength=7).tolist() == list(CK_COUNTS)
+    assert np.array_equal(d.clean_labels.numpy(), d.labels.numpy())
+    assert len(set(d.subjects)) == 120
+    # sequences of 3 consecutive frames; one subject shows each expression at most once
+    seqs = Counter(re.match(r"\w+/(S\d+_\d+)_\d+\.png", f).group(1) for f in d.meta["files"])
+    assert set(seqs.values()) == {3} and len(seqs) == 327
+    seq_label = {}
+    for f, y in zip(d.meta["files"], d.labels.tolist()):
+        seq_label[re.match(r"\w+/(S\d+)_(\d+)_", f).groups()] = y
+    per_subject = Counter((s, y) for (s, _), y in seq_label.items())
+    assert max(per_subject.values()) == 1
+
+
+def test_ck48_export_keeps_a_subjects_face(tmp_path):
+    """Identity parameters are the subject's: two sequences of one subject are more alike
+    (neutral-ish face regions) than two sequences of different subjects, on average."""
+    folder = export_cached("ck48", size=210, seed=3, cache_dir=tmp_path)
+    d = load_dataset(folder)
+    x = d.images[:, 0, 4:20].flatten(1).float().numpy()  # forehead/hair rows: little expression there
+    subj = np.array(d.subjects)
+    same, diff = [], []
+    for i in range(0, len(x), 3):
+        for j in range(i + 3, len(x), 3):
+            (same if subj[i] == subj[j] else diff).append(np.abs(x[i] - x[j]).mean())
+    assert len(same) > 5 and np.mean(same) < 0.6 * np.mean(diff)
+
+
+def test_jaffe_export_reads_back(tmp_path):
+    folder = export_cached("jaffe", seed=0, cache_dir=tmp_path)
+    files = sorted(p.name for p in folder.iterdir() if p.suffix == ".tiff")
+    assert len(files) == 213
+    assert all(re.fullmatch(r"[A-Z]{2}\.(AN|DI|FE|HA|SA|SU|NE)\d\.\d+\.tiff", f) for f in files)
+    from PIL import Image
+
+    with Image.open(folder / files[0]) as im:
+        assert im.size == (256, 256) and im.mode == "L"
+    d = load_dataset(folder)
+    assert d.format == "jaffe" and d.images.shape == (213, 1, 48, 48)
+    assert np.bincount(d.labels.numpy(), minlength=7).tolist() == list(JAFFE_COUNTS)
+    assert sorted(set(d.subjects)) == sorted(JAFFE_SUBJECTS)
+    assert np.array_equal(d.clean_labels.numpy(), d.labels.numpy())
+
+
+def test_export_refuses_to_overwrite_and_force_replaces_an_export(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("user data")
+    with pytest.raises(FerNasError, match="not empty"):
+        export("fer2013", out, size=12)
+    with pytest.raises(FerNasError, match="not a SynthFER export"):
+        export("fer2013", out, size=12, force=True)
+    assert (out / "mine.txt").read_text() == "user data"
+    out2 = tmp_path / "out2"
+    info = export("fer2013", out2, size=12, seed=0, noise=0.5)
+    assert info["n_images"] == 12 and info["flipped"] == round(0.5 * class_counts(12, FER_SPLIT_SIZES)[0])
+    export("fer2013", out2, size=20, force=True)
+    assert len(load_dataset(out2)) == 20
+
+
+def test_export_rejects_bad_options(tmp_path):
+    for kw, msg in (({"size": 5}, "at least 10"), ({"noise": 1.5}, "noise"), ({"difficulty": -1.0}, "difficulty")):
+        with pytest.raises(FerNasError, match=msg):
+            export("fer2013", tmp_path / "x", **kw)
+    with pytest.raises(FerNasError, match="format"):
+        export_cached("png", cache_dir=tmp_path)
+    assert not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------- CLI and preview
+def test_cli_preview_writes_a_labelled_grid(tmp_path, capsys):
+    from PIL import Image
+
+    run(main, get_args_parser(), ["--out", str(tmp_path / "p"), "--format", "fer2013", "--preview"])
+    info = json.loads(capsys.readouterr().out)
+    path = Path(info["preview"])
+    assert path == tmp_path / "p" / "preview.png" and sorted(p.name for p in path.parent.iterdir()) == ["preview.png"]
+    with Image.open(path) as im:
+        w, h = im.size
+        a = np.asarray(im.convert("L"), dtype=np.float64)
+    assert h >= 7 * 144 and w >= 12 * 144  # a row per class, 2 clean + 10 sampled columns of 48×3 px
+    rows = [a[h - (7 - c) * 144:h - (6 - c) * 144, 200:] for c in range(7)]
+    assert all(r.std() > 20 for r in rows)  # every row holds faces
+    assert not np.allclose(rows[3], rows[5])
+
+
+def test_cli_export_and_one_line_errors(tmp_path, capsys):
+    out = tmp_path / "e"
+    run(main, get_args_parser(), ["--out", str(out), "--format", "folder", "--size", "30", "--seed", "4"])
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "folder" and info["n_images"] == 30
+    assert len(load_dataset(out)) == 30
+    for argv, msg in ((["--out", str(out), "--format", "folder", "--size", "30"], "not empty"),
+                      (["--out", str(tmp_path / "f"), "--format", "fer2013", "--noise", "2"], "noise"),
+                      (["--out", str(tmp_path / "g"), "--format", "tiff"], "invalid choice")):
+        with pytest.raises(SystemExit) as e:
+            run(main, get_args_parser(), argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and msg in err
+

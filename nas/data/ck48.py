@@ -23,7 +23,8 @@ __all__ = ["CK48_CLASSES", "CK48_FOLDERS", "read_ck48", "is_ck48"]
 CK48_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "contempt")
 #: CK+48 folder name -> label index in CK48_CLASSES.
 CK48_FOLDERS = {"anger": 0, "disgust": 1, "fear": 2, "happy": 3, "sadness": 4, "surprise": 5, "contempt": 6}
-_NAME = re.compile(r"^(S\d+)_(\d+)_(\d+)$")
+# fullmatch + ASCII: "$" would also match before a trailing newline, and \d any Unicode digit.
+_NAME = re.compile(r"(S\d+)_(\d+)_(\d+)", re.ASCII)
 
 
 def is_ck48(path: Path) -> bool:
@@ -41,7 +42,7 @@ def read_ck48(path: str | Path, *, skip_bad_rows: bool = False) -> FERData:
     files, labels, skipped = scan_class_folders(root, CK48_CLASSES, CK48_FOLDERS)
     subjects = []
     for f in files:
-        m = _NAME.match(f.stem)
+        m = _NAME.fullmatch(f.stem)
         if m is None:
             raise FerNasError(f"{f}: CK+ file name does not parse (expected S<subject>_<sequence>_<frame>, "
                               "e.g. S010_004_00000017.png)")

@@ -170,4 +170,6 @@ def _check_row(row: bytes, npix: int) -> tuple[bytes, str | None]:
             return row, f"pixel {k + 1} is {t.decode(errors='replace')!r}, not an integer 0-255"
         if int(t) > 255:
             return row, f"pixel {k + 1} is {int(t)}, outside 0-255"
-    return b" ".join(tokens), None
+    # Re-spelled without leading zeros ("0255" -> "255") so the bulk parser, which reads
+    # at most three digits per value, accepts the normalised row.
+    return b" ".join(b"%d" % int(t) for t in tokens), None

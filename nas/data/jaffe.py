@@ -24,7 +24,8 @@ __all__ = ["JAFFE_CODES", "DEFAULT_CROP", "read_jaffe", "is_jaffe", "crop_resize
 JAFFE_CODES = {"AN": 0, "DI": 1, "FE": 2, "HA": 3, "SA": 4, "SU": 5, "NE": 6}
 #: (top, left, height, width) of the face in a 256×256 JAFFE image.
 DEFAULT_CROP = (48, 48, 160, 160)
-_NAME = re.compile(r"^([A-Za-z]{2})\.([A-Za-z]{2})(\d+)\.(\d+)$")
+# fullmatch + ASCII: "$" would also match before a trailing newline, and \d any Unicode digit.
+_NAME = re.compile(r"([A-Za-z]{2})\.([A-Za-z]{2})(\d+)\.(\d+)", re.ASCII)
 
 
 def is_jaffe(path: Path) -> bool:
@@ -54,7 +55,7 @@ def read_jaffe(path: str | Path, *, jaffe_crop: tuple[int, int, int, int] | None
             warn(f"{p}: skipping {'folder' if p.is_dir() else 'non-image file'} (expected JAFFE *.tiff files)")
             skipped += 1
             continue
-        m = _NAME.match(p.stem)
+        m = _NAME.fullmatch(p.stem)
         code = m.group(2).upper() if m else None
         if m is None or code not in JAFFE_CODES:
             what = f"unknown expression code {code!r} (expected {', '.join(JAFFE_CODES)})" if m else \

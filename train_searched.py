@@ -45,6 +45,10 @@ def main(args: argparse.Namespace) -> dict:
 
     if args.resume:
         args = resumed_args(args)
+    if args.labels != "fer" and not args.ferplus:
+        from nas.errors import FerNasError
+
+        raise FerNasError(f"--labels {args.labels} needs --ferplus PATH (the FER+ votes file fer2013new.csv)")
     device = resolve_device(args.device)
     dist = init_distributed(device)
     try:

@@ -450,6 +450,20 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(env) / "synthfer" if env else Path.home() / ".cache" / "fer-nas" / "synthfer"
 
 
+def _remove_stale_temps(final: Path, max_age_s: float = 6 * 3600) -> None:
+    """Temporary folders that a killed export left behind (a live export touches its
+    folder far more often than this)."""
+    if not final.parent.is_dir():
+        return
+    now = time.time()
+    for p in final.parent.glob(f".{final.name}.tmp-*"):
+        try:
+            if now - p.stat().st_mtime > max_age_s:
+                shutil.rmtree(p, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def export_cached(fmt: str, *, size: int | None = None, seed: int = 0, noise: float = 0.1, difficulty: float = 1.0,
                   cache_dir: str | os.PathLike | None = None) -> Path:
     """The folder of a SynthFER export, rendered on first use and cached by
@@ -463,6 +477,7 @@ def export_cached(fmt: str, *, size: int | None = None, seed: int = 0, noise: fl
     final = cache_root(cache_dir) / name
     if _is_export(final):
         return final
+    _remove_stale_temps(final)
     try:
         _export_atomic(final, fmt, size, seed, noise, difficulty)
     except OSError:

@@ -4,8 +4,9 @@ A face is a stack of soft-edged implicit shapes (ellipses, lid and lip curves,
 brow bands) evaluated on the pixel grid of every image of a chunk at once.
 Geometry lives in *face units*: the 48×48 FER frame spans [-1, 1] on both
 axes, the face oval is about 0.8 wide (half-width) and 1.0 tall (half-height).
-Each image maps its pixel grid into face units through its own pose (roll,
-scale, shift) so all images of a chunk are drawn by the same tensor ops.
+All faces of a chunk are drawn upright by the same tensor ops (each feature
+only on the rows it can occupy), then one batched affine resampling applies
+every image's roll, scale and shift.
 
 Expressions are set by action-unit-like intensities (:data:`AUS`); the class
 prototypes in :data:`PROTOTYPES` follow FACS descriptions of the basic

@@ -1,0 +1,652 @@
+"""Cross-dataset tests of a trained checkpoint: CK+ folds, JAFFE subjects.
+
+Two modes, one loop (:func:`cross_validate`):
+
+* **fine-tune** (default): for each fold a fresh copy of the checkpoint is trained
+  on the fold's training part with the engine (:class:`nas.train.Trainer`) and
+  tested on the held-out part. The held-out part is never used for model
+  selection: the fold's figure is the last epoch's (the fold dataset has a
+  Training and a PrivateTest split and no PublicTest).
+* **direct** (``--no_finetune``): the checkpoint predicts every image as it is;
+  the per-fold figures are the same predictions sliced by fold.
+
+Folds:
+
+* :func:`subject_folds` — CK+'s default: no subject in both parts of any fold.
+  Subjects are dealt to folds greedily, largest first (ties in a seeded random
+  order), each to the fold that keeps the per-class share of every fold closest
+  to 1/k and the fold sizes closest to equal (stratified group k-fold).
+* :func:`reference_folds` — the reference implementation's split, for comparison.
+  Images are ordered by class (anger, disgust, fear, happy, sadness, surprise,
+  contempt: the CK+48 folders, i.e. CK+'s label order here) and by file name
+  within a class; fold ``f < k`` tests the ``f``-th contiguous block of
+  12/18/9/21/9/24/6 images of each class, fold ``k`` the last block of each
+  class. Those counts are the reference's for CK+48's 135/177/75/207/84/249/54
+  images (near a tenth of each class, not exactly). The reference's quirks are
+  kept, and logged: blocks are cut from one running index, so fold 9's fear
+  block (9 x 9 = 81 > 75 images) runs 6 images into happy; folds 9 and 10
+  overlap; 15 anger and 9 surprise images are never tested; contiguous blocks
+  cut through subjects and sequences, so frames of one person sit on both
+  sides (what makes the reference's 99 % optimistic). For other class sizes or
+  fold counts the block sizes scale: ``round(block * n_class / 135-style count
+  * 10 / k)``, at least 1.
+* :func:`loso_folds` — leave one subject out (JAFFE).
+
+Class mapping. CK+ uses FER2013's order with *contempt* at index 6 where FER has
+*neutral*. Fine-tuning with ``head="keep"`` (the reference's way) keeps the whole
+classifier, so the unit trained for neutral becomes contempt's; ``head="reinit"``
+gives the classifier (and the auxiliary head's classifier) fresh weights for the
+data's classes, which also allows a checkpoint with another class count. A direct
+test matches classes by name: images of a class the model lacks (contempt) are left
+out, and a prediction of a class the data lacks (neutral) counts as wrong;
+``accuracy_restricted`` takes the argmax over the shared classes only.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from nas.errors import FerNasError
+
+__all__ = ["REFERENCE_BLOCKS", "REFERENCE_COUNTS", "REFERENCE_FOLDERS", "HEADS", "Fold", "subject_folds",
+           "reference_folds", "loso_folds", "fold_report", "head_keys", "prepare_model", "fold_dataset",
+           "direct_scores", "cross_validate", "mean_std", "add_crossdata_args", "main_crossdata"]
+
+#: The reference's CK+48 class order (its h5 file: folders in this order, files sorted by name).
+REFERENCE_FOLDERS = ("anger", "disgust", "fear", "happy", "sadness", "surprise", "contempt")
+#: Images per class per test fold in the reference's 10-fold split, in REFERENCE_FOLDERS order.
+REFERENCE_BLOCKS = (12, 18, 9, 21, 9, 24, 6)
+#: CK+48's images per class, same order (981 in all).
+REFERENCE_COUNTS = (135, 177, 75, 207, 84, 249, 54)
+HEADS = ("keep", "reinit")
+
+
+@dataclass
+class Fold:
+    """One split of the samples: ``test`` is held out, ``train`` fine-tunes."""
+
+    name: str
+    train: torch.Tensor
+    test: torch.Tensor
+    test_subjects: list[str] = field(default_factory=list)
+
+
+def _fold(name: str, test: Sequence[int] | np.ndarray, n: int, subjects: Sequence[str] | None) -> Fold:
+    test_t = torch.as_tensor(np.unique(np.asarray(test, dtype=np.int64)), dtype=torch.int64)
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[test_t] = False
+    subj = sorted({subjects[i] for i in test_t.tolist()}) if subjects is not None else []
+    return Fold(name=name, train=mask.nonzero().flatten(), test=test_t, test_subjects=subj)
+
+
+# ----------------------------------------------------------------------------- folds
+def subject_folds(subjects: Sequence[str], labels: torch.Tensor | Sequence[int], k: int = 10, seed: int = 0,
+                  num_classes: int | None = None) -> list[Fold]:
+    """``k`` folds with no subject on both sides, balanced in size and class mix (seeded)."""
+    subjects = list(subjects)
+    lab = np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64)
+    n = len(lab)
+    if len(subjects) != n:
+        raise FerNasError(f"{len(subjects)} subject ids for {n} samples")
+    names = sorted(set(subjects))
+    if k < 2:
+        raise FerNasError(f"--folds {k}: need at least 2 folds")
+    if len(names) < k:
+        raise FerNasError(f"--folds {k}: only {len(names)} subjects; subject-independent folds need at least one "
+                          "subject per fold")
+    c = int(num_classes or (lab.max() + 1 if n else 1))
+    sid = np.array([names.index(s) for s in subjects]) if n else np.zeros(0, np.int64)
+    per_subject = np.zeros((len(names), c), dtype=np.float64)
+    np.add.at(per_subject, (sid, lab), 1.0)
+    class_total = np.maximum(per_subject.sum(0), 1.0)
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(len(names))
+    order = shuffled[np.argsort(-per_subject[shuffled].sum(1), kind="stable")]  # largest first, ties random
+    fold_counts = np.zeros((k, c), dtype=np.float64)
+    owner = np.full(len(names), -1, dtype=np.int64)
+    for rank, s in enumerate(order):
+        if rank < k:  # the k largest subjects open one fold each: no fold stays empty
+            f = rank
+        else:
+            trial = fold_counts[None, :, :] + np.eye(k)[:, :, None] * per_subject[s][None, None, :]  # k×k×c
+            share = trial / class_total                                       # per class, share held by each fold
+            sizes = trial.sum(2)
+            cost = share.std(1).mean(1) + sizes.std(1) / max(1.0, n)
+            f = int(np.argmin(np.round(cost, 12)))
+        fold_counts[f] += per_subject[s]
+        owner[s] = f
+    folds = []
+    for f in range(k):
+        members = set(np.nonzero(owner == f)[0].tolist())
+        test = [i for i in range(n) if sid[i] in members]
+        folds.append(_fold(str(f + 1), test, n, subjects))
+    return folds
+
+
+def reference_blocks(class_sizes: Sequence[int], k: int = 10) -> list[int]:
+    """The reference's per-class test block sizes: exactly 12/18/9/21/9/24/6 for CK+48's class
+    sizes and 10 folds, otherwise scaled to the class sizes and fold count (at least 1)."""
+    sizes = [int(s) for s in class_sizes]
+    if k == 10 and tuple(sizes) == REFERENCE_COUNTS:
+        return list(REFERENCE_BLOCKS)
+    if len(sizes) != len(REFERENCE_BLOCKS):
+        raise FerNasError(f"--protocol reference needs CK+'s 7 classes, the data has {len(sizes)}")
+    return [max(1, int(round(b * s / rc * 10 / k))) for b, s, rc in zip(REFERENCE_BLOCKS, sizes, REFERENCE_COUNTS)]
+
+
+def reference_folds(labels: torch.Tensor | Sequence[int], keys: Sequence[str], k: int = 10,
+                    subjects: Sequence[str] | None = None, blocks: Sequence[int] | None = None) -> list[Fold]:
+    """The reference's contiguous per-class blocks (see the module docstring), quirks included.
+    ``keys`` order the images within a class (file names); labels are in CK+'s order."""
+    lab = np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64)
+    n = len(lab)
+    if k < 2:
+        raise FerNasError(f"--folds {k}: need at least 2 folds")
+    order = sorted(range(n), key=lambda i: (int(lab[i]), str(keys[i])))  # class by class, files sorted
+    sizes = np.bincount(lab, minlength=len(REFERENCE_BLOCKS))
+    blocks = list(blocks) if blocks is not None else reference_blocks(sizes.tolist(), k)
+    start = np.concatenate([[0], np.cumsum(sizes)])
+    folds = []
+    for f in range(1, k + 1):
+        pos = []
+        for j, t in enumerate(blocks):
+            if f != k:
+                pos += [int(start[j]) + (f - 1) * t + q for q in range(t)]
+            else:  # the last fold counts back from the end of each class
+                pos += [int(start[j + 1]) - 1 - q for q in range(t)]
+        pos = [p for p in pos if 0 <= p < n]
+        folds.append(_fold(str(f), [order[p] for p in pos], n, subjects))
+    return folds
+
+
+def loso_folds(subjects: Sequence[str], only: Sequence[str] | None = None) -> list[Fold]:
+    """One fold per subject (sorted), holding that subject out; ``only`` keeps some subjects' folds."""
+    subjects = list(subjects)
+    names = sorted(set(subjects))
+    if len(names) < 2:
+        raise FerNasError(f"leave-one-subject-out needs at least 2 subjects, the data has {len(names)}")
+    if only:
+        wanted = [s.upper() for s in only]
+        missing = [s for s in wanted if s not in names]
+        if missing:
+            raise FerNasError(f"--subjects {','.join(missing)}: not in the data (subjects: {', '.join(names)})")
+        names = [s for s in names if s in wanted]
+    n = len(subjects)
+    return [_fold(s, [i for i in range(n) if subjects[i] == s], n, subjects) for s in names]
+
+
+def fold_report(folds: Sequence[Fold], n: int, subjects: Sequence[str] | None = None) -> dict[str, Any]:
+    """How the folds cover the samples: images never tested, tested more than once, and
+    folds with a test subject also in their training part (subject leakage)."""
+    times = torch.zeros(n, dtype=torch.int64)
+    leaks = []
+    for f in folds:
+        times[f.test] += 1
+        if subjects is not None:
+            train_subj = {subjects[i] for i in f.train.tolist()}
+            shared = sorted(set(f.test_subjects) & train_subj)
+            if shared:
+                leaks.append({"fold": f.name, "subjects_on_both_sides": len(shared)})
+    return {"never_tested": int((times == 0).sum()), "tested_more_than_once": int((times > 1).sum()),
+            "folds_with_subject_leakage": leaks}
+
+
+# ----------------------------------------------------------------------------- models
+def head_keys(spec: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> set[str]:
+    """Names of the weights whose shape depends on the class count (the classifier and the
+    auxiliary classifier), found by building the architecture with one class more."""
+    from nas.models import model_from_spec
+
+    kwargs = dict(spec.get("kwargs") or {})
+    kwargs["num_classes"] = int(kwargs.get("num_classes", 7)) + 1
+    probe = model_from_spec({**spec, "kwargs": kwargs}).state_dict()
+    return {k for k, v in state.items() if k in probe and probe[k].shape != v.shape}
+
+
+def prepare_model(path: str | Path, classes: Sequence[str], head: str = "keep", *, seed: int = 0,
+                  device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any], str]:
+    """A copy of the checkpoint's model to fine-tune for ``classes``.
+
+    ``keep``: the whole network, classifier included, class ``i`` of the checkpoint becomes
+    class ``i`` of the data (needs the same class count; names must agree except a
+    checkpoint's *neutral* where the data has *contempt*). ``reinit``: the classifier(s)
+    start fresh (seeded) with ``len(classes)`` outputs. Returns ``(model, checkpoint,
+    description of the mapping)``."""
+    from nas.evaluate import load_model_from_checkpoint
+    from nas.models import model_from_spec
+
+    if head not in HEADS:
+        raise FerNasError(f"--head {head!r}: choose from {', '.join(HEADS)}")
+    model, ckpt = load_model_from_checkpoint(path, "cpu")
+    where = ckpt.get("path", str(path))
+    src = [str(c) for c in (ckpt.get("classes") or [])]
+    classes = list(classes)
+    if head == "keep":
+        if len(src) != len(classes):
+            raise FerNasError(f"{where}: the checkpoint has {len(src)} classes, the data {len(classes)} "
+                              f"({', '.join(classes)}); use --head reinit to fine-tune a fresh classifier")
+        bad = [(i, a, b) for i, (a, b) in enumerate(zip(src, classes)) if a != b and not (a == "neutral" and b == "contempt")]
+        if bad:
+            i, a, b = bad[0]
+            raise FerNasError(f"{where}: class {i} is {a!r} in the checkpoint but {b!r} in the data; "
+                              "use --head reinit to fine-tune a fresh classifier")
+        renamed = [f"{a}->{b}" for a, b in zip(src, classes) if a != b]
+        how = "classifier kept" + (f" ({', '.join(renamed)} by index)" if renamed else "")
+        return model.to(device), ckpt, how
+    spec = dict(ckpt["model_spec"])
+    kwargs = dict(spec.get("kwargs") or {})
+    old = ckpt["model"]
+    drop = head_keys(spec, old)
+    kwargs["num_classes"] = len(classes)
+    torch.manual_seed(int(seed))
+    fresh = model_from_spec({**spec, "kwargs": kwargs}, where=str(where))
+    fresh_state = fresh.state_dict()
+    keep = {k: v for k, v in old.items() if k not in drop and k in fresh_state and fresh_state[k].shape == v.shape}
+    fresh.load_state_dict(keep, strict=False)
+    return fresh.to(device), ckpt, f"classifier re-initialised ({len(drop)} tensors, {len(classes)} classes)"
+
+
+def fold_dataset(data: Any, fold: Fold) -> Any:
+    """The fold as a dataset: its training part as Training, its held-out part as PrivateTest
+    (no PublicTest, so the engine reports the last epoch, not one chosen on the test part)."""
+    from nas.data.dataset import SPLITS
+
+    split = torch.full((len(data),), -1, dtype=torch.int64)
+    split[fold.train] = SPLITS.index("Training")
+    split[fold.test] = SPLITS.index("PrivateTest")  # a sample in both (never by construction) is tested
+    keep = (split >= 0).nonzero().flatten()
+    return replace(data, split=split.to(data.split.device)).select(keep)
+
+
+# ----------------------------------------------------------------------------- scoring
+def direct_scores(probs: torch.Tensor, labels: torch.Tensor, model_classes: Sequence[str],
+                  data_classes: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Match classes by name. Returns ``scored`` (bool: the label's class is one the model
+    has), ``correct`` (argmax over all model classes names the label), ``correct_restricted``
+    (argmax over the classes both share) and ``pred`` (model class index)."""
+    model_classes, data_classes = list(model_classes), list(data_classes)
+    shared = [c for c in data_classes if c in model_classes]
+    if not shared:
+        raise FerNasError(f"the model's classes {model_classes} share none with the data's {data_classes}")
+    to_model = torch.tensor([model_classes.index(c) if c in model_classes else -1 for c in data_classes])
+    target = to_model[labels.cpu()]
+    scored = target >= 0
+    probs = probs.float().cpu()
+    pred = probs.argmax(1)
+    mask = torch.full((len(model_classes),), float("-inf"))
+    mask[[model_classes.index(c) for c in shared]] = 0.0
+    pred_r = (probs + mask).argmax(1)
+    return {"scored": scored, "correct": scored & (pred == target), "correct_restricted": scored & (pred_r == target),
+            "pred": pred, "target": target}
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n-1; 0 for a single value)."""
+    v = [float(x) for x in values if x is not None and not math.isnan(float(x))]
+    if not v:
+        return float("nan"), float("nan")
+    m = sum(v) / len(v)
+    sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
+    return m, sd
+
+
+def _pct(num: float, den: float) -> float:
+    return 100.0 * num / den if den else float("nan")
+
+
+# ----------------------------------------------------------------------------- the loop
+def cross_validate(checkpoint: str | Path, data: Any, folds: Sequence[Fold], run: Any, *, finetune: bool = True,
+                   cfg: Any = None, head: str = "keep", dist: Any = None, tta: str = "center",
+                   batch_size: int = 256, seed: int = 0, verbose: bool = False, fold_label: str = "fold",
+                   csv_name: str = "folds.csv", keep_checkpoints: bool = False, resume: bool = False,
+                   args: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Fine-tune (or directly test) ``checkpoint`` on each fold and score the held-out parts.
+
+    Writes into ``run`` (a RunDir; only rank 0's writes anything): ``csv_name`` (one row per
+    fold: fold, n_train, n_test, test subjects, accuracy), ``results.json`` (mean ± sample
+    std over folds, pooled accuracy), ``confusion.csv``/``.png`` over all folds, and per
+    fold a ``fold_<name>/`` run directory (metrics.csv, log.txt, results.json, the held-out
+    predictions ``heldout.pt``; checkpoints only with ``keep_checkpoints``). With ``resume``,
+    finished folds are read back and an interrupted fold continues from its last.pt."""
+    from nas.checkpoint import atomic_save, atomic_write_text, safe_load, write_csv
+    from nas.distributed import single_process
+    from nas.evaluate import checkpoint_norm, load_model_from_checkpoint, predict
+
+    dist = dist or single_process("cpu")
+    device = dist.device
+    data_classes = list(data.classes)
+    labels_all = data.labels.cpu()
+    rows: list[dict[str, Any]] = []
+    pooled_pred: list[torch.Tensor] = []
+    pooled_true: list[torch.Tensor] = []
+    mapping = ""
+
+    if not finetune:
+        model, ckpt = load_model_from_checkpoint(checkpoint, device)
+        mean, std, crop = checkpoint_norm(ckpt)
+        model_classes = [str(c) for c in (ckpt.get("classes") or [])]
+        probs = predict(model, data.images, mean=mean, std=std, crop=crop, tta=tta, batch_size=batch_size,
+                        amp=device.type == "cuda").cpu()
+        sc = direct_scores(probs, labels_all, model_classes, data_classes)
+        left_out = [c for c in data_classes if c not in model_classes]
+        never = [c for c in model_classes if c not in data_classes]
+        parts = ["classes matched by name"]
+        if left_out:
+            parts.append(f"{', '.join(left_out)} images left out (the model has no such class)")
+        if never:
+            parts.append(f"predictions of {', '.join(never)} count as wrong (the data has no such class)")
+        mapping = "; ".join(parts)
+        for f in folds:
+            t = f.test
+            s = sc["scored"][t]
+            rows.append({fold_label: f.name, "n_train": 0, "n_test": int(s.sum()), "n_left_out": int((~s).sum()),
+                         "test_subjects": " ".join(f.test_subjects),
+                         "accuracy": _pct(float(sc["correct"][t].sum()), float(s.sum())),
+                         "accuracy_restricted": _pct(float(sc["correct_restricted"][t].sum()), float(s.sum()))})
+        col_names = model_classes
+        all_idx = torch.cat([f.test for f in folds]) if folds else torch.zeros(0, dtype=torch.int64)
+        keep = all_idx[sc["scored"][all_idx]]
+        cm = _confusion(sc["pred"][keep], labels_all[keep], len(data_classes), len(model_classes))
+        pooled = {"accuracy": _pct(float(sc["correct"][keep].sum()), keep.numel()),
+                  "accuracy_restricted": _pct(float(sc["correct_restricted"][keep].sum()), keep.numel()),
+                  "n": int(keep.numel())}
+        run.log(f"direct test: {mapping}")
+    else:
+        col_names = data_classes
+        for k, f in enumerate(folds):
+            fdir = run.path / (f"fold_{int(f.name):02d}" if f.name.isdigit() else f"{fold_label}_{f.name}")
+            done = resume and (fdir / "heldout.pt").is_file() and (fdir / "results.json").is_file()
+            if done:
+                held = safe_load(fdir / "heldout.pt")
+                probs, res = held["probs"], json.loads((fdir / "results.json").read_text())
+                mapping = held.get("mapping", mapping)
+            else:
+                probs, res, mapping = _finetune_fold(checkpoint, data, f, fdir, cfg=cfg, head=head, dist=dist,
+                                                     seed=seed + k, verbose=verbose, tta=tta, batch_size=batch_size,
+                                                     resume=resume, args=args)
+                if dist.is_main:
+                    atomic_save({"kind": "fer-nas-heldout", "index": f.test, "labels": labels_all[f.test],
+                                 "probs": probs, "classes": data_classes, "mapping": mapping}, fdir / "heldout.pt")
+                    if not keep_checkpoints:
+                        for name in ("last.pt", "best.pt"):
+                            (fdir / name).unlink(missing_ok=True)
+            pred = probs.argmax(1)
+            true = labels_all[f.test]
+            acc = _pct(float((pred == true).sum()), true.numel())
+            pooled_pred.append(pred)
+            pooled_true.append(true)
+            rows.append({fold_label: f.name, "n_train": int(f.train.numel()), "n_test": int(f.test.numel()),
+                         "test_subjects": " ".join(f.test_subjects), "accuracy": acc,
+                         "engine_test_acc": res.get("test_acc"), "epochs": res.get("epochs")})
+            run.log(f"{fold_label} {f.name} ({k + 1}/{len(folds)}): {f.train.numel()} train / {f.test.numel()} "
+                    f"test images, {len(f.test_subjects)} test subject(s): accuracy {acc:.2f}%")
+        pred_all = torch.cat(pooled_pred) if pooled_pred else torch.zeros(0, dtype=torch.int64)
+        true_all = torch.cat(pooled_true) if pooled_true else torch.zeros(0, dtype=torch.int64)
+        cm = _confusion(pred_all, true_all, len(data_classes), len(data_classes))
+        pooled = {"accuracy": _pct(float((pred_all == true_all).sum()), true_all.numel()), "n": int(true_all.numel())}
+
+    m, sd = mean_std([r["accuracy"] for r in rows])
+    results: dict[str, Any] = {
+        "checkpoint": str(checkpoint), "data": str(data.source), "mode": "finetune" if finetune else "direct",
+        "head": head if finetune else None, "class_mapping": mapping, "folds": len(folds),
+        "mean_accuracy": m, "std_accuracy": sd, "std": "sample standard deviation over folds (n-1)",
+        "pooled": pooled, "per_fold": rows, "classes": data_classes, "confusion_columns": col_names,
+        "confusion_matrix": cm.tolist(), "tta": tta, **dict(extra or {}),
+    }
+    if "accuracy_restricted" in (rows[0] if rows else {}):
+        results["mean_accuracy_restricted"], results["std_accuracy_restricted"] = \
+            mean_std([r["accuracy_restricted"] for r in rows])
+    if run.enabled:
+        header = [fold_label, "n_train", "n_test", *(["n_left_out"] if not finetune else []), "test_subjects",
+                  "accuracy", *(["accuracy_restricted"] if not finetune else ["engine_test_acc", "epochs"])]
+        write_csv(run.file(csv_name), rows, header)
+        write_csv(run.file("confusion.csv"),
+                  [{"true\\pred": c, **{p: int(cm[i, j]) for j, p in enumerate(col_names)}}
+                   for i, c in enumerate(data_classes)], ["true\\pred", *col_names])
+        atomic_write_text(json.dumps(_finite(results), indent=2) + "\n", run.file("results.json"))
+        from nas.report import have_matplotlib, plot_confusion
+
+        if have_matplotlib() and cm.shape[0] == cm.shape[1]:
+            plot_confusion(cm, data_classes, run.file("confusion.png"),
+                           title=f"all folds, {'fine-tuned' if finetune else 'direct'}: {m:.2f}% ± {sd:.2f}")
+        elif have_matplotlib():
+            _plot_rect_confusion(cm, data_classes, col_names, run.file("confusion.png"),
+                                 title=f"direct test: {m:.2f}% ± {sd:.2f}")
+    run.log(summary(results, fold_label))
+    return results
+
+
+def summary(results: Mapping[str, Any], fold_label: str = "fold") -> str:
+    """One line: mean ± std over folds and the pooled figure."""
+    kind = "fine-tuned" if results["mode"] == "finetune" else "direct test"
+    line = (f"result ({kind}, {results['folds']} {fold_label}s): {results['mean_accuracy']:.2f}% ± "
+            f"{results['std_accuracy']:.2f} (mean ± sample std over {fold_label}s); pooled "
+            f"{results['pooled']['accuracy']:.2f}% of {results['pooled']['n']} images")
+    if results.get("mean_accuracy_restricted") is not None:
+        line += f"; argmax over shared classes {results['mean_accuracy_restricted']:.2f}%"
+    return line
+
+
+def _finetune_fold(checkpoint: str | Path, data: Any, fold: Fold, fdir: Path, *, cfg: Any, head: str, dist: Any,
+                   seed: int, verbose: bool, tta: str, batch_size: int, resume: bool,
+                   args: Mapping[str, Any] | None) -> tuple[torch.Tensor, dict[str, Any], str]:
+    from dataclasses import replace as dc_replace
+
+    from nas.checkpoint import RunDir
+    from nas.evaluate import checkpoint_norm, predict
+    from nas.train import Trainer
+
+    model, ckpt, mapping = prepare_model(checkpoint, data.classes, head, seed=seed)
+    mean, std, crop = checkpoint_norm(ckpt)
+    if dist.enabled:  # same start everywhere, different dropout / drop-path masks per rank
+        torch.manual_seed(seed + 1_000_003 * dist.rank)
+    fdata = fold_dataset(data, fold)
+    can_resume = resume and (fdir / "last.pt").is_file()
+    frun = RunDir(fdir, resume=can_resume, force=not can_resume, enabled=dist.is_main, quiet=not verbose)
+    fcfg = dc_replace(cfg, crop=crop, tta=tta, eval_batch_size=batch_size, seed=int(seed))
+    spec_arch = (ckpt.get("model_spec") or {}).get("arch", "model")
+    trainer = Trainer(model, fdata, fcfg, frun, dist=dist, norm=(mean, std),
+                      args={**dict(args or {}), "arch": spec_arch, "fold": fold.name})
+    if can_resume:
+        trainer.resume(fdir)
+    res = trainer.fit()
+    test_images = fdata.subset("PrivateTest").images
+    probs = predict(trainer.model, test_images, mean=mean, std=std, crop=crop, tta=tta, batch_size=batch_size,
+                    amp=trainer.amp, channels_last=trainer.channels_last).cpu()
+    # the fold dataset keeps the original order, so its PrivateTest rows are fold.test in order
+    return probs, res, mapping
+
+
+def _confusion(pred: torch.Tensor, true: torch.Tensor, n_rows: int, n_cols: int) -> torch.Tensor:
+    pred, true = pred.to(torch.int64).cpu(), true.to(torch.int64).cpu()
+    return torch.bincount(true * n_cols + pred, minlength=n_rows * n_cols).view(n_rows, n_cols)
+
+
+def _plot_rect_confusion(cm: torch.Tensor, rows: Sequence[str], cols: Sequence[str], path: Path, title: str) -> None:
+    """Rows: the data's classes; columns: the model's (a direct test across label sets)."""
+    from nas.report import _plt, _save
+
+    plt = _plt()
+    cm = cm.double()
+    rates = cm / cm.sum(1, keepdim=True).clamp(min=1)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(cols), 0.8 + 0.7 * len(rows)))
+    ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7,
+                    color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("predicted (model's classes)")
+    ax.set_ylabel("true (data's classes)")
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, Mapping):
+        return {str(k): _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    if isinstance(v, torch.Tensor):
+        return _finite(v.tolist())
+    return v
+
+
+# ----------------------------------------------------------------------------- the scripts
+def add_crossdata_args(parser: Any, *, kind: str) -> Any:
+    """Flags of test_ck48.py (``kind="ck48"``) and test_jaffe.py (``kind="jaffe"``): the
+    checkpoint, the data, the fine-tuning recipe (the reference's defaults: 60 epochs,
+    learning rate 0.01794073, batch 64) and the engine's training flags."""
+    from nas.cli import int_list
+    from nas.data import add_data_args
+    from nas.train import add_train_args
+
+    parser.add_argument("--config", default=None, help="YAML file of flag values (command-line flags override it)")
+    parser.add_argument("--checkpoint", required=True, help="a .pt checkpoint, or a run folder (its best.pt)")
+    if kind == "ck48":
+        parser.add_argument("--protocol", default="subject", choices=["subject", "reference"],
+                            help="subject: no subject in both parts of a fold (default); reference: the reference "
+                                 "implementation's per-class contiguous blocks, for comparison")
+        parser.add_argument("--folds", type=int, default=10, help="number of folds")
+        parser.add_argument("--only_folds", type=int_list, default=None,
+                            help="run only these folds (1-based, comma-separated)")
+        parser.add_argument("--fold_seed", type=int, default=0, help="seed of the subject-to-fold assignment")
+        parser.add_argument("--no_finetune", action="store_true",
+                            help="direct test: score the checkpoint as it is (classes matched by name)")
+    else:
+        parser.add_argument("--finetune", default="none", choices=["none", "loso"],
+                            help="none: direct test (default); loso: leave-one-subject-out fine-tuning")
+        parser.add_argument("--subjects", default=None, type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+                            help="hold out only these subjects (comma-separated codes, e.g. KA,KL); default all")
+    parser.add_argument("--head", default="keep", choices=HEADS,
+                        help="keep: fine-tune the whole network, the checkpoint's class i becomes the data's class i "
+                             "(neutral -> contempt on CK+); reinit: fresh classifier for the data's classes")
+    parser.add_argument("--eval_every", type=int, default=None,
+                        help="also score the held-out part every N epochs (curves only; default: last epoch only)")
+    parser.add_argument("--keep_checkpoints", action="store_true", help="keep each fold's last.pt/best.pt")
+    parser.add_argument("--verbose", action="store_true", help="print every fold's epoch lines")
+    add_data_args(parser, synth_format=kind)
+    add_train_args(parser, epochs=60, learning_rate=0.01794073, batch_size=64, snapshot_at=[])
+    return parser
+
+
+def _resumed(args: Any) -> Any:
+    """``--resume RUN``: the flags in RUN/config.yaml, except those a resume may change."""
+    import argparse
+
+    import yaml
+
+    from nas.train import RESUME_OVERRIDES
+
+    p = Path(args.resume)
+    cfg_file = p / "config.yaml"
+    if not cfg_file.is_file():
+        raise FerNasError(f"{p}: nothing to resume (no config.yaml)")
+    try:
+        saved = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        raise FerNasError(f"{cfg_file}: invalid YAML") from None
+    if not isinstance(saved, dict):
+        raise FerNasError(f"{cfg_file}: not a mapping of flags")
+    merged = {**vars(args), **{k: v for k, v in saved.items() if k in vars(args)}}
+    for k in RESUME_OVERRIDES:
+        merged[k] = getattr(args, k, None)
+    if getattr(args, "data", None):
+        merged["data"] = args.data
+    merged["resume"], merged["save"] = str(p), str(p)
+    return argparse.Namespace(**merged)
+
+
+def _open_run(path: Path, *, resume: bool, force: bool, enabled: bool) -> Any:
+    from nas.checkpoint import RunDir
+
+    if not resume:
+        return RunDir(path, force=force, enabled=enabled)
+    # a cross-validation folder holds no last.pt of its own (its folds do): reopen it as it is
+    run = RunDir(path, enabled=False)
+    run.enabled = enabled
+    return run
+
+
+def main_crossdata(args: Any, kind: str) -> dict[str, Any]:
+    """The body of test_ck48.py / test_jaffe.py."""
+    import time
+
+    from nas.data import open_data_from_args
+    from nas.data.ck48 import CK48_CLASSES
+    from nas.data.dataset import FER_CLASSES
+    from nas.distributed import broadcast_object, cleanup, init_distributed
+    from nas.evaluate import load_model_from_checkpoint
+    from nas.train import config_from_args
+    from nas.utils import resolve_device, seed_everything
+
+    if args.resume:
+        args = _resumed(args)
+    finetune = (not args.no_finetune) if kind == "ck48" else args.finetune == "loso"
+    # the checkpoint first: a bad file fails in one line before any data work
+    _, ckpt = load_model_from_checkpoint(args.checkpoint, "cpu")
+    expected = list(CK48_CLASSES if kind == "ck48" else FER_CLASSES)
+    if finetune:
+        prepare_model(args.checkpoint, expected, args.head, seed=args.seed)
+    device = resolve_device(args.device)
+    dist = init_distributed(device)
+    try:
+        if args.save is None and not args.resume:
+            stamp = broadcast_object(time.strftime("%Y%m%d-%H%M%S"))
+            args.save = f"runs/{'ck48' if kind == 'ck48' else 'jaffe'}-{stamp}"
+        run = _open_run(Path(args.save), resume=bool(args.resume), force=args.force, enabled=dist.is_main)
+        if not args.resume:
+            run.write_config(args)
+        seed_everything(args.seed)
+        data = open_data_from_args(args)
+        if data.subjects is None:
+            raise FerNasError(f"{data.source}: the {data.format} reader gives no subject ids; "
+                              f"{'CK+ folds' if kind == 'ck48' else 'JAFFE subjects'} need them")
+        if finetune and list(data.classes) != expected and args.head == "keep":
+            prepare_model(args.checkpoint, data.classes, "keep")  # raises with the mismatch named
+        n = len(data)
+        if kind == "ck48":
+            if args.protocol == "subject":
+                folds = subject_folds(data.subjects, data.labels, args.folds, seed=args.fold_seed,
+                                      num_classes=len(data.classes))
+            else:
+                keys = data.meta.get("files") or [str(i) for i in range(n)]
+                folds = reference_folds(data.labels, keys, args.folds, subjects=data.subjects)
+            if args.only_folds:
+                bad = [f for f in args.only_folds if not 1 <= f <= len(folds)]
+                if bad:
+                    raise FerNasError(f"--only_folds {bad[0]}: folds are numbered 1..{len(folds)}")
+                folds = [folds[i - 1] for i in sorted(set(args.only_folds))]
+            label, csv_name = "fold", "folds.csv"
+            extra = {"protocol": args.protocol, "fold_seed": args.fold_seed,
+                     "coverage": fold_report(folds, n, data.subjects)}
+        else:
+            folds = loso_folds(data.subjects, args.subjects)
+            label, csv_name = "subject", "subjects.csv"
+            extra = {"protocol": "leave-one-subject-out" if finetune else "direct test, per subject",
+                     "coverage": fold_report(folds, n, data.subjects)}
+        cov = extra["coverage"]
+        run.log(f"{data.source}: {n} images, {len(set(data.subjects))} subjects, {len(folds)} {label}s "
+                f"({extra['protocol']}); never tested {cov['never_tested']}, tested more than once "
+                f"{cov['tested_more_than_once']}, {label}s with a subject on both sides "
+                f"{len(cov['folds_with_subject_leakage'])}")
+        cfg = config_from_args(args, eval_every=args.eval_every or args.epochs, snapshot_at=[])
+        extra.update(seed=args.seed, epochs=args.epochs if finetune else 0,
+                     learning_rate=args.learning_rate if finetune else None, world_size=dist.world_size,
+                     checkpoint_epoch=ckpt.get("epoch"))
+        return cross_validate(args.checkpoint, data, folds, run, finetune=finetune, cfg=cfg, head=args.head,
+                              dist=dist, tta=args.tta, seed=args.seed, verbose=args.verbose, fold_label=label,
+                              csv_name=csv_name, keep_checkpoints=args.keep_checkpoints, resume=bool(args.resume),
+                              args=vars(args), extra=extra)
+    finally:
+        cleanup()

@@ -187,14 +187,25 @@ SEARCH_SPACES: dict[str, list[str]] = {
 DEFAULT_SEARCH_SPACE = "auto_fernet"
 
 
-def search_space(name: str) -> list[str]:
-    """The primitive names of search space ``name`` (a copy); unknown names are a
-    :class:`~nas.errors.FerNasError` listing the choices."""
+def search_space(spec: str) -> list[str]:
+    """The primitive names of a search space: a name in :data:`SEARCH_SPACES`, or a
+    comma-separated list of op names (e.g. ``none,skip_connect,sep_conv_3x3``).
+    Anything else is a :class:`~nas.errors.FerNasError` listing the choices."""
     from nas.errors import FerNasError
 
-    if name not in SEARCH_SPACES:
-        raise FerNasError(f"unknown search space {name!r} (choose from {', '.join(SEARCH_SPACES)})")
-    return list(SEARCH_SPACES[name])
+    if spec in SEARCH_SPACES:
+        return list(SEARCH_SPACES[spec])
+    if "," not in spec:
+        raise FerNasError(f"unknown search space {spec!r} (choose from {', '.join(SEARCH_SPACES)}, "
+                          "or give a comma-separated list of operations)")
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in OPS]
+    if unknown:
+        raise FerNasError(f"search space {spec!r}: unknown operation(s) {', '.join(unknown)} "
+                          f"(known: {', '.join(OPS)})")
+    if len(set(names)) != len(names) or len([n for n in names if n != "none"]) < 1:
+        raise FerNasError(f"search space {spec!r}: needs distinct operations, at least one besides 'none'")
+    return names
 
 
 @lru_cache(maxsize=None)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from nas.errors import FerNasError
 from nas.genotypes import Genotype
-from nas.ops import OPS, FactorizedReduce, ReLUConvBN, SEARCH_SPACES
+from nas.ops import OPS, FactorizedReduce, ReLUConvBN, search_space
 
 __all__ = [
     "UNDECIDED", "PRUNED", "MixedOp", "SearchCell", "SearchNetwork", "edge_list", "node_edge_ranges",
@@ -164,9 +164,7 @@ class SearchNetwork(nn.Module):
                  always_compute_all: bool = False) -> None:
         super().__init__()
         if isinstance(primitives, str):
-            if primitives not in SEARCH_SPACES:
-                raise FerNasError(f"unknown search space {primitives!r} (choose from {', '.join(SEARCH_SPACES)})")
-            primitives = SEARCH_SPACES[primitives]
+            primitives = search_space(primitives)
         unknown = [p for p in primitives if p not in OPS]
         if unknown:
             raise FerNasError(f"unknown operation(s) in search space: {', '.join(unknown)}")

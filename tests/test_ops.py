@@ -95,3 +95,13 @@ def _fer_v1_params(layers: int, C: int = 36) -> int:
 def test_fer_v1_published_parameter_count():
     assert _fer_v1_params(12) == 2_164_831
     assert _fer_v1_params(20) == 4_119_703
+
+
+def test_custom_search_space():
+    assert search_space("none,skip_connect, ghost") == ["none", "skip_connect", "ghost"]
+    with pytest.raises(FerNasError, match="unknown operation.*conv_9x9"):
+        search_space("none,conv_9x9")
+    with pytest.raises(FerNasError, match="distinct"):
+        search_space("none,ghost,ghost")
+    with pytest.raises(FerNasError, match="distinct"):
+        search_space("none,")

@@ -71,7 +71,7 @@ def main(args: argparse.Namespace) -> dict:
         else:
             run_dir.write_config(args)
         results = trainer.fit()
-        if dist.is_main:
+        if dist.is_main and args.plots:
             for p in write_run_report(run_dir, data, device=dist.device):
                 run_dir.log(f"  wrote {p.name}", echo=False)
         return results

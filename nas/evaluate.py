@@ -295,6 +295,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from nas.utils import resolve_device
 
     device = resolve_device(args.device)
+    _labels_like_training(args)
     data = open_data_from_args(args)
     views = list(TTA_MODES) if args.tta == "all" else [args.tta]
     result = evaluate_checkpoint(args.checkpoint, data, split=args.split, tta=views, device=device,
@@ -305,6 +306,18 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         write_csvs(result, args.out)
         atomic_write_text(text + "\n", Path(args.out) / "evaluation.json")
     return result
+
+
+def _labels_like_training(args: argparse.Namespace) -> None:
+    """A model trained on FER+ labels is scored against the FER+ majority label: when the
+    user gave no --labels/--ferplus, take the votes file the run used."""
+    from nas.checkpoint import safe_load
+
+    trained = safe_load(args.checkpoint).get("args") or {}
+    if trained.get("labels", "fer") != "fer" and args.labels == "fer" and not args.ferplus and trained.get("ferplus"):
+        args.ferplus, args.labels = trained["ferplus"], "ferplus_majority"
+        print(f"notice: the model was trained on --labels {trained['labels']}; scoring against the FER+ majority "
+              f"label ({args.ferplus})", file=sys.stderr)
 
 
 def _json_default(o: Any) -> Any:

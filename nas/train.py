@@ -173,6 +173,7 @@ def add_train_args(parser: argparse.ArgumentParser, **defaults: Any) -> argparse
         add("--channels_last", type=str2bool, default=None, help="NHWC memory layout (default: on)")
         add("--compile", type=str2bool, nargs="?", const=True, default=False, help="torch.compile the model")
         add("--progress", type=str2bool, default=None, help="tqdm bar per epoch (default: when a terminal)")
+        add("--plots", type=str2bool, default=True, help="write the PNG reports at the end (needs matplotlib)")
         add("--save", default=None, help="run directory")
         add("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
         add("--force", action="store_true", default=False, help="overwrite a run directory that holds a run")
@@ -195,7 +196,7 @@ def config_from_args(args: argparse.Namespace | Mapping[str, Any], **overrides: 
 
 
 #: Flags a resumed run takes from the command line; everything else comes from the run's checkpoint.
-RESUME_OVERRIDES = ("resume", "device", "progress", "force", "log_interval")
+RESUME_OVERRIDES = ("resume", "device", "progress", "force", "log_interval", "plots")
 
 
 def resumed_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -314,8 +315,8 @@ class Trainer:
         self.epoch = 0                 # epochs completed
         self.step = 0                  # batches done in the current epoch
         self.epoch_start_gen: torch.Tensor | None = None
-        self.best: dict[str, Any] = {"val_acc": -1.0, "epoch": None, "test_acc": None, "val_loss": None,
-                                     "best_test_acc": -1.0, "best_test_epoch": None}
+        self.best: dict[str, Any] = {"score": -1.0, "epoch": None, "val_acc": None, "val_loss": None,
+                                     "test_acc": None, "best_test_acc": -1.0, "best_test_epoch": None}
         self.snapshots_done: list[float] = []
         self.skipped_total = 0
         self.last_row: dict[str, Any] = {}
@@ -333,9 +334,6 @@ class Trainer:
     @property
     def steps_per_epoch(self) -> int:
         return len(self.sampler)
-
-    def _trainable_batch(self, idx: torch.Tensor) -> torch.Tensor:
-        return shard_batch(idx, self.dist)
 
     # ------------------------------------------------------------------ one step
     def train_step(self, epoch: int, step: int, idx: torch.Tensor) -> None:
@@ -397,9 +395,13 @@ class Trainer:
         return bool(torch.stack(flags).all()) if flags else True
 
     def _stop_requested(self) -> bool:
-        flag = torch.tensor([1.0 if self.stop is not None and self.stop.requested else 0.0], device=self.device)
-        if self.dist.enabled:
-            all_reduce_max(flag)
+        """Single process: a Python flag (no device work). DDP: every rank must stop at
+        the same step, so the flags are all-reduced (called at logging intervals only)."""
+        local = self.stop is not None and self.stop.requested
+        if not self.dist.enabled:
+            return local
+        flag = torch.full((1,), 1.0 if local else 0.0, device=self.device)
+        all_reduce_max(flag)
         return bool(flag.item())
 
     # ------------------------------------------------------------------ evaluation
@@ -450,17 +452,18 @@ class Trainer:
         t0 = time.perf_counter()
         bar = self._progress(epoch)
         for step_in, idx in enumerate(self.sampler.iter_from(self.step), start=self.step):
-            idx = self._trainable_batch(idx)
-            if idx.numel() < 2:  # a last global batch too small for batch norm on every rank
+            if idx.numel() < 2 * self.dist.world_size:
+                # a last batch too small for batch norm on every rank: skipped on all ranks alike
                 self.step = step_in + 1
                 continue
-            self.train_step(epoch, step_in, idx)
+            self.train_step(epoch, step_in, shard_batch(idx, self.dist))
             self.step = step_in + 1
             if bar is not None:
                 bar.update(1)
-            if self.step % cfg.log_interval == 0:
-                loss, correct, n, _ = self.sums.tolist()
-                self._check_finite(epoch)
+            if self.step % cfg.log_interval == 0:  # the loop's only host sync
+                loss, correct, n, n_bad = self.sums.tolist()
+                if n_bad:
+                    self._check_finite(epoch)
                 if bar is not None and n:
                     bar.set_postfix(loss=f"{loss / n:.3f}", acc=f"{100 * correct / n:.1f}")
             check_stop = (not self.dist.enabled) or self.step % cfg.log_interval == 0
@@ -523,15 +526,14 @@ class Trainer:
                 row.update(test_loss=test["loss"], test_acc=test["acc"])
                 if test["acc"] > self.best["best_test_acc"]:
                     self.best.update(best_test_acc=test["acc"], best_test_epoch=epoch + 1)
-            # with no PublicTest split the latest evaluated epoch is the selected one
-            score = val["acc"] if val is not None else float(epoch)
-            if score > self.best["val_acc"]:
+            # selection score: PublicTest accuracy; with no PublicTest split the latest
+            # evaluated epoch is the selected one
+            score = val["acc"] if val is not None else float(epoch + 1)
+            if score > self.best["score"]:
                 new_best = True
-                self.best.update(val_acc=score if val is not None else None, epoch=epoch + 1,
-                                 test_acc=test["acc"] if test is not None else None,
-                                 val_loss=val["loss"] if val is not None else None)
-                if val is None:
-                    self.best["val_acc"] = score
+                self.best.update(score=score, epoch=epoch + 1, val_acc=val["acc"] if val is not None else None,
+                                 val_loss=val["loss"] if val is not None else None,
+                                 test_acc=test["acc"] if test is not None else None)
             if cfg.scheduler == "plateau" and val is not None:
                 self.scheduler.step(val["acc"])
         if cfg.scheduler != "plateau":
@@ -682,7 +684,7 @@ class Trainer:
         res = {
             "selected_epoch": b["epoch"],
             "selection": "best PublicTest accuracy" if self.val_idx.numel() else "last epoch (no PublicTest split)",
-            "val_acc": b["val_acc"] if self.val_idx.numel() else None,
+            "val_acc": b["val_acc"],
             "test_acc": b["test_acc"],
             "best_test_acc_for_reference_only": b["best_test_acc"] if b["best_test_epoch"] else None,
             "best_test_epoch_for_reference_only": b["best_test_epoch"],

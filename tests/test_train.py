@@ -160,6 +160,45 @@ def test_two_epoch_cli_run_writes_everything_and_evaluate_agrees(tmp_path):
     assert out.returncode == 2 and "already holds a run" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
+def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path):
+    """SIGKILL (no chance to save) at random moments after the first epoch's last.pt:
+    --resume continues from the last atomic checkpoint and ends where an uninterrupted
+    run ends (weights bitwise, metrics.csv rows)."""
+    import random
+    import time
+
+    csv = write_fer_csv(tmp_path / "fer2013.csv", make_data(48, 16, 16))
+    common = ["--data", str(csv), "--init_channels", "4", "--layers", "3", "--epochs", "3", "--batch_size", "16",
+              "--cutout", "--progress", "False", "--plots", "False", "--snapshot_at", ""]
+    cmd = [sys.executable, "train_searched.py", *common]
+    # the reference and two victims run side by side; each victim is killed at its own random moment
+    procs = {name: subprocess.Popen([*cmd, "--save", str(tmp_path / name)], cwd=ROOT, env=ENV1,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for name in ("ref", "killed0", "killed1")}
+    rng = random.Random(0)
+    for name in ("killed0", "killed1"):
+        p = procs[name]
+        t0 = time.time()
+        while not (tmp_path / name / "last.pt").exists() and p.poll() is None and time.time() - t0 < 120:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.5))
+        p.kill()
+        p.wait()
+        assert (tmp_path / name / "last.pt").exists()
+    assert procs["ref"].wait(timeout=180) == 0, procs["ref"].stderr.read()
+    resumed = {name: subprocess.Popen([sys.executable, "train_searched.py", "--resume", str(tmp_path / name),
+                                       "--plots", "False"], cwd=ROOT, env=ENV1, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True) for name in ("killed0", "killed1")}
+    ref_w = _weights(tmp_path / "ref" / "last.pt")
+    ref_rows = _strip_times(read_csv_rows(tmp_path / "ref" / "metrics.csv"))
+    assert len(ref_rows) == 3
+    for name, p in resumed.items():
+        assert p.wait(timeout=180) == 0, p.stderr.read()
+        w = _weights(tmp_path / name / "last.pt")
+        assert all(torch.equal(w[n], ref_w[n]) for n in ref_w), name
+        assert _strip_times(read_csv_rows(tmp_path / name / "metrics.csv")) == ref_rows
+
+
 def test_reference_flags_and_defaults():
     import train_searched
 

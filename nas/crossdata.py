@@ -512,7 +512,8 @@ def add_crossdata_args(parser: Any, *, kind: str) -> Any:
     from nas.train import add_train_args
 
     parser.add_argument("--config", default=None, help="YAML file of flag values (command-line flags override it)")
-    parser.add_argument("--checkpoint", required=True, help="a .pt checkpoint, or a run folder (its best.pt)")
+    parser.add_argument("--checkpoint", default=None, help="a .pt checkpoint, or a run folder (its best.pt); required "
+                        "unless --resume")
     if kind == "ck48":
         parser.add_argument("--protocol", default="subject", choices=["subject", "reference"],
                             help="subject: no subject in both parts of a fold (default); reference: the reference "
@@ -592,6 +593,8 @@ def main_crossdata(args: Any, kind: str) -> dict[str, Any]:
 
     if args.resume:
         args = _resumed(args)
+    if not args.checkpoint:
+        raise FerNasError("--checkpoint PATH is required (a .pt file or a run folder), or --resume RUN_DIR")
     finetune = (not args.no_finetune) if kind == "ck48" else args.finetune == "loso"
     # the checkpoint first: a bad file fails in one line before any data work
     _, ckpt = load_model_from_checkpoint(args.checkpoint, "cpu")

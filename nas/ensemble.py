@@ -245,17 +245,19 @@ def greedy_select(method: str, val_logits: torch.Tensor, val_probs: torch.Tensor
             trial[j] += 1
             w = fit_weights(method, val_probs, val_labels, trial)
             s = combine(method, val_logits, val_probs, w)
-            key = (accuracy_of(s, val_labels), -_nll(method, s, val_labels), -j)
+            # rounded, so that float noise does not break a tie the order should break
+            acc, nll = accuracy_of(s, val_labels), _nll(method, s, val_labels)
+            key = (round(acc, 9), -round(nll, 6), -j)
             if best is None or key > best[0]:
-                best = (key, j)
+                best = (key, j, acc, nll)
         if best is None:
             break
-        (acc, neg_nll, _), j = best
+        _, j, acc, nll = best
         if history and not acc > best_acc:
             break
         counts[j] += 1
         best_acc = acc
-        history.append({"step": step + 1, "added": j, "public_acc": acc, "public_nll": -neg_nll})
+        history.append({"step": step + 1, "added": j, "public_acc": acc, "public_nll": nll})
     return counts, history
 
 

@@ -68,8 +68,9 @@ def main(args: argparse.Namespace) -> dict:
         trainer = Trainer(model, data, config_from_args(args), run_dir, dist=dist, args=vars(args))
         if args.resume:
             trainer.resume(args.resume)
-        else:
-            run_dir.write_config(args)
+        else:  # only real flags, so that the file works as --config for a new run
+            flags = {a.dest for a in get_args_parser()._actions} - {"help", "config"}
+            run_dir.write_config({k: v for k, v in vars(args).items() if k in flags})
         results = trainer.fit()
         if dist.is_main and args.plots:
             for p in write_run_report(run_dir, data, device=dist.device):

@@ -83,6 +83,7 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str 
                 label = {"train": "train", "val": "val (PublicTest)", "test": "test (PrivateTest)"}[split]
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label, markersize=3)
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel("accuracy (%)" if what == "acc" else "cross-entropy")
         ax.grid(alpha=0.3)
         ax.legend()
@@ -165,7 +166,8 @@ def plot_saliency(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     crops, maps = saliency(model, images[idx.to(images.device)], labels[idx], mean=mean, std=std, crop=crop)
     plt = _plt()
     rows = len(classes)
-    fig, axes = plt.subplots(rows, 2 * per_class, figsize=(2.0 * per_class * 1.6, 1.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, 2 * per_class, figsize=(2.0 * per_class * 1.6, 1.7 * rows), squeeze=False,
+                             layout="constrained")
     k = 0
     for c, p in enumerate(picks):
         for j in range(per_class):
@@ -202,7 +204,7 @@ def plot_misclassified(images: torch.Tensor, labels: torch.Tensor, preds: torch.
         return int(idx[torch.randint(idx.numel(), (1,), generator=g)])
 
     n = len(classes)
-    fig, axes = plt.subplots(n, 3, figsize=(5.4, 1.8 * n), squeeze=False)
+    fig, axes = plt.subplots(n, 3, figsize=(5.4, 1.9 * n), squeeze=False, layout="constrained")
     for c in range(n):
         correct = one((labels == c) & (preds == c))
         wrong = one((preds == c) & (labels != c))

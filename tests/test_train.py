@@ -154,6 +154,13 @@ def test_two_epoch_cli_run_writes_everything_and_evaluate_agrees(tmp_path):
     assert ev["views"]["center"]["accuracy"] == pytest.approx(saved["test_acc"], abs=1e-6)
     assert (tmp_path / "eval" / "confusion_center.csv").is_file()
 
+    # config.yaml is a valid --config: it reproduces every flag of the run
+    from nas.cli import parse_args
+
+    again = parse_args(train_searched.get_args_parser(), ["--config", str(run_dir / "config.yaml")])
+    first = train_searched.get_args_parser().parse_args(args)
+    assert vars(again) == {**vars(first), "config": str(run_dir / "config.yaml")}
+
     # the folder now holds a run: refused without --resume/--force, one line, exit 2
     out = subprocess.run([sys.executable, "train_searched.py", *args], capture_output=True, text=True, cwd=ROOT,
                          timeout=120, env=ENV1)
@@ -197,6 +204,29 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path):
         w = _weights(tmp_path / name / "last.pt")
         assert all(torch.equal(w[n], ref_w[n]) for n in ref_w), name
         assert _strip_times(read_csv_rows(tmp_path / name / "metrics.csv")) == ref_rows
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--device", "cuda"], "CUDA is not available"),
+    (["--labels", "ferplus_soft"], "needs --ferplus"),
+    (["--save", "__FILE__/run"], "not writable"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+])
+def test_environment_and_flag_faults_are_one_line(tmp_path, capsys, extra, message):
+    import train_searched
+    from nas.cli import run
+
+    if "cuda" in extra and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    extra = [str(blocker) + "/run" if e == "__FILE__/run" else e for e in extra]
+    csv = write_fer_csv(tmp_path / "fer2013.csv", make_data(16, 8, 8))
+    argv = ["--data", str(csv), "--init_channels", "4", "--layers", "3", "--save", str(tmp_path / "r"), *extra]
+    with pytest.raises(SystemExit) as e:
+        run(train_searched.main, train_searched.get_args_parser(), argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and message in err and len(err.splitlines()) == 1, err
 
 
 def test_reference_flags_and_defaults():

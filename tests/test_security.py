@@ -123,6 +123,21 @@ def test_safe_load_reads_a_good_checkpoint(tmp_path):
     assert torch.equal(state["model"]["w"], torch.ones(2, 2)) and state["epoch"] == 3
 
 
+@pytest.mark.parametrize("cut", ["empty", "half", "junk", "text"])
+def test_safe_load_corrupt_checkpoint_is_one_line(tmp_path, cut):
+    """A truncated download, random bytes or a text file: one line naming the file."""
+    good = tmp_path / "good.pt"
+    atomic_save(good_state(), good)
+    data = good.read_bytes()
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes({"empty": b"", "half": data[: len(data) // 2], "junk": os.urandom(3000),
+                     "text": b"epoch: 3\n"}[cut])
+    with pytest.raises(FerNasError) as e:
+        safe_load(bad)
+    assert "\n" not in str(e.value) and str(bad) in str(e.value)
+    assert "not a readable checkpoint" in str(e.value) or "refused" in str(e.value)
+
+
 def test_model_loader_refuses_payload(tmp_path):
     """nas.evaluate.load_model_from_checkpoint (ensemble, cross-dataset scripts) goes through safe_load."""
     from nas.evaluate import load_model_from_checkpoint

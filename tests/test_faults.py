@@ -244,26 +244,45 @@ def checkpoint(tmp_path_factory, data) -> Path:
     return run / "best.pt"
 
 
-@pytest.mark.parametrize("script", sorted(set(ARGS) | set(CHECKPOINT_READERS)))
+ALL_SCRIPTS = sorted(set(ARGS) | set(CHECKPOINT_READERS))
+
+
+def script_argv(script: str, data: Path, save: Path, request) -> list[object]:
+    """A small valid command line for any script (the checkpoint readers get a real checkpoint)."""
+    if not script_exists(script):
+        pytest.skip(f"{script} not written yet")
+    if script in ARGS:
+        return ARGS[script](data, save)
+    ckpt = request.getfixturevalue("checkpoint")
+    argv: list[object] = [a.format(ckpt=ckpt, run=ckpt.parent) for a in CHECKPOINT_READERS[script]]
+    argv += ["--save", save]
+    if script in ("relabel_training.py", "ensemble.py"):
+        argv += ["--data", data]
+    if script == "relabel_training.py":
+        argv += ["--epochs", "1"]
+    return argv
+
+
+@pytest.mark.parametrize("script", ALL_SCRIPTS)
+def test_every_script_detects_unwritable_save_dir(tmp_path, data, script, request):
+    (tmp_path / "file").write_text("x")
+    save = tmp_path / "file" / "run"
+    proc = run_inprocess(script, script_argv(script, data, save, request))
+    assert_one_line_error(proc, str(save), "not writable")
+
+
+@pytest.mark.parametrize("script", ALL_SCRIPTS)
 def test_device_cuda_without_gpu_is_one_line(tmp_path, data, script, monkeypatch, request):
     """Every script: --device cuda on a machine without CUDA (simulated, so this also runs on a
     GPU machine) is one line naming the flag; no run directory is left behind."""
-    if not script_exists(script):
-        pytest.skip(f"{script} not written yet")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     save = tmp_path / "run"
-    if script in ARGS:
-        argv = ARGS[script](data, save)
-    else:
-        ckpt = request.getfixturevalue("checkpoint")
-        argv = [a.format(ckpt=ckpt, run=ckpt.parent) for a in CHECKPOINT_READERS[script]] + ["--save", save]
-        if script == "relabel_training.py":
-            argv += ["--data", data, "--epochs", "1"]
+    argv = script_argv(script, data, save, request)
     argv[argv.index("--device") + 1] = "cuda"
     proc = run_inprocess(script, argv)
     assert_one_line_error(proc, "--device cuda", "CUDA is not available")
-    assert not (save / "last.pt").exists()
+    assert not save.exists()
 
 
 # ======================================================================= NaN / Inf

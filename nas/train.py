@@ -301,6 +301,10 @@ class Trainer:
                                          lr_min=cfg.learning_rate_min)
         self.fused = supports_found_inf(self.optimizer)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        # The forward pass updates BatchNorm running statistics before the loss is known; under
+        # skip_batch they are put back for a skipped batch, else its NaN activations stay in them.
+        self.bn_buffers = [b for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                           for b in m.buffers(recurse=False)] if cfg.nan_policy == "skip_batch" else []
 
         # -- randomness: shuffling and augmentation have their own generators (same
         # sampling seed on every rank: the shards of a global batch are disjoint)
@@ -340,6 +344,7 @@ class Trainer:
         """Forward, loss, backward, clip and (unless non-finite) an optimizer step.
         Everything stays on the device."""
         cfg = self.cfg
+        saved_bn = [b.clone() for b in self.bn_buffers]
         x = self.augment(self.data.images[idx], self.aug_gen)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -365,8 +370,13 @@ class Trainer:
         if self.fused:
             set_found_inf(self.optimizer, bad)
             self.optimizer.step()
+            for b, old in zip(self.bn_buffers, saved_bn):  # on the device: no sync
+                b.copy_(torch.where(bad > 0, old, b))
         elif not bool(bad):  # CPU: reading the flag costs nothing (no asynchronous device)
             self.optimizer.step()
+        else:
+            for b, old in zip(self.bn_buffers, saved_bn):
+                b.copy_(old)
         good = 1.0 - bad
         hard = y.argmax(1) if y.is_floating_point() else y
         n = self.sums.new_full((), float(idx.numel()))  # a fill kernel, not a host-to-device copy

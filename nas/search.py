@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import nullcontext
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -42,7 +43,7 @@ from nas.supernet import PRUNED, UNDECIDED, SearchNetwork, edge_list
 from nas.utils import GracefulStop, autocast, get_rng_state, make_generator, resolve_device, seed_everything, \
     set_rng_state
 
-__all__ = ["add_search_args", "get_args_parser", "Searcher", "run_search", "plot_cell", "CHECKPOINT_KIND"]
+__all__ = ["add_search_args", "get_args_parser", "Searcher", "run_search", "search_step", "plot_cell", "CHECKPOINT_KIND"]
 
 CHECKPOINT_KIND = "fernas-search"
 # Flags that may differ when resuming; everything else is taken from the checkpoint.
@@ -158,6 +159,29 @@ def _dist() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def search_step(model: SearchNetwork, architect: Architect, w_optimizer: torch.optim.Optimizer,
+                xt: torch.Tensor, yt: torch.Tensor, xa: torch.Tensor, ya: torch.Tensor, lr: float,
+                grad_clip: float = 5.0, amp: Any = None, weights: list[torch.Tensor] | None = None,
+                reduce_grads: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One search step: the architecture update on ``(xa, ya)``, then the weight update
+    on ``(xt, yt)``. ``amp`` is a zero-argument context factory (autocast); ``reduce_grads``
+    is called between backward and the optimizer step (the weights' all-reduce point).
+    Returns ``(train loss, train logits, architecture loss)`` as tensors (no host sync)."""
+    arch_loss = architect.step(xt, yt, xa, ya, lr, w_optimizer)
+    weights = model.weight_parameters() if weights is None else weights
+    w_optimizer.zero_grad(set_to_none=True)
+    with (amp() if amp is not None else nullcontext()):
+        logits = model(xt)
+    loss = F.cross_entropy(logits.float(), yt)
+    loss.backward(inputs=weights)
+    if reduce_grads is not None:
+        reduce_grads()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(weights, grad_clip)
+    w_optimizer.step()
+    return loss.detach(), logits.detach(), arch_loss
 
 
 def _cycle(sampler) -> Iterator[torch.Tensor]:
@@ -389,6 +413,7 @@ class Searcher:
         a = self.args
         model = self.model
         model.train()
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
         if self.step == 0:
             self.epoch_gen_state = self.g_data.get_state()
             self.sums.zero_()
@@ -409,19 +434,17 @@ class Searcher:
             ia = next(a_iter)
             xt, yt = self._batch(it)
             xa, ya = self._batch(ia)
-            arch_loss = self.architect.step(xt, yt, xa, ya, lr, self.w_optimizer)
-
-            self.w_optimizer.zero_grad(set_to_none=True)
-            with autocast(self.device, self.amp):
-                logits = model(xt)
-            loss = F.cross_entropy(logits.float(), yt)
-            loss.backward(inputs=weights)
-            self._reduce_weight_grads()
-            if a.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(weights, a.grad_clip)
-            self.w_optimizer.step()
+            loss, logits, arch_loss = search_step(model, self.architect, self.w_optimizer, xt, yt, xa, ya, lr,
+                                                  a.grad_clip, lambda: autocast(self.device, self.amp),
+                                                  weights, self._reduce_weight_grads)
 
             n, na = yt.numel(), ya.numel()
+            with torch.no_grad():
+                # remember the first non-finite step on the device; checked at sync points
+                bad = ~(torch.isfinite(loss) & torch.isfinite(arch_loss))
+                self.first_bad = torch.where(bad & (self.first_bad < 0), self.step + 1, self.first_bad)
+            if self.device.type == "cpu" or (self.step + 1) % 10 == 0:
+                self._check_finite()
             with torch.no_grad():  # running sums on the device: no host sync per step
                 self.sums[0:2] += torch.stack([loss.detach().double() * n, (logits.argmax(1) == yt).sum().double()])
                 self.sums[2] += n
@@ -435,13 +458,31 @@ class Searcher:
                     s = self.sums.tolist()  # the only host sync: at the progress interval
                     bar.set_postfix(loss=f"{s[0] / max(s[2], 1):.3f}", acc=f"{100 * s[1] / max(s[2], 1):.1f}")
             if self.step < steps and self._stop_requested():
+                self._check_finite()
                 self.epoch_time += time.perf_counter() - t0
                 if bar is not None:
                     bar.close()
                 self._interrupt()
         if bar is not None:
             bar.close()
+        self._check_finite()
         self.epoch_time += time.perf_counter() - t0
+
+    def _check_finite(self) -> None:
+        """Stop with one line when a step of this epoch had a non-finite loss; the bad
+        state is never saved (``last.pt`` stays that of the last good epoch)."""
+        bad = self.first_bad.clone()
+        if self.world > 1:
+            bad = torch.where(bad < 0, torch.full_like(bad, 2**62), bad)
+            dist.all_reduce(bad, op=dist.ReduceOp.MIN)
+            bad = torch.where(bad == 2**62, torch.full_like(bad, -1), bad)
+        step = int(bad)
+        if step < 0:
+            return
+        ck = self.run_dir.file("last.pt")
+        kept = f"the last good checkpoint is kept ({ck})" if ck.exists() else "no checkpoint yet"
+        raise FerNasError(f"non-finite loss at epoch {self.epoch + 1} step {step}; search stopped, {kept}; "
+                          "try a lower --learning_rate or --arch_learning_rate, or --grad_clip")
 
     def _progress(self, steps: int):
         show = self.args.progress if getattr(self.args, "progress", None) is not None else sys.stderr.isatty()

@@ -200,7 +200,13 @@ class SearchNetwork(nn.Module):
         if k > 1:
             self.betas_normal = nn.Parameter(1e-3 * torch.randn(n_edges))
             self.betas_reduce = nn.Parameter(1e-3 * torch.randn(n_edges))
+        # Decisions: a Python mirror for the forward pass (no device sync per step) and
+        # int64 buffers so that they travel in state_dict; hooks keep the two in step.
         self.edge_state: dict[str, list[int]] = {"normal": [UNDECIDED] * n_edges, "reduce": [UNDECIDED] * n_edges}
+        self.register_buffer("edge_state_normal", torch.full((n_edges,), UNDECIDED, dtype=torch.int64))
+        self.register_buffer("edge_state_reduce", torch.full((n_edges,), UNDECIDED, dtype=torch.int64))
+        self.register_state_dict_pre_hook(_edge_state_to_buffers)
+        self.register_load_state_dict_post_hook(_edge_state_from_buffers)
 
     # -- parameters -----------------------------------------------------------------
     @property
@@ -235,13 +241,7 @@ class SearchNetwork(nn.Module):
             return None
         return self.betas_normal if cell_type == "normal" else self.betas_reduce
 
-    # -- decision state (kept in state_dict through extra state) --------------------------
-    def get_extra_state(self) -> dict[str, list[int]]:
-        return {k: list(v) for k, v in self.edge_state.items()}
-
-    def set_extra_state(self, state: dict[str, list[int]]) -> None:
-        self.edge_state = {k: [int(x) for x in v] for k, v in state.items()}
-
+    # -- decision state -------------------------------------------------------------------
     def frozen_edges(self, cell_type: str) -> list[int]:
         """Edges whose architecture weights no longer learn (decided or pruned)."""
         return [e for e, s in enumerate(self.edge_state[cell_type]) if s != UNDECIDED]
@@ -289,6 +289,17 @@ class SearchNetwork(nn.Module):
             self.alphas_normal.detach(), self.alphas_reduce.detach(), self.primitives, self.steps,
             self.multiplier, betas_normal=None if self.betas("normal") is None else self.betas_normal.detach(),
             betas_reduce=None if self.betas("reduce") is None else self.betas_reduce.detach())
+
+
+def _edge_state_to_buffers(module: SearchNetwork, prefix: str = "", keep_vars: bool = False) -> None:
+    for cell in ("normal", "reduce"):
+        buf = getattr(module, f"edge_state_{cell}")
+        buf.copy_(torch.tensor(module.edge_state[cell], dtype=torch.int64))
+
+
+def _edge_state_from_buffers(module: SearchNetwork, incompatible_keys: Any = None) -> None:
+    module.edge_state = {cell: [int(v) for v in getattr(module, f"edge_state_{cell}").tolist()]
+                         for cell in ("normal", "reduce")}
 
 
 def _parse_darts(weights: torch.Tensor, primitives: Sequence[str], steps: int) -> list[tuple[str, int]]:

@@ -183,3 +183,24 @@ def test_cli_synthfer_export(tmp_path):
     p = subprocess.run(cmd[:-4] + ["--save", str(tmp_path / "run2"), "--export", "SYN_1"], env=env,
                        capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "already exists" in p.stderr
+
+
+def test_non_finite_loss_stops_without_saving_bad_state(tmp_path, monkeypatch):
+    import nas.search
+
+    real = nas.search.Searcher._batch
+
+    def batch(self, idx):
+        x, y = real(self, idx)
+        if self.epoch == 1 and self.step == 1:  # epoch 2, step 2
+            x = x * float("nan")
+        return x, y
+
+    monkeypatch.setattr(nas.search.Searcher, "_batch", batch)
+    run = tmp_path / "nan"
+    s = Searcher(tiny_args(run, "--strategy", "darts", "--epochs", "3"), tiny_data(), stop=StopAfter(10**9))
+    with pytest.raises(FerNasError, match=r"non-finite loss at epoch 2 step 2; .*last good checkpoint is kept"):
+        s.run()
+    ck = torch.load(run / "last.pt", weights_only=True)
+    assert ck["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in ck["model"].values() if t.is_floating_point())

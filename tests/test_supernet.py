@@ -27,7 +27,8 @@ def test_arch_parameters_registered_and_disjoint():
     assert not {id(p) for p in arch} & {id(p) for p in weights}
     assert {id(p) for p in arch} | {id(p) for p in weights} == {id(p) for p in m.parameters()}
     sd = m.state_dict()
-    assert torch.equal(sd["alphas_normal"], m.alphas_normal) and "_extra_state" in sd
+    assert torch.equal(sd["alphas_normal"], m.alphas_normal) and sd["edge_state_normal"].dtype == torch.int64
+    assert all(isinstance(v, torch.Tensor) for v in sd.values())
     m.to(torch.float64)
     assert m.alphas_reduce.dtype == torch.float64 and isinstance(m.alphas_reduce, torch.nn.Parameter)
 
@@ -72,7 +73,7 @@ def test_decided_edge_runs_only_its_op_and_pruned_runs_nothing():
         h.remove()
     # the naive path computes every op and weights decisions one-hot: same function
     torch.testing.assert_close(out, naive(x), rtol=1e-5, atol=1e-6)
-    assert m.state_dict()["_extra_state"] == ref_state
+    assert m.state_dict()["edge_state_normal"].tolist() == ref_state["normal"]
     fresh = tiny()
     fresh.load_state_dict(m.state_dict())
     assert fresh.edge_state == ref_state

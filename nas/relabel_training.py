@@ -1,0 +1,520 @@
+"""Relabelling training: Auto-FERNet's third stage, behind relabel_training.py.
+
+Start from a checkpoint saved before convergence (``snapshot_train85.pt`` of a
+train_searched.py run) and keep training while the relabelling rule
+(:func:`nas.relabel.relabel`: ``0 < p_pred - p_label < threshold``, optionally
+gated by the FES matrix) rewrites labels the model nearly disagrees with.
+
+:class:`Relabeller` plugs into the training engine twice: as its ``target_hook``
+(per step, on the device, no host sync) and as its ``epoch_callback`` (once per
+epoch: statistics, the transitions CSV, and under DDP the merge of every
+rank's changes).
+
+Modes:
+
+* ``batch`` (the reference): a changed label is used for that step only; every
+  epoch starts again from the dataset's labels.
+* ``persistent``: a changed label is kept in a label tensor and is the sample's
+  label from then on (it may change again later). The tensor is checkpointed,
+  so ``--resume`` continues exactly.
+
+Per-epoch statistics (columns of metrics.csv; ``epoch`` is 1-based there):
+
+* ``relabel_changed``: samples whose label the rule changed this epoch (each
+  training sample is seen once per epoch, so these are distinct samples).
+* With clean labels (SynthFER): ``relabel_restored`` (changed to the clean label),
+  ``relabel_harmed`` (the label was clean and was changed, necessarily to a wrong
+  one), ``relabel_wrong_to_wrong`` (a wrong label changed to another wrong one),
+  ``relabel_precision = restored / changed``; and over the labels the loss
+  actually used this epoch: ``relabel_recall`` = originally noisy samples trained
+  on their clean label / originally noisy samples, ``relabel_harm`` = originally
+  clean samples trained on a wrong label / originally clean samples,
+  ``relabel_label_noise`` = wrong labels trained on / training samples. In batch
+  mode recall is ``restored / noisy`` of that epoch; in persistent mode it counts
+  corrections made in earlier epochs too (the state of the label tensor).
+
+``relabel_transitions.csv`` holds ``epoch, from, to, count`` for every non-zero
+(from, to) pair; per epoch its counts sum to ``relabel_changed``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from nas.errors import FerNasError
+
+__all__ = ["RELABEL_MODES", "TRANSITIONS_CSV", "Relabeller", "add_relabel_args", "resolve_fes",
+           "drop_path_schedule", "relabel_main", "summarize_relabel", "plot_relabel"]
+
+RELABEL_MODES = ("batch", "persistent")
+TRANSITIONS_CSV = "relabel_transitions.csv"
+REFERENCE_DEFAULTS = {"batch_size": 64, "learning_rate": 0.02272721, "epochs": 100}
+
+
+# ----------------------------------------------------------------------------- the hook
+class Relabeller:
+    """Target hook and epoch callback of :class:`nas.train.Trainer` that relabels.
+
+    Args:
+        labels: int64 N, the dataset's (hard) labels, all splits; indices of the
+            hook's calls index this tensor.
+        train_idx: indices of the Training split (statistics are over these).
+        threshold: margin threshold of the rule; ``<= 0`` never relabels (the
+            control run of continued training).
+        fes: optional K×K similarity matrix (the gate); None disables the gate.
+        mode: ``batch`` or ``persistent`` (see the module docstring).
+        warmup: epochs trained before relabelling starts (the reference: 1, i.e.
+            epoch 0 trains on the given labels).
+        clean_labels: int64 N true labels when known (SynthFER), for precision,
+            recall and harm.
+        classes: class names (transitions CSV, log).
+        dist: :class:`nas.distributed.DistInfo` (merge of ranks' changes).
+    """
+
+    def __init__(self, labels: torch.Tensor, train_idx: torch.Tensor, *, threshold: float, fes: Any = None,
+                 fes_threshold: float = 0.03, mode: str = "batch", warmup: int = 1,
+                 clean_labels: torch.Tensor | None = None, classes: Sequence[str] = (), dist: Any = None,
+                 log: bool = True) -> None:
+        if mode not in RELABEL_MODES:
+            raise FerNasError(f"--relabel_mode {mode!r}: choose from {', '.join(RELABEL_MODES)}")
+        if not math.isfinite(threshold) or threshold < 0:
+            raise FerNasError(f"--relabel_threshold must be a number >= 0, got {threshold}")
+        if warmup < 0:
+            raise FerNasError(f"--relabel_warmup must be >= 0, got {warmup}")
+        self.original = labels.long()
+        self.device = self.original.device
+        self.train_idx = train_idx.to(self.device).long()
+        self.threshold, self.fes_threshold = float(threshold), float(fes_threshold)
+        self.fes = None if fes is None else np.ascontiguousarray(fes, dtype=np.float64)
+        self.mode, self.warmup = mode, int(warmup)
+        self.classes = list(classes) or [str(i) for i in range(int(labels.max()) + 1)]
+        self.num_classes = len(self.classes)
+        if self.fes is not None and self.fes.shape != (self.num_classes, self.num_classes):
+            raise FerNasError(f"FES matrix is {self.fes.shape[0]}x{self.fes.shape[1]} but the data has "
+                              f"{self.num_classes} classes")
+        self.clean = None if clean_labels is None else clean_labels.to(self.device).long()
+        if self.clean is not None and self.clean.shape != self.original.shape:
+            raise FerNasError(f"clean labels ({self.clean.numel()}) do not match the labels ({self.original.numel()})")
+        self.dist = dist
+        self.log = log
+        # base: each sample's label at the start of the epoch; now: after this epoch's changes
+        self.base = self.original.clone()
+        self.now = self.original.clone()
+
+    @property
+    def active(self) -> bool:
+        return self.threshold > 0
+
+    # -- per step (on the device, no host sync) -------------------------------------
+    def __call__(self, epoch: int, step: int, idx: torch.Tensor, logits: torch.Tensor,
+                 targets: torch.Tensor) -> torch.Tensor:
+        if targets.is_floating_point():  # soft targets are never relabelled (relabel_main refuses the combination)
+            return targets
+        given = self.base[idx]
+        if epoch < self.warmup or not self.active:
+            return given
+        from nas.relabel import relabel
+
+        probs = torch.softmax(logits.float(), dim=1)
+        new = relabel(probs, given, self.threshold, self.fes, self.fes_threshold)
+        self.now[idx] = new
+        return new
+
+    # -- per epoch --------------------------------------------------------------------
+    def _merge(self) -> None:
+        """DDP: every rank changed labels of its own disjoint shards; combine them.
+        A changed label is encoded ``label + 1`` (unchanged 0) and reduced with MAX, which
+        is also right for entries every rank already holds (after a mid-epoch resume)."""
+        if self.dist is None or not self.dist.enabled:
+            return
+        from nas.distributed import all_reduce_max
+
+        enc = torch.where(self.now != self.base, self.now + 1, torch.zeros_like(self.now))
+        all_reduce_max(enc)
+        self.now = torch.where(enc > 0, enc - 1, self.base)
+
+    def statistics(self) -> tuple[dict[str, Any], torch.Tensor]:
+        """This epoch's metrics columns and the K×K transition counts (merged over ranks)."""
+        from nas.relabel import transition_counts
+
+        self._merge()
+        t = self.train_idx
+        old, new = self.base[t], self.now[t]
+        changed = old != new
+        trans = transition_counts(old, new, self.num_classes).cpu()
+        n_train = int(t.numel())
+        n_changed = int(changed.sum())
+        row: dict[str, Any] = {"relabel_changed": n_changed,
+                               "relabel_rate": 100.0 * n_changed / n_train if n_train else 0.0}
+        if self.clean is not None:
+            clean, orig = self.clean[t], self.original[t]
+            noisy = orig != clean
+            restored = int((changed & (new == clean)).sum())
+            harmed = int((changed & (old == clean)).sum())
+            n_noisy = int(noisy.sum())
+            n_clean = n_train - n_noisy
+            row.update(
+                relabel_restored=restored, relabel_harmed=harmed,
+                relabel_wrong_to_wrong=n_changed - restored - harmed,
+                relabel_precision=100.0 * restored / n_changed if n_changed else "",
+                relabel_recall=100.0 * int((noisy & (new == clean)).sum()) / n_noisy if n_noisy else "",
+                relabel_harm=100.0 * int((~noisy & (new != clean)).sum()) / n_clean if n_clean else "",
+                relabel_label_noise=100.0 * int((new != clean).sum()) / n_train if n_train else "",
+            )
+        return row, trans
+
+    def end_epoch(self, epoch: int) -> tuple[dict[str, Any], torch.Tensor]:
+        """Statistics of the epoch, then move on: persistent mode keeps the changes,
+        batch mode forgets them."""
+        row, trans = self.statistics()
+        if self.mode == "persistent":
+            self.base = self.now.clone()
+        else:
+            self.now = self.base.clone()
+        return row, trans
+
+    def epoch_callback(self, epoch: int, trainer: Any) -> dict[str, Any]:
+        """The trainer's ``epoch_callback``: statistics as metrics columns, the epoch's
+        transitions appended to relabel_transitions.csv (rank 0 writes)."""
+        row, trans = self.end_epoch(epoch)
+        run = trainer.run
+        for i, j in zip(*np.nonzero(trans.numpy())):
+            run.append_metrics({"epoch": epoch + 1, "from": self.classes[i], "to": self.classes[j],
+                                "count": int(trans[i, j])}, name=TRANSITIONS_CSV)
+        if self.log and self.active and epoch >= self.warmup:
+            run.log(f"  relabel epoch {epoch + 1}: {_describe(row)}")
+        return row
+
+    # -- checkpointing ----------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Label tensors (CPU). Under DDP this merges the ranks' changes (a collective:
+        the trainer builds its state on every rank)."""
+        self._merge()
+        return {"kind": "fer-nas-relabeller", "mode": self.mode, "original": self.original.cpu(),
+                "base": self.base.cpu(), "now": self.now.cpu()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("kind") != "fer-nas-relabeller":
+            raise FerNasError("checkpoint holds no relabelling state to resume")
+        orig = state["original"]
+        if tuple(orig.shape) != tuple(self.original.shape) or not torch.equal(orig.to(self.device), self.original):
+            raise FerNasError("the data's labels differ from those of the run being resumed "
+                              "(pass the same --dataset/--data flags)")
+        if state.get("mode") != self.mode:
+            raise FerNasError(f"the run used --relabel_mode {state.get('mode')}, not {self.mode}")
+        self.base = state["base"].to(self.device).long()
+        self.now = state["now"].to(self.device).long()
+
+
+def _describe(row: Mapping[str, Any]) -> str:
+    s = f"{row['relabel_changed']} labels changed"
+    if "relabel_restored" in row:
+        def pct(v):
+            return "n/a" if v == "" else f"{v:.1f}%"
+        s += (f" (restored {row['relabel_restored']}, harmed {row['relabel_harmed']}, wrong->wrong "
+              f"{row['relabel_wrong_to_wrong']}); precision {pct(row['relabel_precision'])}, recall "
+              f"{pct(row['relabel_recall'])}, harm {pct(row['relabel_harm'])}")
+    return s
+
+
+# ----------------------------------------------------------------------------- flags
+def add_relabel_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The relabelling flags (the reference's names and defaults)."""
+    from nas.cli import str2bool
+
+    g = parser.add_argument_group("relabelling")
+    g.add_argument("--checkpoint", default=None,
+                   help="checkpoint to start from (e.g. runs/train-.../snapshot_train85.pt); the model, "
+                        "genotype and layers come from it")
+    g.add_argument("--relabel_threshold", type=float, default=0.2,
+                   help="change a label to the prediction when 0 < p_pred - p_label < this (0: never)")
+    g.add_argument("--no_relabel", action="store_true", default=False,
+                   help="continued training without relabelling (the control run; same as --relabel_threshold 0)")
+    g.add_argument("--fes", type=str2bool, default=True, help="gate changes by the FES matrix (True/False)")
+    g.add_argument("--fes_threshold", type=float, default=0.03, help="a change t->p needs FES[t][p] > this")
+    g.add_argument("--fes_matrix", default=None,
+                   help="JSON 7x7 matrix (python -m nas.fes --out) or FER+ votes CSV (default: nas.fes.DEFAULT_FES)")
+    g.add_argument("--relabel_mode", default="batch", choices=RELABEL_MODES,
+                   help="batch: a changed label lives for that step (reference); persistent: it is kept")
+    g.add_argument("--relabel_warmup", type=int, default=1,
+                   help="epochs trained on the given labels before relabelling starts (reference: 1)")
+    g.add_argument("--plots", type=str2bool, default=True,
+                   help="PNG reports at the end (curves, confusion, saliency, relabel.png)")
+    return parser
+
+
+def resolve_fes(args: argparse.Namespace, classes: Sequence[str]) -> np.ndarray | None:
+    """The FES gate's matrix, or None with ``--fes False``."""
+    from nas.data.dataset import FER_CLASSES
+    from nas.fes import DEFAULT_FES, load_fes
+
+    if not args.fes:
+        return None
+    if args.fes_matrix:
+        m = load_fes(args.fes_matrix)
+    else:
+        if list(classes) != list(FER_CLASSES):
+            raise FerNasError(f"the default FES matrix is in FER2013 class order; these data's classes are "
+                              f"{', '.join(classes)}: pass --fes_matrix FILE or --fes False")
+        m = np.array(DEFAULT_FES)
+    if m.shape != (len(classes), len(classes)):
+        raise FerNasError(f"{args.fes_matrix}: FES matrix is {m.shape[0]}x{m.shape[1]} but the data has "
+                          f"{len(classes)} classes")
+    return m
+
+
+def drop_path_schedule(ckpt: Mapping[str, Any], epochs: int) -> tuple[float, float, float]:
+    """``(prob, offset, total)`` for the continued run. The checkpoint's run used
+    ``prob * e / total_ckpt`` at epoch ``e``; we continue from ``offset`` = its epoch on
+    the same ramp (same total), stretched to ``offset + epochs`` only when the
+    relabelling run would otherwise go past the original end, so the probability
+    never exceeds ``prob``."""
+    dp = ckpt.get("drop_path") or {}
+    offset = float(ckpt.get("epoch") or 0)
+    prob = float(dp.get("prob", 0.2))
+    total = float(dp.get("total") or ckpt.get("epochs") or 0)
+    return prob, offset, max(total, offset + epochs)
+
+
+# ----------------------------------------------------------------------------- the run
+def relabel_main(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``relabel_training.py`` does: see the script's docstring."""
+    from nas.checkpoint import RunDir, read_csv_rows
+    from nas.data import open_data_from_args
+    from nas.distributed import broadcast_object, cleanup, init_distributed
+    from nas.evaluate import checkpoint_norm, load_model_from_checkpoint
+    from nas.train import Trainer, config_from_args, resumed_args, write_run_report
+    from nas.utils import resolve_device, seed_everything
+
+    if args.resume:
+        args = resumed_args(args)
+    if args.labels != "fer" and not args.ferplus:
+        raise FerNasError(f"--labels {args.labels} needs --ferplus PATH (the FER+ votes file fer2013new.csv)")
+    if args.no_relabel:
+        args.relabel_threshold = 0.0
+    soft = args.labels == "ferplus_soft"
+    if soft and args.relabel_threshold > 0:
+        raise FerNasError("--labels ferplus_soft trains on FER+ vote distributions, which relabelling (a rule on "
+                          "hard labels) does not change: use --labels ferplus_majority, or --no_relabel to "
+                          "continue soft training")
+    if not args.resume and not args.checkpoint:
+        raise FerNasError("--checkpoint PATH is required (e.g. runs/train-FER_V1-.../snapshot_train85.pt)")
+    device = resolve_device(args.device)
+    dist = init_distributed(device)
+    try:
+        source = Path(args.resume) / "last.pt" if args.resume else Path(args.checkpoint)
+        model, ckpt = load_model_from_checkpoint(source, "cpu")
+        mean, std, crop = checkpoint_norm(ckpt)
+        arch = (ckpt.get("model_spec") or {}).get("arch", "model")
+        if args.save is None and not args.resume:
+            stamp = broadcast_object(time.strftime("%Y%m%d-%H%M%S"))
+            args.save = f"runs/relabel-{_safe(arch)}-{stamp}"
+        run_dir = RunDir(args.resume or args.save, resume=bool(args.resume), force=args.force, enabled=dist.is_main)
+        seed_everything(args.seed)
+        data = open_data_from_args(args)
+        classes = list(ckpt.get("classes") or data.classes)
+        if list(data.classes) != classes:
+            raise FerNasError(f"{ckpt.get('path', source)}: the model's classes {classes} differ from the data's "
+                              f"{list(data.classes)}")
+        fes = resolve_fes(args, data.classes)
+        if args.resume:
+            dp = ckpt.get("drop_path") or {}
+            dp_prob, dp_offset, dp_total = float(dp["prob"]), float(dp["offset"]), float(dp["total"])
+        else:
+            dp_prob, dp_offset, dp_total = drop_path_schedule(ckpt, args.epochs)
+            if args.drop_path_prob is not None:
+                dp_prob = float(args.drop_path_prob)
+            args.drop_path_prob = dp_prob
+        cfg = config_from_args(args, crop=crop, drop_path_prob=dp_prob)
+        if dist.enabled:  # same weights everywhere (the checkpoint), different drop-path masks per rank
+            torch.manual_seed(args.seed + 1_000_003 * dist.rank)
+        hook = None
+        if not soft:
+            from nas.data.dataset import SPLITS
+
+            dev = dist.device
+            hook = Relabeller(data.labels.to(dev), (data.split == SPLITS.index("Training")).nonzero().flatten(),
+                              threshold=args.relabel_threshold, fes=fes, fes_threshold=args.fes_threshold,
+                              mode=args.relabel_mode, warmup=args.relabel_warmup,
+                              clean_labels=data.clean_labels, classes=data.classes, dist=dist)
+        trainer = Trainer(model, data, cfg, run_dir, dist=dist, norm=(mean, std), target_hook=hook,
+                          epoch_callback=hook.epoch_callback if hook is not None else None,
+                          drop_path_offset=dp_offset, drop_path_total=dp_total, args={**vars(args), "arch": arch})
+        if args.resume:
+            trainer.resume(args.resume)
+            run_dir.truncate_metrics("epoch", trainer.epoch, name=TRANSITIONS_CSV)
+        else:
+            run_dir.write_config(args)
+            run_dir.log(_start_line(args, ckpt, source, fes, dp_prob, dp_offset, dp_total, data))
+        results = trainer.fit()
+        if dist.is_main:
+            rows = read_csv_rows(run_dir.file("metrics.csv")) if run_dir.file("metrics.csv").exists() else []
+            summary = summarize_relabel(rows)
+            results["relabel"] = summary
+            results["start_checkpoint"] = str(args.checkpoint)
+            from nas.checkpoint import atomic_write_text
+
+            atomic_write_text(json.dumps(results, indent=2, default=str) + "\n", run_dir.file("results.json"))
+            if summary.get("epochs_relabelled"):
+                run_dir.log("relabel totals: " + _describe_summary(summary))
+            if getattr(args, "plots", True):
+                for p in write_run_report(run_dir, data, device=dist.device):
+                    run_dir.log(f"  wrote {p.name}", echo=False)
+                trans = read_csv_rows(run_dir.file(TRANSITIONS_CSV)) if run_dir.file(TRANSITIONS_CSV).exists() else []
+                p = plot_relabel(rows, run_dir.file("relabel.png"), transitions=trans, classes=data.classes)
+                if p is not None:
+                    run_dir.log(f"  wrote {p.name}", echo=False)
+        return results
+    finally:
+        cleanup()
+
+
+def _start_line(args, ckpt, source, fes, dp_prob, dp_offset, dp_total, data) -> str:
+    gate = "off" if fes is None else f"FES > {args.fes_threshold} ({args.fes_matrix or 'DEFAULT_FES'})"
+    what = (f"relabelling ({args.relabel_mode} mode, threshold {args.relabel_threshold}, gate {gate}, from epoch "
+            f"{args.relabel_warmup + 1})" if args.relabel_threshold > 0 else "continued training without relabelling")
+    line = (f"start from {ckpt.get('path', source)} (epoch {ckpt.get('epoch')}, training accuracy "
+            f"{(ckpt.get('metrics') or {}).get('train_acc', 'n/a')}); {what}; drop-path {dp_prob} x (epoch + "
+            f"{dp_offset:g}) / {dp_total:g}")
+    if data.clean_labels is not None:
+        t = data.split == 0
+        noise = float((data.labels[t] != data.clean_labels[t]).float().mean()) * 100
+        line += f"; clean labels known: {noise:.1f}% of training labels are noisy"
+    if args.fes_matrix and fes is None:
+        line += "; note: --fes_matrix is ignored with --fes False"
+    return line
+
+
+def summarize_relabel(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Totals over the epochs of a run's metrics.csv rows: changes, and with clean
+    labels restored / harmed / precision over all changes, and the recall and harm of
+    the last epoch."""
+    def num(v):
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return None
+
+    rel = [r for r in rows if num(r.get("relabel_changed")) is not None]
+    out: dict[str, Any] = {"epochs_relabelled": sum(1 for r in rel if num(r["relabel_changed"]) > 0),
+                           "changed": int(sum(num(r["relabel_changed"]) for r in rel))}
+    if rel and num(rel[0].get("relabel_restored")) is not None:
+        restored = int(sum(num(r["relabel_restored"]) for r in rel))
+        harmed = int(sum(num(r["relabel_harmed"]) for r in rel))
+        out.update(restored=restored, harmed=harmed,
+                   precision=100.0 * restored / out["changed"] if out["changed"] else None,
+                   last_recall=num(rel[-1].get("relabel_recall")), last_harm=num(rel[-1].get("relabel_harm")),
+                   last_label_noise=num(rel[-1].get("relabel_label_noise")),
+                   mean_recall=_mean(num(r.get("relabel_recall")) for r in rel[1:]),
+                   mean_harm=_mean(num(r.get("relabel_harm")) for r in rel[1:]))
+    return out
+
+
+def _mean(values) -> float | None:
+    v = [x for x in values if x is not None]
+    return sum(v) / len(v) if v else None
+
+
+def _describe_summary(s: Mapping[str, Any]) -> str:
+    text = f"{s['changed']} changes over {s['epochs_relabelled']} epoch(s)"
+    if "restored" in s:
+        def pct(v):
+            return "n/a" if v is None else f"{v:.1f}%"
+        text += (f": restored {s['restored']}, harmed {s['harmed']}, precision {pct(s['precision'])}; "
+                 f"last epoch recall {pct(s['last_recall'])}, harm {pct(s['last_harm'])}")
+    return text
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(str(name)).stem) or "arch"
+
+
+# ----------------------------------------------------------------------------- plot
+def plot_relabel(rows: Sequence[Mapping[str, Any]], path: str | Path, *,
+                 transitions: Sequence[Mapping[str, Any]] = (), classes: Sequence[str] = ()) -> Path | None:
+    """relabel.png: label changes per epoch (restored / harmed / wrong->wrong when the
+    clean labels are known), precision, recall and harm over epochs, and the
+    transition counts summed over the run. Returns None (with a notice) without
+    matplotlib or without relabelling columns."""
+    from nas.report import have_matplotlib
+
+    if not rows or "relabel_changed" not in rows[0] or not have_matplotlib():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    def col(key):
+        out = []
+        for r in rows:
+            try:
+                out.append(float(r.get(key, "")))
+            except (TypeError, ValueError):
+                out.append(float("nan"))
+        return out
+
+    epochs = col("epoch")
+    have_clean = "relabel_restored" in rows[0]
+    have_trans = bool(transitions) and bool(classes)
+    n = 1 + have_clean + have_trans
+    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4))
+    axes = np.atleast_1d(axes)
+    ax = axes[0]
+    ax.plot(epochs, col("relabel_changed"), "-o", ms=3, color="black", label="changed")
+    if have_clean:
+        ax.plot(epochs, col("relabel_restored"), "-o", ms=3, color="tab:green", label="restored (-> clean)")
+        ax.plot(epochs, col("relabel_harmed"), "-o", ms=3, color="tab:red", label="harmed (clean -> wrong)")
+        ax.plot(epochs, col("relabel_wrong_to_wrong"), "-o", ms=3, color="tab:orange", label="wrong -> wrong")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("labels changed in the epoch")
+    ax.set_title("label changes")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if have_clean:
+        ax = axes[1]
+        for key, label, color in (("relabel_precision", "precision (restored / changed)", "tab:blue"),
+                                  ("relabel_recall", "recall (noisy labels trained as clean)", "tab:green"),
+                                  ("relabel_harm", "harm (clean labels trained as wrong)", "tab:red"),
+                                  ("relabel_label_noise", "noise of the labels trained on", "tab:gray")):
+            ax.plot(epochs, col(key), "-o", ms=3, color=color, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("%")
+        ax.set_ylim(0, 100)
+        ax.set_title("relabelling quality (clean labels known)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if have_trans:
+        k = len(classes)
+        m = np.zeros((k, k))
+        index = {c: i for i, c in enumerate(classes)}
+        for r in transitions:
+            if r.get("from") in index and r.get("to") in index:
+                m[index[r["from"]], index[r["to"]]] += float(r.get("count") or 0)
+        ax = axes[-1]
+        im = ax.imshow(m, cmap="Oranges")
+        for i in range(k):
+            for j in range(k):
+                if m[i, j]:
+                    ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(k), classes, rotation=45, ha="right")
+        ax.set_yticks(range(k), classes)
+        ax.set_xlabel("to")
+        ax.set_ylabel("from")
+        ax.set_title("transitions, all epochs")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -342,7 +342,7 @@ def run_ensemble(names: Sequence[str], data: Any, run: Any, *, method: str = "so
                     "private_acc": r["private_acc"]} for m_, r in by_method.items()],
                   ["method", "counts", "public_acc", "private_acc"])
         others = ", ".join(f"{m_} {r['private_acc']:.2f}%" for m_, r in by_method.items() if m_ != method)
-        run.log(f"other combiners (PrivateTest): {others}")
+        run.log(f"other combiners (PrivateTest{', each with its own greedy selection' if greedy else ''}): {others}")
 
     # ---- confusion matrix and per-class figures of the ensemble on PrivateTest
     pred = main["scores_test"].argmax(1)
@@ -388,7 +388,7 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     def pct(v: Any) -> str:
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
 
-    names = [_short(str(r["name"])) for r in rows]
+    names = [_short(str(r["name"])) for r in rows[:-1]] + [str(rows[-1]["name"])]  # the ensemble row in full
     wn = max(12, *(len(n) for n in names))
     head = f"{'member':<{wn}}  {'arch':<14} {'params':>11} {'input':>5} {'count':>5}  {'PublicTest':>10} {'PrivateTest':>11}"
     lines = [head, "-" * len(head)]

@@ -261,8 +261,8 @@ def _worker(rank: int, world: int, port: int, ckpt: str, data: str, out: str) ->
 def test_folds_under_two_gloo_ranks_agree_and_only_rank0_writes(ck, tmp_path):
     root, ckpt, ck_dir, _ = ck
     mp.spawn(_worker, args=(2, _free_port(), str(ckpt), str(ck_dir), str(tmp_path)), nprocs=2, join=True)
-    r0 = torch.load(tmp_path / "rank0.pt")
-    r1 = torch.load(tmp_path / "rank1.pt")
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert r0 == r1 and r0["world"] == 2
     assert (tmp_path / "run_rank0" / "folds.csv").exists() and not (tmp_path / "run_rank1").exists()
     rows = read_csv_rows(tmp_path / "run_rank0" / "folds.csv")

@@ -245,8 +245,6 @@ def add_relabel_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                    help="batch: a changed label lives for that step (reference); persistent: it is kept")
     g.add_argument("--relabel_warmup", type=int, default=1,
                    help="epochs trained on the given labels before relabelling starts (reference: 1)")
-    g.add_argument("--plots", type=str2bool, default=True,
-                   help="PNG reports at the end (curves, confusion, saliency, relabel.png)")
     return parser
 
 
@@ -356,7 +354,7 @@ def relabel_main(args: argparse.Namespace) -> dict[str, Any]:
         results = trainer.fit()
         if dist.is_main:
             rows = read_csv_rows(run_dir.file("metrics.csv")) if run_dir.file("metrics.csv").exists() else []
-            summary = summarize_relabel(rows)
+            summary = summarize_relabel(rows, warmup=args.relabel_warmup)
             results["relabel"] = summary
             results["start_checkpoint"] = str(args.checkpoint)
             from nas.checkpoint import atomic_write_text
@@ -392,10 +390,10 @@ def _start_line(args, ckpt, source, fes, dp_prob, dp_offset, dp_total, data) -> 
     return line
 
 
-def summarize_relabel(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def summarize_relabel(rows: Sequence[Mapping[str, Any]], warmup: int = 1) -> dict[str, Any]:
     """Totals over the epochs of a run's metrics.csv rows: changes, and with clean
-    labels restored / harmed / precision over all changes, and the recall and harm of
-    the last epoch."""
+    labels restored / harmed / precision over all changes, the recall and harm of the
+    last epoch, and their means over the relabelling epochs (after ``warmup``)."""
     def num(v):
         try:
             return float(v)
@@ -412,8 +410,8 @@ def summarize_relabel(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                    precision=100.0 * restored / out["changed"] if out["changed"] else None,
                    last_recall=num(rel[-1].get("relabel_recall")), last_harm=num(rel[-1].get("relabel_harm")),
                    last_label_noise=num(rel[-1].get("relabel_label_noise")),
-                   mean_recall=_mean(num(r.get("relabel_recall")) for r in rel[1:]),
-                   mean_harm=_mean(num(r.get("relabel_harm")) for r in rel[1:]))
+                   mean_recall=_mean(num(r.get("relabel_recall")) for r in rel if num(r.get("epoch")) > warmup),
+                   mean_harm=_mean(num(r.get("relabel_harm")) for r in rel if num(r.get("epoch")) > warmup))
     return out
 
 

@@ -13,14 +13,16 @@ Every epoch writes, in the run directory: a metrics row, the architecture weight
 SIGINT/SIGTERM stop after the current step, save ``last.pt`` (mid-epoch position
 included) and exit; ``--resume RUN_DIR`` continues bit-for-bit on the same machine.
 
-Multi-process runs (launched by torchrun, process group already initialised) shard
+Multi-process runs (``torchrun``; :func:`run_search` joins the process group) shard
 each global batch across ranks; the all-reduce points are :meth:`Searcher._reduce_weight_grads`,
-:meth:`Architect.reduce_gradients`, :meth:`Searcher._reduce_sums` and
-:meth:`Searcher._stop_requested`. Only rank 0 writes files.
+:meth:`Architect.reduce_gradients` (so architecture weights and SGAS decisions stay
+identical on every rank), :meth:`Searcher._sync_batchnorm_stats`, :meth:`Searcher._reduce_sums`
+and :meth:`Searcher._stop_requested`. Only rank 0 writes files.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from contextlib import nullcontext
 import time
@@ -34,6 +36,7 @@ import torch.nn.functional as F
 from nas.architect import Architect
 from nas.checkpoint import RunDir, atomic_write_text, read_csv_rows, safe_load, write_csv
 from nas.cli import ArgumentParser
+from nas.distributed import all_gather_objects
 from nas.errors import FerNasError, RunInterrupted
 from nas.genotypes import (Genotype, export_genotype, genotype_dir, genotype_to_dict, genotype_to_json,
                            is_genotype_name)
@@ -217,11 +220,16 @@ class Searcher:
         self.args = args
         self.rank, self.world = _dist()
         self.device = resolve_device(args.device)
+        if self.world > 1 and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())  # torchrun: cuda:LOCAL_RANK
         self.amp = bool(args.amp) and self.device.type == "cuda"
         self.channels_last = self.device.type == "cuda"
         self.stop = stop
         if not args.save:
-            args.save = str(Path("runs") / f"search-{time.strftime('%Y%m%d-%H%M%S')}")
+            from nas.distributed import broadcast_object
+
+            stamp = broadcast_object(time.strftime("%Y%m%d-%H%M%S"))  # one folder name on every rank
+            args.save = str(Path("runs") / f"search-{stamp}")
         self.run_dir = RunDir(args.save, resume=ckpt is not None, force=bool(args.force) and ckpt is None,
                               enabled=self.rank == 0)
         seed_everything(args.seed)
@@ -276,7 +284,9 @@ class Searcher:
         self.batch_size = args.batch_size
         # Separate streams: batch order (CPU, drawn at epoch start) and augmentation.
         self.g_data = make_generator(args.seed + 1, "cpu")
-        self.g_aug = make_generator(args.seed + 2, self.device)
+        # Augmentation differs per rank (rank 0 keeps the single-process stream): the ranks'
+        # shards of a batch must not share crop offsets and flips.
+        self.g_aug = make_generator(args.seed + 2 + 7919 * self.rank, self.device)
         self.epoch = 0  # completed epochs
         self.step = 0  # batches done in the current epoch
         self.global_step = 0
@@ -300,6 +310,10 @@ class Searcher:
                                                    "epoch_start": self.epoch_gen_state},
             "sums": self.sums.cpu(), "epoch_time": self.epoch_time,
             "genotype": genotype_to_dict(self.genotype()), "classes": self.classes,
+            "world_size": self.world,
+            # DDP: every rank's own augmentation stream and partial sums (rank 0 saves them all)
+            "aug_ranks": all_gather_objects(self.g_aug.get_state()) if self.world > 1 else None,
+            "sums_ranks": all_gather_objects(self.sums.cpu()) if self.world > 1 else None,
         }
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
@@ -314,9 +328,11 @@ class Searcher:
         set_rng_state(s["rng"])
         gens = s["generators"]
         self.g_data.set_state(gens["data"].cpu())
-        self.g_aug.set_state(gens["aug"].cpu())
+        same_world = int(s.get("world_size", 1)) == self.world
+        aug, sums = s.get("aug_ranks"), s.get("sums_ranks")
+        self.g_aug.set_state((aug[self.rank] if aug and same_world else gens["aug"]).cpu())
         self.epoch_gen_state = gens["epoch_start"].cpu()
-        self.sums = s["sums"].to(self.device, torch.float64)
+        self.sums = (sums[self.rank] if sums and same_world else s["sums"]).to(self.device, torch.float64)
         self.epoch_time = float(s.get("epoch_time", 0.0))
         # rows written after this checkpoint belong to the lost future: drop them
         self.run_dir.truncate_metrics("epoch", self.epoch)
@@ -331,12 +347,31 @@ class Searcher:
 
     # -- all-reduce points (no-ops in one process) --------------------------------------
     def _reduce_weight_grads(self) -> None:
+        """Average the weight gradients over ranks in one flat all-reduce (a supernet has
+        hundreds of small tensors; one message each would be latency-bound)."""
         if self.world > 1:
-            for p in self.model.weight_parameters():
-                if p.grad is None:
+            params = self.model.weight_parameters()
+            for p in params:
+                if p.grad is None:  # pruned edges and unused ops: zero on every rank alike
                     p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad)
-                p.grad.div_(self.world)
+            grads = [p.grad for p in params]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat)
+            flat.div_(self.world)
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset:offset + g.numel()].view_as(g))
+                offset += g.numel()
+
+    def _sync_batchnorm_stats(self) -> None:
+        """Average the batch-norm running statistics over ranks (each rank's forwards
+        updated them from its own shard), so ranks evaluate and save the same model."""
+        if self.world > 1:
+            with torch.no_grad():
+                for name, b in self.model.named_buffers():
+                    if b.is_floating_point() and ("running_mean" in name or "running_var" in name):
+                        dist.all_reduce(b)
+                        b.div_(self.world)
 
     def _reduce_sums(self) -> torch.Tensor:
         s = self.sums.clone()
@@ -524,6 +559,7 @@ class Searcher:
         lr = self.scheduler.get_last_lr()[0]
         batch_size = self.batch_size
         self.scheduler.step()
+        self._sync_batchnorm_stats()
         decisions = self.sgas.end_of_epoch(epoch) if self.sgas is not None else []
         if self.sgas is not None:
             self.batch_size = self.sgas.batch_size
@@ -630,8 +666,21 @@ def _genotype_str(g: Genotype) -> str:
 
 
 def run_search(args: argparse.Namespace, data: Any = None, stop: Any = None) -> dict[str, Any]:
-    """Build a :class:`Searcher` from ``args`` and run it to the end."""
-    return Searcher(args, data, stop=stop).run()
+    """Build a :class:`Searcher` from ``args`` and run it to the end. Launched by
+    ``torchrun`` (``WORLD_SIZE`` > 1) it joins the process group first (gloo on CPU,
+    NCCL on CUDA) and leaves it at the end; an already initialised group is used as is."""
+    from nas.distributed import cleanup, init_distributed
+
+    own_group = False
+    if not (dist.is_available() and dist.is_initialized()):
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            init_distributed(resolve_device(getattr(args, "device", "auto")))
+            own_group = True
+    try:
+        return Searcher(args, data, stop=stop).run()
+    finally:
+        if own_group:
+            cleanup()
 
 
 def plot_cell(cell, concat, path, title: str = "") -> Path:

@@ -1,0 +1,81 @@
+"""DDP search on CPU: two gloo processes run a tiny SGAS search; ranks end with identical
+weights, architecture weights, batch-norm statistics, decisions and genotype, train on
+disjoint shards of every batch, and only rank 0 writes files."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), FERNAS_GENOTYPES=str(Path(out) / f"genos_rank{rank}"))
+    torch.set_num_threads(1)
+    from nas.distributed import cleanup, init_distributed
+    from nas.search import Searcher
+    from tests.test_search import SGAS_FLAGS, tiny_args, tiny_data
+
+    class Recording(Searcher):
+        """Records the dataset indices each rank's batches hold."""
+
+        seen: list[tuple[int, list[int]]]
+
+        def _batch(self, idx):
+            x, y = super()._batch(idx)
+            self.seen.append((self.epoch, idx[self.rank::self.world].tolist()))
+            return x, y
+
+    info = init_distributed("cpu")
+    try:
+        assert info.world_size == world and dist.get_backend() == "gloo"
+        # per-rank batch 4: the global batch of 8 matches the single-process tiny searches
+        args = tiny_args(Path(out) / f"run_rank{rank}", *SGAS_FLAGS, "--batch_size", "4", "--export", "DDP_1")
+        s = Recording(args, tiny_data(112))
+        s.seen = []
+        arch0 = [p.detach().clone() for p in s.model.arch_parameters()]
+        res = s.run()
+        torch.save({"model": {k: v.clone() for k, v in s.model.state_dict().items()},
+                    "arch": [p.detach().clone() for p in s.model.arch_parameters()], "arch0": arch0,
+                    "edge_state": {k: list(map(int, v)) for k, v in s.model.edge_state.items()},
+                    "genotype": res["genotype"], "seen": s.seen, "w_idx": s.w_idx.tolist(),
+                    "arch_idx": s.arch_idx.tolist(), "complete": res["complete"]},
+                   Path(out) / f"rank{rank}.pt")
+    finally:
+        cleanup()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
+def test_two_gloo_ranks_search_identically_and_only_rank0_writes(tmp_path):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
+    # identical weights, batch-norm statistics and architecture weights, bit for bit
+    diff = [k for k in r0["model"] if not torch.equal(r0["model"][k], r1["model"][k])]
+    assert not diff, diff[:5]
+    assert all(torch.equal(a, b) for a, b in zip(r0["arch"], r1["arch"]))
+    # the architecture weights did move (the test would pass vacuously otherwise)
+    assert all((a - a0).abs().max() > 1e-3 for a, a0 in zip(r0["arch"], r0["arch0"]))
+    assert r0["edge_state"] == r1["edge_state"] and r0["genotype"] == r1["genotype"] and r0["complete"]
+    # data sharded: same number of steps, per-rank batch of 4, disjoint shards from the right half
+    assert len(r0["seen"]) == len(r1["seen"]) > 0
+    w_idx, arch_idx = set(r0["w_idx"]), set(r0["arch_idx"])
+    for k, ((e0, a), (e1, b)) in enumerate(zip(r0["seen"], r1["seen"])):
+        assert e0 == e1 and len(a) == len(b) == 4 and not set(a) & set(b)
+        assert set(a) | set(b) <= (w_idx if k % 2 == 0 else arch_idx)  # train batch, then architecture batch
+    # only rank 0 wrote: the run directory and the exported genotype
+    names = {p.name for p in (tmp_path / "run_rank0").iterdir()}
+    assert {"last.pt", "metrics.csv", "alphas.csv", "genotype.json", "log.txt", "config.yaml"} <= names
+    assert (tmp_path / "genos_rank0" / "DDP_1.json").is_file()
+    assert not (tmp_path / "run_rank1").exists() and not (tmp_path / "genos_rank1").exists()

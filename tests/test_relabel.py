@@ -156,3 +156,40 @@ def test_transition_counts():
     counts = transition_counts(old, new, 3)
     assert counts.tolist() == [[0, 1, 0], [0, 0, 0], [2, 1, 0]]
     assert counts.dtype == torch.int64
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_both_backends_give_the_rule(backend):
+    """CPU float batches run through NumPy by default; the torch path (what runs on
+    CUDA, and for half types) must give the same labels on the same inputs."""
+    probs, targets = _rows()
+    for fes, expected in ((None, EXPECTED_NO_FES), (FES3, EXPECTED_FES), (torch.tensor(FES3), EXPECTED_FES)):
+        new, mask = relabel(probs, targets, THRESHOLD, fes, 0.03, return_mask=True, backend=backend)
+        assert new.tolist() == expected and new.dtype == torch.int64 and mask.dtype == torch.bool
+        changed, pred = relabel_mask(probs, targets, THRESHOLD, fes, 0.03, backend=backend)
+        assert changed.tolist() == mask.tolist() and pred.tolist() == [0, 0, 0, 0, 0, 1, 0, 0, 1]
+    nan = torch.tensor([[float("nan"), 0.5, 0.5], [0.6, 0.4, float("nan")], [0.6, 0.4, 0.0]])
+    assert relabel(nan, torch.tensor([1, 1, 1]), 0.5, backend=backend).tolist() == [1, 1, 0]
+    gen = torch.Generator().manual_seed(1)
+    for dtype in (torch.float32, torch.float64):
+        probs = torch.softmax(2.0 * torch.randn(300, 7, generator=gen, dtype=dtype), dim=1)
+        targets = torch.randint(0, 7, (300,), generator=gen)
+        for fes in (None, DEFAULT_FES):
+            new = relabel(probs, targets, 0.2, fes, 0.03, backend=backend)
+            assert torch.equal(new, relabel_loop(probs, targets, 0.2, fes, 0.03))
+            assert int(new.ne(targets).sum()) > 5
+    grad = torch.softmax(torch.randn(8, 7, generator=gen, requires_grad=True), dim=1)  # as in a training step
+    assert torch.equal(relabel(grad, targets[:8], 0.5, backend=backend),
+                       relabel_loop(grad.detach(), targets[:8], 0.5))
+
+
+def test_backend_errors():
+    probs, targets = _rows()
+    with pytest.raises(ValueError, match="targets must lie in"):
+        relabel(probs, torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, -1]), THRESHOLD)  # NumPy would wrap -1
+    with pytest.raises(ValueError, match="targets must lie in"):
+        relabel(probs, torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 3]), THRESHOLD)
+    with pytest.raises(ValueError, match="needs float32/float64"):
+        relabel(probs.bfloat16(), targets, THRESHOLD, backend="numpy")
+    with pytest.raises(ValueError, match="backend must be"):
+        relabel(probs, targets, THRESHOLD, backend="cupy")

@@ -107,6 +107,17 @@ class ResNetFer(_Baseline):
         return self.classifier(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
 
 
+def _pooled_blocks(in_channels: int, widths: tuple[int, ...]) -> tuple[nn.Sequential, int]:
+    """conv3x3-BN-ReLU-maxpool per width (no conv bias: BN's shift makes it redundant);
+    returns the blocks and their output channels."""
+    layers: list[nn.Module] = []
+    c_in = in_channels
+    for width in widths:
+        layers += _conv_bn_relu(c_in, width, False) + [nn.MaxPool2d(2, 2)]
+        c_in = width
+    return nn.Sequential(*layers), c_in
+
+
 class CNNShallow(_Baseline):
     """Two conv blocks (32, 64 channels; conv3x3-BN-ReLU-maxpool) and one FC layer from a
     6x6 adaptive pool, dropout 0.3 before it."""
@@ -117,13 +128,7 @@ class CNNShallow(_Baseline):
     def __init__(self, num_classes: int = 7, in_channels: int = 1, drop_path_prob: float = 0.0,
                  dropout: float = 0.3) -> None:
         super().__init__(drop_path_prob)
-        layers: list[nn.Module] = []
-        c_in = in_channels
-        for width in self.widths:
-            # No conv bias: BN's shift makes it redundant.
-            layers += _conv_bn_relu(c_in, width, False) + [nn.MaxPool2d(2, 2)]
-            c_in = width
-        self.features = nn.Sequential(*layers)
+        self.features, c_in = _pooled_blocks(in_channels, self.widths)
         self.pool = nn.AdaptiveAvgPool2d(self.pooled)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(c_in * self.pooled ** 2, num_classes))
 
@@ -142,12 +147,7 @@ class CNNDeep(_Baseline):
     def __init__(self, num_classes: int = 7, in_channels: int = 1, drop_path_prob: float = 0.0,
                  dropout: float = 0.3) -> None:
         super().__init__(drop_path_prob)
-        layers: list[nn.Module] = []
-        c_in = in_channels
-        for width in self.widths:
-            layers += _conv_bn_relu(c_in, width, False) + [nn.MaxPool2d(2, 2)]
-            c_in = width
-        self.features = nn.Sequential(*layers)
+        self.features, c_in = _pooled_blocks(in_channels, self.widths)
         self.pool = nn.AdaptiveAvgPool2d(self.pooled)
         self.classifier = nn.Sequential(
             # No BatchNorm1d here: it would fail on a last training batch of one sample.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import math
 import os
 import shutil
 import sys
@@ -75,6 +76,22 @@ def atomic_save(obj: Mapping[str, Any], path: str | os.PathLike) -> None:
         _atomic_write_bytes(buf.getvalue(), Path(path))
     except OSError as e:
         raise FerNasError(f"{path}: cannot write checkpoint ({e.strerror or e})") from None
+
+
+def json_safe(v: Any) -> Any:
+    """``v`` with tensors as lists, paths as strings and non-finite floats as ``None``,
+    so that ``json.dumps`` writes standard JSON (no ``NaN``/``Infinity`` tokens)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, Mapping):
+        return {str(k): json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    if isinstance(v, torch.Tensor):
+        return json_safe(v.tolist())
+    if isinstance(v, Path):
+        return str(v)
+    return v
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:

@@ -315,7 +315,7 @@ def cross_validate(checkpoint: str | Path, data: Any, folds: Sequence[Fold], run
     fold a ``fold_<name>/`` run directory (metrics.csv, log.txt, results.json, the held-out
     predictions ``heldout.pt``; checkpoints only with ``keep_checkpoints``). With ``resume``,
     finished folds are read back and an interrupted fold continues from its last.pt."""
-    from nas.checkpoint import atomic_save, atomic_write_text, safe_load, write_csv
+    from nas.checkpoint import atomic_save, atomic_write_text, json_safe, safe_load, write_csv
     from nas.distributed import single_process
     from nas.evaluate import checkpoint_norm, load_model_from_checkpoint, predict
 
@@ -410,7 +410,7 @@ def cross_validate(checkpoint: str | Path, data: Any, folds: Sequence[Fold], run
         write_csv(run.file("confusion.csv"),
                   [{"true\\pred": c, **{p: int(cm[i, j]) for j, p in enumerate(col_names)}}
                    for i, c in enumerate(data_classes)], ["true\\pred", *col_names])
-        atomic_write_text(json.dumps(_finite(results), indent=2) + "\n", run.file("results.json"))
+        atomic_write_text(json.dumps(json_safe(results), indent=2) + "\n", run.file("results.json"))
         from nas.report import have_matplotlib, plot_confusion
 
         if have_matplotlib() and cm.shape[0] == cm.shape[1]:
@@ -490,16 +490,6 @@ def _plot_rect_confusion(cm: torch.Tensor, rows: Sequence[str], cols: Sequence[s
     _save(fig, path)
 
 
-def _finite(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, Mapping):
-        return {str(k): _finite(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_finite(x) for x in v]
-    if isinstance(v, torch.Tensor):
-        return _finite(v.tolist())
-    return v
 
 
 # ----------------------------------------------------------------------------- the scripts

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -270,7 +269,7 @@ def run_ensemble(names: Sequence[str], data: Any, run: Any, *, method: str = "so
     table and write ``ensemble.csv``, ``methods.csv``, ``confusion.csv``/``.png``,
     ``predictions.pt`` and ``results.json`` into ``run`` (a :class:`nas.checkpoint.RunDir`).
     Returns the results dict."""
-    from nas.checkpoint import atomic_save, atomic_write_text, write_csv
+    from nas.checkpoint import atomic_save, atomic_write_text, json_safe, write_csv
     from nas.data.dataset import SPLITS
     from nas.evaluate import confusion_matrix, per_class_metrics
 
@@ -379,7 +378,7 @@ def run_ensemble(names: Sequence[str], data: Any, run: Any, *, method: str = "so
     if run.enabled:
         import json
 
-        atomic_write_text(json.dumps(_finite(results), indent=2) + "\n", run.file("results.json"))
+        atomic_write_text(json.dumps(json_safe(results), indent=2) + "\n", run.file("results.json"))
     return results
 
 
@@ -405,15 +404,3 @@ def _short(name: str, width: int = 48) -> str:
     return name if len(name) <= width else "..." + name[-(width - 3):]
 
 
-def _finite(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, Mapping):
-        return {str(k): _finite(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_finite(x) for x in v]
-    if isinstance(v, torch.Tensor):
-        return _finite(v.tolist())
-    if isinstance(v, Path):
-        return str(v)
-    return v

@@ -17,7 +17,6 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 

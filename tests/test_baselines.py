@@ -5,14 +5,6 @@ import torch
 from nas.baselines import BASELINES, CNNDeep, CNNShallow, ResNetFer, VGGFer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small batches: intra-op threads only add synchronisation on a busy machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _count(model):
     return sum(p.numel() for p in model.parameters())

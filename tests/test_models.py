@@ -10,13 +10,6 @@ from nas.models import MODEL_REGISTRY, build_model, count_parameters, list_model
 from nas.network import NetworkFER
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 PUBLISHED = {"vgg_fer": 29_890_759, "resnet_fer": 2_982_247}
 

@@ -8,15 +8,6 @@ from nas.network import AuxiliaryHead, Cell, NetworkFER, drop_path
 from nas.ops import Identity
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convolutions: intra-op threads only add synchronisation, which on a busy
-    # machine costs far more than the arithmetic.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _count(model, aux=False):
     return sum(p.numel() for n, p in model.named_parameters() if aux or not n.startswith("auxiliary_head"))

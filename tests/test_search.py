@@ -1,5 +1,4 @@
 """End-to-end search on tiny data: a valid genotype, Training split only, exports, and resume equivalence."""
-import argparse
 import csv
 import json
 import os

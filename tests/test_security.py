@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from nas.checkpoint import atomic_save, safe_load
 from nas.errors import FerNasError
-from nas.genotypes import export_genotype, genotype_dir, is_genotype_name, load_genotype
+from nas.genotypes import export_genotype, is_genotype_name, load_genotype
 from tests.cli_util import CHECKPOINT_READERS, ROOT, assert_one_line_error, run_inprocess, run_script, script_exists
 
 

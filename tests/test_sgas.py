@@ -1,7 +1,6 @@
 """SGAS scores and decisions on hand-made architecture weights, pruning, schedule, state."""
 import math
 
-import pytest
 import torch
 
 from nas.genotypes import validate_genotype

@@ -1,5 +1,4 @@
 """Search supernet: architecture parameters, decided/pruned edges, partial channels, DARTS genotype rule."""
-import math
 
 import pytest
 import torch

@@ -25,13 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV1 = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def make_data(n_train: int = 96, n_val: int = 32, n_test: int = 32, seed: int = 0) -> FERData:
     """Learnable toy faces: each class brightens a horizontal band at its own height."""

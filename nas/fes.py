@@ -8,7 +8,9 @@ matrix is symmetric and in FER2013 label order (angry, disgust, fear, happy, sad
 surprise, neutral). Relabelling uses it as a gate: a label may move from ``i`` to
 ``j`` only when FES(i, j) exceeds a threshold (0.03 by default).
 
-``python -m nas.fes --ferplus fer2013new.csv [--out fes.json]`` prints the matrix.
+``python -m nas.fes --ferplus fer2013new.csv [--out fes.json]`` prints the matrix;
+``--disagreement [--bins 5]`` prints instead how often a single tagger would disagree
+with the majority, by how ambiguous the image is (:func:`disagreement_from_votes`).
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ from nas.cli import ArgumentParser, run
 from nas.errors import FerNasError
 
 __all__ = ["FES_CLASSES", "FERPLUS_COLUMNS", "DEFAULT_FES", "fes_from_ferplus", "fes_from_votes", "format_fes",
-           "fes_to_json", "load_fes", "get_args_parser", "main"]
+           "fes_to_json", "load_fes", "FERPLUS_DISAGREEMENT_DECILES", "disagreement_from_votes",
+           "format_disagreement", "get_args_parser", "main"]
 
 # FER2013 label order (the toolkit's order; equal to nas.data.FER_CLASSES).
 FES_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -44,6 +47,17 @@ DEFAULT_FES = np.array([
     [0.058377010997, 0.032062058994, 0.033839430293, 0.055803987472, 0.138388962090, 0.052981957034, 1.0],
 ])
 DEFAULT_FES.setflags(write=False)
+
+# disagreement_from_votes(votes, bins=10)["bins"][k]["disagreement"] on the published
+# fer2013new.csv: the expected rate at which one tagger disagrees with the majority,
+# in tenths of the images from the most ambiguous (lowest majority share) to the
+# least; tests/test_fes.py recomputes it from the file. SynthFER's "ambiguous" label
+# noise follows this curve.
+FERPLUS_DISAGREEMENT_DECILES = np.array([
+    0.569722366684, 0.458719935281, 0.375651078129, 0.300549399261, 0.214420174865,
+    0.148276793215, 0.100205357976, 0.022906748810, 0.000000000000, 0.000000000000,
+])
+FERPLUS_DISAGREEMENT_DECILES.setflags(write=False)
 
 
 def fes_from_votes(votes: np.ndarray) -> np.ndarray:
@@ -112,6 +126,49 @@ def fes_from_ferplus(path: str | os.PathLike) -> np.ndarray:
     return fes_from_votes(_read_votes(Path(path)))
 
 
+def disagreement_from_votes(votes: np.ndarray, bins: int = 5) -> dict:
+    """How often a single tagger would disagree with the majority, overall and by ambiguity.
+
+    ``votes``: ``N x 7`` counts in FER2013 order (contempt, unknown and NF already left
+    out; rows with no vote for the seven classes are dropped). Per image the majority
+    share is ``s = max vote / total``; a tagger drawn from that image's vote
+    distribution (FER2013's single label) picks another class with probability
+    ``1 - s``. Images are sorted by ``s`` (most ambiguous first) and cut into ``bins``
+    equal-count groups; tied shares straddling a cut do not change a group's mean.
+
+    Returns ``{"images", "mean_share", "disagreement", "bins": [{"n", "share_min",
+    "share_max", "mean_share", "disagreement"}, ...]}`` (rates as fractions).
+    """
+    v = np.asarray(votes, dtype=np.float64)
+    if v.ndim != 2 or v.shape[1] != len(FES_CLASSES):
+        raise ValueError(f"votes must be N x {len(FES_CLASSES)}, got shape {v.shape}")
+    if int(bins) < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    total = v.sum(axis=1)
+    v, total = v[total > 0], total[total > 0]
+    if len(v) < int(bins):
+        raise ValueError(f"{len(v)} images with votes: fewer than bins={bins}")
+    share = v.max(axis=1) / total
+    order = np.argsort(share, kind="stable")
+    groups = [{"n": int(len(g)), "share_min": float(share[g].min()), "share_max": float(share[g].max()),
+               "mean_share": float(share[g].mean()), "disagreement": float(1.0 - share[g].mean())}
+              for g in np.array_split(order, int(bins))]
+    return {"images": int(len(v)), "mean_share": float(share.mean()),
+            "disagreement": float(1.0 - share.mean()), "bins": groups}
+
+
+def format_disagreement(d: dict) -> str:
+    """The result of :func:`disagreement_from_votes` as a text table (percentages)."""
+    lines = [f"{d['images']} images; mean majority share {100 * d['mean_share']:.1f} %, "
+             f"expected single-tagger disagreement {100 * d['disagreement']:.1f} %",
+             f"{'group (most ambiguous first)':<30}{'images':>8}{'share range':>16}{'mean share':>12}{'disagree':>10}"]
+    for k, b in enumerate(d["bins"]):
+        rng = f"{100 * b['share_min']:.0f}-{100 * b['share_max']:.0f} %"
+        lines.append(f"{k + 1:>2} of {len(d['bins']):<25}{b['n']:>8}{rng:>16}"
+                     f"{100 * b['mean_share']:>10.1f} %{100 * b['disagreement']:>8.1f} %")
+    return "\n".join(lines)
+
+
 def format_fes(fes: np.ndarray, digits: int = 4) -> str:
     """The matrix as an aligned text table with class names."""
     w = max(len(c) for c in FES_CLASSES)
@@ -168,10 +225,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ferplus", required=True, help="FER+ votes file (fer2013new.csv)")
     parser.add_argument("--out", default=None, help="also write the matrix as JSON to this file")
     parser.add_argument("--digits", type=int, default=4, help="decimals to print (default 4)")
+    parser.add_argument("--disagreement", action="store_true",
+                        help="print the expected single-tagger disagreement with the majority, by ambiguity, "
+                             "instead of the matrix (--out then writes it as JSON)")
+    parser.add_argument("--bins", type=int, default=5, help="equal-count ambiguity groups for --disagreement")
     return parser
 
 
-def main(args: argparse.Namespace) -> np.ndarray:
+def main(args: argparse.Namespace) -> np.ndarray | dict:
+    if args.disagreement:
+        if args.bins < 1:
+            raise FerNasError(f"--bins {args.bins}: must be >= 1")
+        votes = _read_votes(Path(args.ferplus))
+        if len(votes) < args.bins:
+            raise FerNasError(f"--bins {args.bins}: more groups than the file's {len(votes)} rows")
+        d = disagreement_from_votes(votes, args.bins)
+        print(format_disagreement(d))
+        if args.out:
+            from nas.checkpoint import atomic_write_text
+
+            atomic_write_text(json.dumps(dict(d, source=str(args.ferplus)), indent=1) + "\n", args.out)
+            print(f"wrote {args.out}")
+        return d
     fes = fes_from_ferplus(args.ferplus)
     print(format_fes(fes, args.digits))
     if args.out:

@@ -9,8 +9,8 @@ import pytest
 from nas.cli import run
 from nas.data.dataset import FER_CLASSES
 from nas.errors import FerNasError
-from nas.fes import (DEFAULT_FES, FES_CLASSES, fes_from_ferplus, fes_from_votes, format_fes, get_args_parser,
-                     load_fes, main)
+from nas.fes import (DEFAULT_FES, FERPLUS_DISAGREEMENT_DECILES, FES_CLASSES, _read_votes, disagreement_from_votes,
+                     fes_from_ferplus, fes_from_votes, format_fes, get_args_parser, load_fes, main)
 
 REAL_FERPLUS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ferplus" / "fer2013new.csv"
 HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
@@ -168,3 +168,44 @@ def test_format_fes_has_class_names():
     text = format_fes(DEFAULT_FES, 3)
     assert [line.split()[0] for line in text.splitlines()[1:]] == list(FES_CLASSES)
     assert "0.138" in text
+
+
+# ----------------------------------------------------------------------------- single-tagger disagreement
+def test_disagreement_hand_computed(tmp_path):
+    """ROWS' seven-class votes: row 0 max 4 of 10 (share 0.4), row 1 6 of 8 (0.75), row 2 no
+    FER-class vote (dropped), row 3 5 of 10 (0.5); contempt/unknown/NF never count."""
+    d = disagreement_from_votes(_read_votes(_write(tmp_path, [HEADER] + ROWS)), bins=3)
+    assert d["images"] == 3
+    assert d["mean_share"] == pytest.approx((0.4 + 0.75 + 0.5) / 3)
+    assert d["disagreement"] == pytest.approx(1 - (0.4 + 0.75 + 0.5) / 3)
+    assert [b["disagreement"] for b in d["bins"]] == pytest.approx([0.6, 0.5, 0.25])
+    assert [b["n"] for b in d["bins"]] == [1, 1, 1]
+    two = disagreement_from_votes(_read_votes(_write(tmp_path, [HEADER] + ROWS)), bins=2)
+    assert [b["n"] for b in two["bins"]] == [2, 1]
+    assert two["bins"][0]["mean_share"] == pytest.approx(0.45)
+    with pytest.raises(ValueError):
+        disagreement_from_votes(np.ones((2, 7)), bins=3)
+
+
+def test_disagreement_cli(tmp_path, capsys):
+    votes = _write(tmp_path, [HEADER] + ROWS)
+    out = tmp_path / "d.json"
+    d = main(get_args_parser().parse_args(["--ferplus", str(votes), "--disagreement", "--bins", "3",
+                                           "--out", str(out)]))
+    printed = capsys.readouterr().out
+    assert "45.0 %" in printed and "60.0 %" in printed and "25.0 %" in printed
+    assert json.loads(out.read_text())["bins"] == d["bins"]
+    with pytest.raises(SystemExit) as e:
+        run(main, get_args_parser(), ["--ferplus", str(votes), "--disagreement", "--bins", "0"])
+    assert e.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not REAL_FERPLUS.is_file(), reason=f"published FER+ file not present at {REAL_FERPLUS}")
+def test_disagreement_on_the_published_file():
+    votes = _read_votes(REAL_FERPLUS)
+    deciles = disagreement_from_votes(votes, bins=10)
+    np.testing.assert_allclose([b["disagreement"] for b in deciles["bins"]], FERPLUS_DISAGREEMENT_DECILES,
+                               rtol=0, atol=1e-11)
+    q = [b["disagreement"] for b in disagreement_from_votes(votes, bins=5)["bins"]]
+    assert all(a > b for a, b in zip(q, q[1:-1]))  # falls with ambiguity; the last fifth is unanimous
+    assert q[-1] == 0.0 and 0.15 < deciles["disagreement"] < 0.3

@@ -9,16 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from scipy.stats import chisquare
 
 from nas.cli import run
 from nas.data import load_dataset
 from nas.data.dataset import FER_CLASSES
 from nas.data.synthfer import (CK_CLASSES, CK_COUNTS, FER_SPLIT_SIZES, FER_TRAIN_COUNTS, JAFFE_COUNTS,
-                               JAFFE_SUBJECTS, class_counts, export, export_cached, fes_matrix, flip_labels,
-                               get_args_parser, main, render)
+                               JAFFE_SUBJECTS, ambiguity_score, class_counts, export, export_cached, fes_matrix,
+                               flip_labels, get_args_parser, main, render)
 from nas.errors import FerNasError
-from nas.fes import DEFAULT_FES
+from nas.fes import DEFAULT_FES, FERPLUS_DISAGREEMENT_DECILES
 
 
 # ----------------------------------------------------------------------------- renderer
@@ -128,6 +129,100 @@ def test_flip_labels_zero_and_bad_fraction():
     assert np.array_equal(flip_labels(labels, 0.0, np.random.default_rng(0)), labels)
     with pytest.raises(FerNasError, match="noise"):
         flip_labels(labels, 1.5, np.random.default_rng(0))
+
+
+def _fifths(values: np.ndarray) -> np.ndarray:
+    """0..4: the fifth of ``values`` each one falls in (lowest first)."""
+    return np.argsort(np.argsort(values, kind="stable"), kind="stable") * 5 // len(values)
+
+
+def test_flip_labels_ambiguous_mode_flips_weak_expressions_like_ferplus():
+    n_per = 3000
+    labels = np.repeat(np.arange(7), n_per)
+    intensity = np.random.default_rng(1).uniform(0.1, 1.0, len(labels))
+    au = np.zeros((len(labels), 3))  # blank resting faces: neutral's scores all tie
+    amb = ambiguity_score(labels, intensity, au)
+    mask = np.arange(len(labels)) % 4 != 0
+    noisy = flip_labels(labels, 0.3, np.random.default_rng(5), mask=mask, mode="ambiguous", ambiguity=amb)
+    again = flip_labels(labels, 0.3, np.random.default_rng(5), mask=mask, mode="ambiguous", ambiguity=amb)
+    uniform = flip_labels(labels, 0.3, np.random.default_rng(5), mask=mask)
+    assert np.array_equal(noisy, again) and not np.array_equal(noisy, uniform)
+    flipped = noisy != labels
+    assert flipped.sum() == round(0.3 * mask.sum()) and not flipped[~mask].any()
+    fes = np.asarray(DEFAULT_FES, dtype=np.float64)
+    # the FER+ curve in fifths, scaled to the 30 % asked for
+    curve = np.asarray(FERPLUS_DISAGREEMENT_DECILES).reshape(5, 2).mean(1)
+    curve = curve * 0.3 / curve.mean()
+    for c in range(7):
+        m = mask & (labels == c)
+        assert abs(flipped[m].mean() - 0.3) < 0.03  # every class keeps its share
+        rate = np.array([flipped[m][_fifths(intensity[m]) == k].mean() for k in range(5)])
+        if c == 6:  # neutral: intensity draws nothing, so it does not matter
+            assert rate.max() - rate.min() < 0.08, rate
+        else:  # weak expressions flip most, as ambiguous FER+ images disagree most
+            assert np.all(np.diff(rate) < 0) and rate[0] > 0.55 and rate[-1] < 0.03, rate
+            assert np.abs(rate - curve).max() < 0.07, (rate, curve)
+        targets = noisy[flipped & (labels == c)]
+        assert (targets != c).all() and np.bincount(targets, minlength=7).argmax() == np.argmax(fes[c] - np.eye(7)[c])
+    assert intensity[flipped].mean() < intensity[mask & ~flipped].mean() - 0.15
+    # any fraction is reachable, unanimous-like faces included
+    assert (flip_labels(labels, 1.0, np.random.default_rng(0), mode="ambiguous", ambiguity=amb) != labels).all()
+    assert (flip_labels(labels, 0.001, np.random.default_rng(0), mode="ambiguous", ambiguity=amb) != labels).sum() == 21
+
+
+def test_flip_labels_bad_mode_and_missing_ambiguity():
+    labels = np.arange(7).repeat(3)
+    with pytest.raises(FerNasError, match="noise_mode"):
+        flip_labels(labels, 0.2, np.random.default_rng(0), mode="random")
+    with pytest.raises(FerNasError, match="ambiguity"):
+        flip_labels(labels, 0.2, np.random.default_rng(0), mode="ambiguous")
+    with pytest.raises(FerNasError, match="ambiguity"):
+        flip_labels(labels, 0.2, np.random.default_rng(0), mode="ambiguous", ambiguity=np.ones(3))
+
+
+def test_ambiguous_export_same_faces_other_flips(tmp_path):
+    size, noise = 600, 0.3
+    uni = export_cached("fer2013", size=size, seed=2, noise=noise, cache_dir=tmp_path)
+    amb = export_cached("fer2013", size=size, seed=2, noise=noise, noise_mode="ambiguous", cache_dir=tmp_path)
+    # the default mode keeps the cache names exports had before modes existed
+    assert uni.name == "fer2013-n600-seed2-noise0.3-diff1-v1" and "ambiguous" in amb.name
+    du, da = load_dataset(uni), load_dataset(amb)
+    assert torch.equal(du.images, da.images) and torch.equal(du.clean_labels, da.clean_labels)
+    assert not torch.equal(du.labels, da.labels)
+    train = du.split.numpy() == 0
+    _, _, extra = render(size, 2, labels=du.clean_labels.numpy())
+    inten = extra["intensity"]
+    gaps = {}
+    for name, d in (("uniform", du), ("ambiguous", da)):
+        flipped = (d.labels != d.clean_labels).numpy()
+        assert flipped.sum() == round(noise * train.sum()) and not flipped[~train].any()
+        gaps[name] = inten[train & ~flipped].mean() - inten[flipped].mean()
+    se = inten[train].std() * np.sqrt(1 / 144 + 1 / 336)  # 144 of 480 training rows flipped
+    assert gaps["ambiguous"] > 5 * se and abs(gaps["uniform"]) < 3 * se, (gaps, se)
+    # noise 0: every mode is the same export
+    assert export_cached("fer2013", size=size, seed=2, noise=0.0, noise_mode="ambiguous", cache_dir=tmp_path) \
+        == export_cached("fer2013", size=size, seed=2, noise=0.0, cache_dir=tmp_path)
+    info = export("fer2013", tmp_path / "e", size=size, seed=2, noise=noise, noise_mode="ambiguous")
+    assert info["noise_mode"] == "ambiguous" and info["flipped"] == 144
+    assert info["mean_intensity_flipped"] < info["mean_intensity_kept"]
+    with pytest.raises(FerNasError, match="noise_mode"):
+        export_cached("fer2013", size=size, noise_mode="ambiguos", cache_dir=tmp_path)
+
+
+def test_synth_noise_mode_flag_reaches_the_export(tmp_path, monkeypatch):
+    import argparse
+
+    from nas.data.source import add_data_args, open_data_from_args
+
+    monkeypatch.setenv("FERNAS_CACHE", str(tmp_path))
+    parser = argparse.ArgumentParser()
+    add_data_args(parser)
+    args = parser.parse_args(["--dataset", "synthfer", "--synth_size", "100", "--synth_noise", "0.3",
+                              "--synth_noise_mode", "ambiguous"])
+    d = open_data_from_args(args)
+    assert [p.name for p in (tmp_path / "synthfer").iterdir()] == ["fer2013-n100-seed0-noise0.3-ambiguous-diff1-v1"]
+    assert (d.labels != d.clean_labels).sum() == 24
+    assert parser.parse_args([]).synth_noise_mode == "uniform"
 
 
 # ----------------------------------------------------------------------------- exports
@@ -275,7 +370,8 @@ def test_cli_export_and_one_line_errors(tmp_path, capsys):
     assert len(load_dataset(out)) == 30
     for argv, msg in ((["--out", str(out), "--format", "folder", "--size", "30"], "not empty"),
                       (["--out", str(tmp_path / "f"), "--format", "fer2013", "--noise", "2"], "noise"),
-                      (["--out", str(tmp_path / "g"), "--format", "tiff"], "invalid choice")):
+                      (["--out", str(tmp_path / "g"), "--format", "tiff"], "invalid choice"),
+                      (["--out", str(tmp_path / "h"), "--format", "fer2013", "--noise_mode", "x"], "invalid choice")):
         with pytest.raises(SystemExit) as e:
             run(main, get_args_parser(), argv)
         assert e.value.code == 2

@@ -23,11 +23,15 @@ Exports write the real file layouts, read back by the real readers:
 
 Label noise only touches Training rows of ``fer2013``/``folder`` exports; CK+
 and JAFFE exports are clean (they are test sets), their sidecar repeats the labels.
+Which rows are flipped: ``noise_mode="uniform"`` (default) picks them at random;
+``"ambiguous"`` picks weak expressions more often, following how often a single
+FER+ tagger disagrees with the majority on ambiguous images
+(:data:`nas.fes.FERPLUS_DISAGREEMENT_DECILES`).
 
 Command line::
 
     python -m nas.data.synthfer --out DIR --format fer2013 [--size N] [--noise 0.1]
-        [--seed S] [--difficulty D] [--preview] [--force]
+        [--noise_mode uniform|ambiguous] [--seed S] [--difficulty D] [--preview] [--force]
 """
 from __future__ import annotations
 
@@ -46,17 +50,19 @@ import numpy as np
 from nas.data.dataset import FER_CLASSES, SPLITS
 from nas.data.synthfer_render import AUS, EXPRESSIONS, draw, sample_identity, sample_params
 from nas.errors import FerNasError
-from nas.fes import DEFAULT_FES
+from nas.fes import DEFAULT_FES, FERPLUS_DISAGREEMENT_DECILES
 
 __all__ = [
     "RENDER_VERSION", "FORMATS", "STYLES", "FER_TRAIN_COUNTS", "FER_SPLIT_SIZES", "CK_COUNTS", "CK_CLASSES",
     "JAFFE_COUNTS", "JAFFE_CODES", "JAFFE_SUBJECTS", "fes_matrix", "class_counts",
-    "render", "flip_labels", "export", "export_cached", "cache_root", "preview", "get_args_parser", "main",
+    "NOISE_MODES", "render", "ambiguity_score", "flip_labels", "export", "export_cached", "cache_root", "preview", "get_args_parser", "main",
 ]
 
 #: Bumped whenever the pictures change, so cached exports are rebuilt.
 RENDER_VERSION = "1"
 FORMATS: tuple[str, ...] = ("fer2013", "ck48", "jaffe", "folder")
+#: Which Training labels get flipped: at random, or weak expressions more often.
+NOISE_MODES: tuple[str, ...] = ("uniform", "ambiguous")
 STYLES: tuple[str, ...] = ("fer", "ck", "jaffe")
 
 #: FER2013 Training class counts (FER order) and split sizes.
@@ -95,14 +101,90 @@ def class_counts(total: int, weights: Sequence[float]) -> np.ndarray:
     return counts
 
 
+def ambiguity_score(labels: np.ndarray, intensity: np.ndarray, au: np.ndarray) -> np.ndarray:
+    """How ambiguous each rendered face is, comparable within a class (higher = more).
+
+    For the six expressive classes it is the expression's weakness, ``-intensity``
+    (the factor scaling the class prototype: a weak smile is close to neutral).
+    Neutral's prototype is all zero, so its intensity draws nothing; a neutral face
+    is ambiguous by what it shows, the summed action units of its resting face. At
+    difficulty 0 resting faces are blank, every neutral score ties, and
+    :func:`flip_labels` breaks the ties at random.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    score = -np.asarray(intensity, dtype=np.float64)
+    neutral = labels == FER_CLASSES.index("neutral")
+    return np.where(neutral, np.asarray(au, dtype=np.float64).sum(1), score)
+
+
+def _inclusion(weights: np.ndarray, k: int) -> np.ndarray:
+    """Inclusion probabilities ``min(1, c * w)`` summing to ``k`` (water-filling:
+    weights too large to scale are capped at 1 and the rest rescaled)."""
+    capped = np.zeros(len(weights), bool)
+    while True:
+        free = ~capped
+        c = (k - capped.sum()) / weights[free].sum()
+        new = capped | (c * weights >= 1.0)
+        if (new == capped).all():
+            break
+        capped = new
+    return np.where(capped, 1.0, np.minimum(c * weights, 1.0))
+
+
+def _ambiguous_pick(eligible: np.ndarray, labels: np.ndarray, ambiguity: np.ndarray, n_flip: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """``n_flip`` of ``eligible``, each with probability proportional to the FER+
+    single-tagger disagreement at its ambiguity quantile within its class."""
+    m = len(eligible)
+    lab, amb = labels[eligible], ambiguity[eligible]
+    tie = rng.random(m)
+    # rank within class, most ambiguous first; random tie-breaks
+    order = np.lexsort((tie, -amb, lab))
+    cls_sorted = lab[order]
+    starts = np.searchsorted(cls_sorted, cls_sorted, side="left")
+    counts = np.bincount(cls_sorted, minlength=int(labels.max()) + 1)[cls_sorted]
+    q = np.empty(m)
+    q[order] = (np.arange(m) - starts + 0.5) / counts
+    curve = np.asarray(FERPLUS_DISAGREEMENT_DECILES, dtype=np.float64)
+    centres = (np.arange(len(curve)) + 0.5) / len(curve)
+    # FER+'s unanimous images never disagree; a floor keeps every face possible, so any fraction is reachable
+    w = np.maximum(np.interp(q, centres, curve), 1e-3)
+    pi = _inclusion(w, n_flip)
+    # systematic sampling in a random order: exactly n_flip picks, each with probability pi
+    perm = rng.permutation(m)
+    cum = np.cumsum(pi[perm])
+    cum *= n_flip / cum[-1]
+    u = 1.0 - rng.random()  # (0, 1]
+    hits = np.diff(np.floor(cum - u), prepend=np.floor(-u)) > 0
+    return np.sort(eligible[perm[hits]])
+
+
 def flip_labels(labels: np.ndarray, fraction: float, rng: np.random.Generator, *,
-                fes: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
+                fes: np.ndarray | None = None, mask: np.ndarray | None = None, mode: str = "uniform",
+                ambiguity: np.ndarray | None = None) -> np.ndarray:
     """Flip ``round(fraction * eligible)`` of the eligible labels (``mask``) to
     another class drawn with probability proportional to the FES row of the true
-    class (diagonal excluded). Returns the noisy copy."""
+    class (diagonal excluded). Returns the noisy copy.
+
+    ``mode="uniform"``: the flipped samples are drawn at random. ``"ambiguous"``:
+    samples are ranked within their class by ``ambiguity`` (higher = more
+    ambiguous, e.g. :func:`ambiguity_score`), and a sample at quantile q is flipped
+    with probability proportional to FER+'s single-tagger disagreement at quantile q
+    of its images' ambiguity (:data:`nas.fes.FERPLUS_DISAGREEMENT_DECILES`, ~57 % for
+    the most ambiguous tenth down to 0 for unanimous images), scaled so that the
+    count is still exactly ``round(fraction * eligible)``. Every class keeps its
+    share of the flips."""
     labels = np.asarray(labels, dtype=np.int64)
     if not 0.0 <= fraction <= 1.0:
         raise FerNasError(f"--noise {fraction}: must be a fraction between 0 and 1")
+    if mode not in NOISE_MODES:
+        raise FerNasError(f"--noise_mode {mode!r}: choose from {', '.join(NOISE_MODES)}")
+    if mode == "ambiguous":
+        if ambiguity is None:
+            raise FerNasError("noise mode 'ambiguous' needs an ambiguity score per sample")
+        ambiguity = np.asarray(ambiguity, dtype=np.float64).reshape(-1)
+        if len(ambiguity) != len(labels):
+            raise FerNasError(f"ambiguity: expected {len(labels)} values, got {len(ambiguity)}")
     fes = fes_matrix() if fes is None else np.asarray(fes, dtype=np.float64)
     k = fes.shape[0]
     probs = fes * (1.0 - np.eye(k))
@@ -112,7 +194,10 @@ def flip_labels(labels: np.ndarray, fraction: float, rng: np.random.Generator, *
     noisy = labels.copy()
     if n_flip == 0:
         return noisy
-    chosen = rng.choice(eligible, size=n_flip, replace=False)
+    if mode == "uniform":
+        chosen = rng.choice(eligible, size=n_flip, replace=False)
+    else:
+        chosen = _ambiguous_pick(eligible, labels, ambiguity, n_flip, rng)
     cum = np.cumsum(probs[labels[chosen]], axis=1)
     u = rng.random(n_flip)[:, None] * cum[:, -1:]
     noisy[chosen] = np.minimum((cum <= u).sum(1), k - 1)
@@ -185,7 +270,8 @@ def render(n: int, seed: int = 0, *, labels: Sequence[int] | np.ndarray | None =
 
 
 # --------------------------------------------------------------------------- exports
-def _fer_rows(size: int | None, seed: int, noise: float, difficulty: float) -> dict[str, Any]:
+def _fer_rows(size: int | None, seed: int, noise: float, difficulty: float,
+              noise_mode: str = "uniform") -> dict[str, Any]:
     """The FER2013-style rows shared by the ``fer2013`` and ``folder`` exports."""
     total = _DEFAULT_FER_TOTAL if size is None else int(size)
     if total < 10:
@@ -200,9 +286,11 @@ def _fer_rows(size: int | None, seed: int, noise: float, difficulty: float) -> d
         usage.append(np.full(int(m), code))
     clean = np.concatenate(labels)
     usage_a = np.concatenate(usage)
-    images, _, _ = render(total, seed, labels=clean, difficulty=difficulty, style="fer")
-    noisy = flip_labels(clean, noise, _rng(seed, 4), mask=usage_a == 0)
-    return {"images": images, "clean": clean, "labels": noisy, "usage": usage_a}
+    images, _, extra = render(total, seed, labels=clean, difficulty=difficulty, style="fer")
+    ambiguity = ambiguity_score(clean, extra["intensity"], extra["au"])
+    noisy = flip_labels(clean, noise, _rng(seed, 4), mask=usage_a == 0, mode=noise_mode, ambiguity=ambiguity)
+    return {"images": images, "clean": clean, "labels": noisy, "usage": usage_a,
+            "intensity": np.asarray(extra["intensity"])}
 
 
 def _write_clean(path: Path, files: Sequence[Any], clean: np.ndarray) -> None:
@@ -218,8 +306,9 @@ def _save_png(path: Path, img: np.ndarray, fmt: str = "PNG") -> None:
     Image.fromarray(np.ascontiguousarray(img)).save(path, format=fmt)
 
 
-def _export_fer2013(out: Path, size: int | None, seed: int, noise: float, difficulty: float) -> dict[str, Any]:
-    rows = _fer_rows(size, seed, noise, difficulty)
+def _export_fer2013(out: Path, size: int | None, seed: int, noise: float, difficulty: float,
+                    noise_mode: str = "uniform") -> dict[str, Any]:
+    rows = _fer_rows(size, seed, noise, difficulty, noise_mode)
     lut = [str(i) for i in range(256)]
     flat = rows["images"].reshape(len(rows["images"]), -1)
     with open(out / "fer2013.csv", "w", newline="") as f:
@@ -230,8 +319,9 @@ def _export_fer2013(out: Path, size: int | None, seed: int, noise: float, diffic
     return rows
 
 
-def _export_folder(out: Path, size: int | None, seed: int, noise: float, difficulty: float) -> dict[str, Any]:
-    rows = _fer_rows(size, seed, noise, difficulty)
+def _export_folder(out: Path, size: int | None, seed: int, noise: float, difficulty: float,
+                   noise_mode: str = "uniform") -> dict[str, Any]:
+    rows = _fer_rows(size, seed, noise, difficulty, noise_mode)
     for top in ("train", "test"):
         for c in FER_CLASSES:
             (out / top / c).mkdir(parents=True, exist_ok=True)
@@ -360,9 +450,11 @@ def _export_jaffe(out: Path, size: int | None, seed: int, difficulty: float) -> 
             "subjects": np.array([JAFFE_SUBJECTS[s] for s in subj])}
 
 
-def _check_export(fmt: str, size: int | None, noise: float, difficulty: float) -> None:
+def _check_export(fmt: str, size: int | None, noise: float, difficulty: float, noise_mode: str = "uniform") -> None:
     if fmt not in FORMATS:
         raise FerNasError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
+    if noise_mode not in NOISE_MODES:
+        raise FerNasError(f"--noise_mode {noise_mode!r}: choose from {', '.join(NOISE_MODES)}")
     if size is not None and int(size) <= 0:
         raise FerNasError(f"--size {size}: must be a positive number of images")
     if not (np.isfinite(noise) and 0.0 <= noise <= 1.0):
@@ -370,11 +462,12 @@ def _check_export(fmt: str, size: int | None, noise: float, difficulty: float) -
     _check(difficulty)
 
 
-def _write_into(out: Path, fmt: str, size: int | None, seed: int, noise: float, difficulty: float) -> dict[str, Any]:
+def _write_into(out: Path, fmt: str, size: int | None, seed: int, noise: float, difficulty: float,
+                noise_mode: str = "uniform") -> dict[str, Any]:
     if fmt == "fer2013":
-        rows = _export_fer2013(out, size, seed, noise, difficulty)
+        rows = _export_fer2013(out, size, seed, noise, difficulty, noise_mode)
     elif fmt == "folder":
-        rows = _export_folder(out, size, seed, noise, difficulty)
+        rows = _export_folder(out, size, seed, noise, difficulty, noise_mode)
     elif fmt == "ck48":
         rows = _export_ck48(out, size, seed, difficulty)
     else:
@@ -382,21 +475,33 @@ def _write_into(out: Path, fmt: str, size: int | None, seed: int, noise: float, 
     return rows
 
 
-def _manifest(fmt: str, size: int | None, seed: int, noise: float, difficulty: float, rows: dict[str, Any]) -> dict[str, Any]:
-    return {"format": fmt, "size": None if size is None else int(size), "n_images": int(len(rows["clean"])),
-            "seed": int(seed), "noise": float(noise) if fmt in ("fer2013", "folder") else 0.0,
+def _manifest(fmt: str, size: int | None, seed: int, noise: float, difficulty: float, rows: dict[str, Any],
+              noise_mode: str = "uniform") -> dict[str, Any]:
+    noisy_fmt = fmt in ("fer2013", "folder")
+    info = {"format": fmt, "size": None if size is None else int(size), "n_images": int(len(rows["clean"])),
+            "seed": int(seed), "noise": float(noise) if noisy_fmt else 0.0,
+            "noise_mode": noise_mode if noisy_fmt else "uniform",
             "difficulty": float(difficulty), "render_version": RENDER_VERSION,
             "flipped": int((rows["labels"] != rows["clean"]).sum())}
+    if noisy_fmt and info["flipped"]:
+        # how strongly the flips sit on weak expressions (lower = weaker)
+        flipped = rows["labels"] != rows["clean"]
+        train = rows["usage"] == 0
+        info["mean_intensity_flipped"] = round(float(rows["intensity"][flipped].mean()), 4)
+        info["mean_intensity_kept"] = round(float(rows["intensity"][train & ~flipped].mean()), 4) \
+            if (train & ~flipped).any() else None
+    return info
 
 
-def _export_atomic(final: Path, fmt: str, size: int | None, seed: int, noise: float, difficulty: float) -> dict[str, Any]:
+def _export_atomic(final: Path, fmt: str, size: int | None, seed: int, noise: float, difficulty: float,
+                   noise_mode: str = "uniform") -> dict[str, Any]:
     """Write into a temporary sibling folder, then rename it to ``final``: a crash
     never leaves a half export under the final name."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
-        rows = _write_into(tmp, fmt, size, seed, noise, difficulty)
-        info = _manifest(fmt, size, seed, noise, difficulty, rows)
+        rows = _write_into(tmp, fmt, size, seed, noise, difficulty, noise_mode)
+        info = _manifest(fmt, size, seed, noise, difficulty, rows, noise_mode)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -416,7 +521,7 @@ def _is_export(folder: Path) -> bool:
 
 
 def export(fmt: str, out: str | os.PathLike, *, size: int | None = None, seed: int = 0, noise: float = 0.1,
-           difficulty: float = 1.0, force: bool = False) -> dict[str, Any]:
+           difficulty: float = 1.0, force: bool = False, noise_mode: str = "uniform") -> dict[str, Any]:
     """Write a SynthFER export in format ``fmt`` to the folder ``out`` (created;
     it must not exist, or be empty, or with ``force`` be an earlier SynthFER
     export, which is replaced). Returns a summary: format, image count, seed,
@@ -424,8 +529,9 @@ def export(fmt: str, out: str | os.PathLike, *, size: int | None = None, seed: i
 
     ``size``: total images (default: 35887 rows for ``fer2013``/``folder``, 981
     for ``ck48``, 213 for ``jaffe``; smaller sizes keep the proportions).
+    ``noise_mode``: which Training labels are flipped (:func:`flip_labels`).
     """
-    _check_export(fmt, size, noise, difficulty)
+    _check_export(fmt, size, noise, difficulty, noise_mode)
     out = Path(out)
     if out.exists():
         if not out.is_dir():
@@ -438,7 +544,7 @@ def export(fmt: str, out: str | os.PathLike, *, size: int | None = None, seed: i
             shutil.rmtree(out)
         else:
             out.rmdir()
-    return _export_atomic(out, fmt, size, seed, noise, difficulty)
+    return _export_atomic(out, fmt, size, seed, noise, difficulty, noise_mode)
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -465,21 +571,26 @@ def _remove_stale_temps(final: Path, max_age_s: float = 6 * 3600) -> None:
 
 
 def export_cached(fmt: str, *, size: int | None = None, seed: int = 0, noise: float = 0.1, difficulty: float = 1.0,
-                  cache_dir: str | os.PathLike | None = None) -> Path:
+                  cache_dir: str | os.PathLike | None = None, noise_mode: str = "uniform") -> Path:
     """The folder of a SynthFER export, rendered on first use and cached by
-    (format, size, seed, noise, difficulty, renderer version). Concurrent
+    (format, size, seed, noise, noise mode, difficulty, renderer version). Concurrent
     callers may both render; the first rename wins, the other result is dropped."""
-    _check_export(fmt, size, noise, difficulty)
+    _check_export(fmt, size, noise, difficulty, noise_mode)
     if fmt in ("ck48", "jaffe"):
         noise = 0.0  # test-set formats carry no label noise
+    if noise == 0.0:
+        noise_mode = "uniform"  # nothing flipped: every mode is the same export
     size_key = "full" if size is None else str(int(size))
-    name = f"{fmt}-n{size_key}-seed{int(seed)}-noise{float(noise):.6g}-diff{float(difficulty):.6g}-v{RENDER_VERSION}"
+    # the default mode keeps the names that exports had before modes existed
+    mode_key = "" if noise_mode == "uniform" else f"-{noise_mode}"
+    name = (f"{fmt}-n{size_key}-seed{int(seed)}-noise{float(noise):.6g}{mode_key}-diff{float(difficulty):.6g}"
+            f"-v{RENDER_VERSION}")
     final = cache_root(cache_dir) / name
     if _is_export(final):
         return final
     _remove_stale_temps(final)
     try:
-        _export_atomic(final, fmt, size, seed, noise, difficulty)
+        _export_atomic(final, fmt, size, seed, noise, difficulty, noise_mode)
     except OSError:
         if not _is_export(final):  # lost a race to another process: use its result
             raise
@@ -539,6 +650,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None,
                    help="number of images (default: 35887 for fer2013/folder, 981 for ck48, 213 for jaffe)")
     p.add_argument("--noise", type=float, default=0.1, help="fraction of Training labels flipped along FES (fer2013/folder)")
+    p.add_argument("--noise_mode", default="uniform", choices=NOISE_MODES,
+                   help="which labels are flipped: uniform (at random) or ambiguous (weak expressions more often, "
+                        "following FER+ single-tagger disagreement)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--difficulty", type=float, default=1.0, help="0 clean prototypes, 1 default, 2 hard")
     p.add_argument("--preview", action="store_true",
@@ -550,13 +664,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     if args.preview:
-        _check_export(args.format, args.size, args.noise, args.difficulty)
+        _check_export(args.format, args.size, args.noise, args.difficulty, args.noise_mode)
         style = {"ck48": "ck", "jaffe": "jaffe"}.get(args.format, "fer")
         path = preview(Path(args.out) / "preview.png", style=style, difficulty=args.difficulty, seed=args.seed)
         info: dict[str, Any] = {"preview": str(path), "style": style}
     else:
         info = export(args.format, args.out, size=args.size, seed=args.seed, noise=args.noise,
-                      difficulty=args.difficulty, force=args.force)
+                      difficulty=args.difficulty, force=args.force, noise_mode=args.noise_mode)
         info["out"] = str(args.out)
     info["seconds"] = round(time.perf_counter() - t0, 2)
     print(json.dumps(info))

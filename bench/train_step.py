@@ -156,12 +156,13 @@ def measure(variants: dict[str, tuple], device: torch.device, batch_size: int, s
 
 def run(device: str = "cpu", quick: bool = False, arch: str = "FER_V1", batch_size: int = 64,
         init_channels: int = 36, layers: int = 12, steps: int | None = None, compile: bool = False,
-        rounds: int | None = None) -> dict[str, Any]:
-    """Measure the trainer's step and the naive step (and, on CPU, thread/layout variants);
-    return JSON-ready figures. ``ratio`` = fast (the trainer's defaults) / naive."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("bench/train_step.py: --device cuda but CUDA is not available")
+        rounds: int | None = None, thread_variants: bool = True) -> dict[str, Any]:
+    """Measure the trainer's step and the naive step (and, on CPU, layout variants and,
+    with ``thread_variants``, half the threads too); return JSON-ready figures.
+    ``ratio`` = fast (the trainer's defaults) / naive."""
+    from nas.utils import resolve_device
+
+    dev = resolve_device(device)
     if steps is None:
         steps = (2 if quick else 5) if dev.type == "cpu" else (20 if quick else 100)
     rounds = rounds or (2 if quick else 3)
@@ -178,7 +179,7 @@ def run(device: str = "cpu", quick: bool = False, arch: str = "FER_V1", batch_si
         from nas.train import TrainConfig
 
         default_cl = TrainConfig().channels_last in (None, True)  # the trainer's CPU default
-        for threads in sorted({threads0, max(1, threads0 // 2)}, reverse=True):
+        for threads in sorted({threads0, max(1, threads0 // 2) if thread_variants else threads0}, reverse=True):
             for cl in (False, True):
                 variants[f"fast_t{threads}_{'cl' if cl else 'contig'}"] = (
                     *make_fast(arch, dev, batch_size, channels_last=cl, **kw), threads)
@@ -203,9 +204,11 @@ def run(device: str = "cpu", quick: bool = False, arch: str = "FER_V1", batch_si
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+def get_args_parser() -> argparse.ArgumentParser:
+    from nas.cli import ArgumentParser
+
+    p = ArgumentParser(prog="bench/train_step.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--arch", default="FER_V1")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--init_channels", type=int, default=36)
@@ -214,10 +217,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per variant, taken in turns")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (CUDA)")
-    a = p.parse_args(argv)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    return p
+
+
+def main(a: argparse.Namespace) -> None:
+    if a.threads:
+        torch.set_num_threads(a.threads)
     print(json.dumps(run(a.device, a.quick, a.arch, a.batch_size, a.init_channels, a.layers, a.steps, a.compile,
                          a.rounds), indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    from nas.cli import run as cli_run
+
+    cli_run(main, get_args_parser())

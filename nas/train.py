@@ -98,7 +98,7 @@ class TrainConfig:
     log_interval: int = 50
     seed: int = 0
     soft_targets: bool = False        # train on data.soft_labels (FER+ vote distributions)
-    amp: bool | None = None           # None: on for CUDA (bf16), off on CPU
+    amp: bool | None = None           # None: on for CUDA (bf16), off on CPU; True on CPU: CPU bf16
     channels_last: bool | None = None  # None: on (CPU and CUDA)
     compile: bool = False
     progress: bool | None = None      # None: a tqdm bar when stderr is a terminal
@@ -169,7 +169,8 @@ def add_train_args(parser: argparse.ArgumentParser, **defaults: Any) -> argparse
         add("--log_interval", "--report_every", type=int, default=50, dest="log_interval",
             help="steps between progress updates (the only host syncs in the loop)")
         add("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-        add("--amp", type=str2bool, default=None, help="bf16 autocast (default: on for CUDA, off on CPU)")
+        add("--amp", type=str2bool, default=None,
+            help="bf16 autocast (default: on for CUDA, off on CPU; True on CPU uses CPU bf16)")
         add("--channels_last", type=str2bool, default=None, help="NHWC memory layout (default: on)")
         add("--compile", type=str2bool, nargs="?", const=True, default=False, help="torch.compile the model")
         add("--progress", type=str2bool, default=None, help="tqdm bar per epoch (default: when a terminal)")
@@ -249,10 +250,16 @@ class Trainer:
         if self.dist.enabled:
             self.device = self.dist.device
         cuda = self.device.type == "cuda"
-        self.amp = cuda if cfg.amp is None else bool(cfg.amp) and cuda
+        self.amp = cuda if cfg.amp is None else bool(cfg.amp)  # --amp True on CPU: CPU bf16 autocast
         # channels_last also on CPU: oneDNN's NHWC kernels measured 1.76x faster for FER_V1
         # C36 L12 b64 (bench/train_step.py), and as deterministic
         self.channels_last = True if cfg.channels_last is None else bool(cfg.channels_last)
+        # CPU bf16 in channels_last: oneDNN's weight gradient of dilated depthwise convs
+        # (dil_conv_*) comes out wrong at 32x32 and larger maps (measured on torch 2.14.1,
+        # relative error ~1, values up to 1e38); the contiguous layout is correct.
+        self.cpu_amp_layout_note = self.amp and not cuda and self.channels_last
+        if self.cpu_amp_layout_note:
+            self.channels_last = False
         self.target_hook, self.epoch_callback = target_hook, epoch_callback
         self.args = dict(args or {})
         self.stop = stop
@@ -447,7 +454,9 @@ class Trainer:
                      f"{self.train_idx.numel()} train / {self.val_idx.numel()} val / {self.test_idx.numel()} test "
                      f"images, crop {self.crop}, device {self.device}"
                      f"{' x' + str(self.dist.world_size) if self.dist.enabled else ''}, "
-                     f"amp {'bf16' if self.amp else 'off'}, channels_last {self.channels_last}")
+                     f"amp {'bf16' if self.amp else 'off'}, channels_last {self.channels_last}"
+                     + (" (off: CPU bf16 gets dilated-conv gradients wrong in channels_last)"
+                        if self.cpu_amp_layout_note else ""))
 
     def _train_epoch(self, epoch: int) -> None:
         cfg = self.cfg

@@ -58,10 +58,11 @@ def resolve_device(name: str | None = "auto") -> torch.device:
 
 
 def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA when ``enabled``; a no-op elsewhere (CPU runs stay fp32
-    so that CPU results are exactly reproducible)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on ``device`` (CUDA or CPU) when ``enabled``, else a no-op. Callers
+    enable it on CUDA by default and on CPU only when asked (``--amp True`` for
+    training), so default CPU runs stay fp32 and exactly reproducible."""
+    if enabled and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 

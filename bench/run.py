@@ -138,12 +138,14 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
                                      "images/s", None, note))
         m = r.get("memory")
         if m:
-            key = "peak_mb" if "peak_mb" in m["partial_channels_1"] else "saved_mb"
-            rows.append(_row("search", f"search step memory at batch {m['batch_size']}, {key} (C{m['init_channels']} "
+            key = "peak_mb" if "peak_mb" in m["partial_channels_1"] else "saved_largest_pass_mb"
+            rows.append(_row("search", f"search step memory at batch {m['batch_size']} (C{m['init_channels']} "
                              f"L{m['layers']} {m['image_size']}px)", m["partial_channels_4"][key],
                              m["partial_channels_1"][key], round(m["partial_channels_1"][key]
                                                                  / max(m["partial_channels_4"][key], 1e-9), 2),
-                             "MB (fast = --partial_channels 4, naive = 1)", None, "ratio = memory saved, 1/4"))
+                             "MB (fast = --partial_channels 4, naive = 1)", None,
+                             "activations autograd keeps in the larger of the step's two passes" if key != "peak_mb"
+                             else "torch.cuda.max_memory_allocated"))
     r = results.get("train")
     if r and "error" not in r:
         for arch, t in r.items():

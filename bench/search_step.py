@@ -36,6 +36,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +70,11 @@ def _decide(model: SearchNetwork, phase: str, seed: int = 0) -> None:
 
 
 class _SavedBytes:
-    """Sum of the storage bytes autograd saves for backward (each storage once)."""
+    """Sum of the storage bytes autograd saves for backward (each storage once), leaving
+    out ``resident`` storages (the parameters, held anyway: not activation memory)."""
 
-    def __init__(self) -> None:
-        self.seen: set[int] = set()
+    def __init__(self, resident: Any = ()) -> None:
+        self.seen: set[int] = {p.untyped_storage().data_ptr() for p in resident}
         self.bytes = 0
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:
@@ -123,6 +125,7 @@ class _Variant:
         self.times: list[float] = []
         self.cpu_times: list[float] = []  # this process's CPU time: immune to other jobs' time slices
         self.saved_mb = 0.0
+        self.saved_pass_mb = 0.0
         self.peak_mb: float | None = None
 
     def step(self) -> None:
@@ -135,14 +138,32 @@ class _Variant:
         self.measure_memory()
 
     def measure_memory(self) -> None:
-        """One step that counts the bytes autograd saves and, on CUDA, the peak memory."""
-        saved = _SavedBytes()
+        """One step that counts the bytes autograd saves (in the architecture step's
+        forward passes and in the weight step's, separately: each graph is freed by its
+        backward, so the larger of the two bounds what is held at once) and, on CUDA,
+        the peak memory."""
+        params = list(self.model.parameters())
+        arch_saved, w_saved = _SavedBytes(params), _SavedBytes(params)
+
+        def counting(saved: _SavedBytes):
+            @contextmanager
+            def ctx():
+                with saved.hooks(), (self.amp() if self.amp is not None else nullcontext()):
+                    yield
+            return ctx
+
         if self.device.type == "cuda":
             _sync(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-        with saved.hooks():
-            self.step()
-        self.saved_mb = round(saved.bytes / 2**20, 1)
+        arch_ctx = self.arch.autocast
+        self.arch.autocast = counting(arch_saved)
+        try:
+            search_step(self.model, self.arch, self.opt, self.xt, self.yt, self.xa, self.ya, 0.025, 5.0,
+                        counting(w_saved))
+        finally:
+            self.arch.autocast = arch_ctx
+        self.saved_mb = round((arch_saved.bytes + w_saved.bytes) / 2**20, 1)
+        self.saved_pass_mb = round(max(arch_saved.bytes, w_saved.bytes) / 2**20, 1)
         if self.device.type == "cuda":
             _sync(self.device)
             self.peak_mb = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
@@ -197,13 +218,15 @@ def memory_at_batch(device: torch.device, batch: int, *, C: int, layers: int, si
                     partial_channels: tuple[int, ...] = (1, 4)) -> dict[str, Any]:
     """Activation memory of one first-order step at ``start`` (nothing decided: the
     heaviest point of a search) at ``batch``, per ``--partial_channels`` value:
-    ``saved_mb`` (bytes autograd keeps for backward) and, on CUDA, ``peak_mb``."""
+    ``saved_mb`` (bytes autograd keeps for backward, summed over the step's architecture
+    and weight passes), ``saved_largest_pass_mb`` (the larger pass: what must fit at
+    once) and, on CUDA, ``peak_mb``."""
     out: dict[str, Any] = {"batch_size": batch, "init_channels": C, "layers": layers, "image_size": size}
     for k in partial_channels:
         v = _Variant(device, phase="start", naive=False, unrolled=False, C=C, layers=layers, batch=batch, size=size,
                      partial_channels=k)
         v.measure_memory()
-        fig: dict[str, Any] = {"saved_mb": v.saved_mb}
+        fig: dict[str, Any] = {"saved_mb": v.saved_mb, "saved_largest_pass_mb": v.saved_pass_mb}
         if v.peak_mb is not None:
             fig["peak_mb"] = v.peak_mb
         out[f"partial_channels_{k}"] = fig

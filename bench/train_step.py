@@ -133,19 +133,22 @@ def measure(variants: dict[str, tuple], device: torch.device, batch_size: int, s
         for i in range(warmup):
             step(i)
     _sync(device)
-    for _ in range(rounds):
-        for name, (step, settings, threads) in variants.items():
+    names = list(variants)
+    for k in range(rounds):
+        for name in (names if k % 2 == 0 else names[::-1]):  # ABBA: no variant always goes first
+            step, settings, threads = variants[name]
             torch.set_num_threads(threads)
             _reset_peak(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for i in range(steps):
                 step(i)
             _sync(device)
-            dt = time.perf_counter() - t0
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
             ips = steps * batch_size / dt
-            r = best.setdefault(name, {"images_per_s": 0.0, "rounds": [], **settings, "threads": threads,
-                                       "peak_mem_mb": None})
+            r = best.setdefault(name, {"images_per_s": 0.0, "rounds": [], "cpu_s": [], **settings,
+                                       "threads": threads, "peak_mem_mb": None})
             r["rounds"].append(round(ips, 2))
+            r["cpu_s"].append(round(dc, 4))
             if ips > r["images_per_s"]:
                 r.update(images_per_s=round(ips, 2), step_ms=round(1000 * dt / steps, 1))
             peak = _peak_mb(device)
@@ -195,8 +198,15 @@ def run(device: str = "cpu", quick: bool = False, arch: str = "FER_V1", batch_si
     torch.set_num_threads(threads0)
     naive = res.pop("naive")
     fastest = max(res, key=lambda k: res[k]["images_per_s"])
+    def cpu_ratio(fast: dict[str, Any]) -> float:
+        # median over rounds of the within-round ratio of this process's CPU time: with
+        # one thread, the work of a step whatever other jobs take of the cores
+        rs = sorted(n / f for f, n in zip(fast["cpu_s"], naive["cpu_s"]))
+        return rs[len(rs) // 2] if len(rs) % 2 else 0.5 * (rs[len(rs) // 2 - 1] + rs[len(rs) // 2])
+
     out.update(fast=res[default], fast_variant=default, naive=naive, variants=res, fastest_variant=fastest,
                ratio=round(res[default]["images_per_s"] / naive["images_per_s"], 3),
+               ratio_cpu_time=round(cpu_ratio(res[default]), 3),
                ratio_fastest=round(res[fastest]["images_per_s"] / naive["images_per_s"], 3),
                peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
     if dev.type == "cpu":

@@ -15,7 +15,8 @@ Prints JSON: for each batch size and with/without the FES gate, microseconds per
 * ``loop_lean``: ``nas.relabel.relabel_loop``, a per-sample loop with each quantity
   computed once;
 
-and the ratios loop/batched. All four are asserted to give the same labels first.
+and the ratios loop/batched (``cpu_time_us`` and ``ratio_*_cpu``: the same minima in
+this process's CPU time). All four are asserted to give the same labels first.
 ``ratio_batch64`` is loop_reference / batched with FES at batch 64 (``ratio_batch64_torch``
 the same against the torch backend). That baseline is conservative: in the reference
 script the probabilities carry autograd history, which makes each of its element
@@ -47,11 +48,14 @@ THRESHOLD = 0.2
 FES_THRESHOLD = 0.03
 
 
-def _time(fns: Sequence[Callable[[], Any]], device: torch.device, min_time: float, max_calls: int) -> list[float]:
+def _time(fns: Sequence[Callable[[], Any]], device: torch.device, min_time: float, max_calls: int,
+          cpu_out: list[float] | None = None) -> list[float]:
     """Seconds per call of each of ``fns``: the best (minimum) per-call average over
     blocks of about 20 ms. The functions take turns block by block for about
     ``min_time`` seconds in all, so that a burst of load from other processes hits
-    them alike; the minimum is the figure least disturbed by such bursts."""
+    them alike; the minimum is the figure least disturbed by such bursts. ``cpu_out``
+    receives the same minimum in this process's CPU time (with one thread: the
+    work of a call, whatever other jobs take of the cores)."""
 
     def sync() -> None:
         if device.type == "cuda":
@@ -68,16 +72,20 @@ def _time(fns: Sequence[Callable[[], Any]], device: torch.device, min_time: floa
         once = max(time.perf_counter() - start, 1e-7)
         blocks.append(max(1, min(max_calls, int(0.02 / once))))
     best = [float("inf")] * len(fns)
+    best_cpu = [float("inf")] * len(fns)
     calls = [0] * len(fns)
     deadline = time.perf_counter() + min_time
     while min(calls) == 0 or (time.perf_counter() < deadline and all(c < max_calls for c in calls)):
         for k, fn in enumerate(fns):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(blocks[k]):
                 fn()
             sync()
             best[k] = min(best[k], (time.perf_counter() - t0) / blocks[k])
+            best_cpu[k] = min(best_cpu[k], (time.process_time() - c0) / blocks[k])
             calls[k] += blocks[k]
+    if cpu_out is not None:
+        cpu_out[:] = best_cpu
     return best
 
 
@@ -131,16 +139,21 @@ def _run(dev: torch.device, quick: bool) -> dict:
             assert torch.equal(fast, lean), f"batched and lean loop disagree at batch {n} ({label})"
             assert torch.equal(fast, ref), f"batched and reference loop disagree at batch {n} ({label})"
             assert torch.equal(fast, via_torch), f"the two batched backends disagree at batch {n} ({label})"
+            cpu: list[float] = []
             t_fast, t_torch, t_lean, t_ref = _time(
                 [lambda: relabel(probs, targets, THRESHOLD, fes, FES_THRESHOLD),
                  lambda: relabel(probs, targets, THRESHOLD, fes, FES_THRESHOLD, backend="torch"),
                  lambda: relabel_loop(probs, targets, THRESHOLD, fes, FES_THRESHOLD),
                  lambda: reference_loop(probs, targets, THRESHOLD, fes, FES_THRESHOLD)],
-                dev, headline if (n == batches[0] and label == "fes") else min_time, 100000)
+                dev, headline if (n == batches[0] and label == "fes") else min_time, 100000, cpu)
             row[label] = {"batched_us": round(t_fast * 1e6, 2), "batched_torch_us": round(t_torch * 1e6, 2),
                           "loop_reference_us": round(t_ref * 1e6, 1), "loop_lean_us": round(t_lean * 1e6, 1),
                           "ratio_reference": round(t_ref / t_fast, 1), "ratio_lean": round(t_lean / t_fast, 1),
-                          "ratio_reference_torch": round(t_ref / t_torch, 1), "changed": int(changed.sum())}
+                          "ratio_reference_torch": round(t_ref / t_torch, 1), "changed": int(changed.sum()),
+                          "cpu_time_us": {"batched": round(cpu[0] * 1e6, 2), "batched_torch": round(cpu[1] * 1e6, 2),
+                                          "loop_lean": round(cpu[2] * 1e6, 1), "loop_reference": round(cpu[3] * 1e6, 1)},
+                          "ratio_reference_cpu": round(cpu[3] / max(cpu[0], 1e-12), 1),
+                          "ratio_reference_torch_cpu": round(cpu[3] / max(cpu[1], 1e-12), 1)}
         if n == batches[0]:
             # As in the reference training step: the probabilities come from the logits
             # with their autograd history, so each element read records graph nodes.
@@ -149,18 +162,21 @@ def _run(dev: torch.device, quick: bool) -> dict:
                 live = torch.softmax(logits, dim=1)
                 assert torch.equal(reference_loop(live, targets, THRESHOLD, DEFAULT_FES, FES_THRESHOLD),
                                    relabel(live, targets, THRESHOLD, DEFAULT_FES, FES_THRESHOLD))
+                cpu = []
                 t_fast, t_ref = _time([lambda: relabel(live.detach(), targets, THRESHOLD, DEFAULT_FES, FES_THRESHOLD),
                                        lambda: reference_loop(live, targets, THRESHOLD, DEFAULT_FES, FES_THRESHOLD)],
-                                      dev, min_time, 100000)
+                                      dev, min_time, 100000, cpu)
             row["fes_autograd"] = {"batched_us": round(t_fast * 1e6, 2), "loop_reference_us": round(t_ref * 1e6, 1),
-                                   "ratio_reference": round(t_ref / t_fast, 1)}
+                                   "ratio_reference": round(t_ref / t_fast, 1),
+                                   "ratio_reference_cpu": round(cpu[1] / max(cpu[0], 1e-12), 1)}
         results.append(row)
     return {"bench": "relabel", "device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "threshold": THRESHOLD, "fes_threshold": FES_THRESHOLD, "quick": quick, "results": results,
             "ratio_batch64": results[0]["fes"]["ratio_reference"],
             "ratio_batch64_lean": results[0]["fes"]["ratio_lean"],
             "ratio_batch64_torch": results[0]["fes"]["ratio_reference_torch"],
-            "ratio_batch64_autograd": results[0]["fes_autograd"]["ratio_reference"]}
+            "ratio_batch64_autograd": results[0]["fes_autograd"]["ratio_reference"],
+            "ratio_batch64_cpu_time": results[0]["fes"]["ratio_reference_cpu"]}
 
 
 def get_args_parser() -> argparse.ArgumentParser:

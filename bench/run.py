@@ -73,7 +73,7 @@ def _train(dev: torch.device, quick: bool) -> dict[str, Any]:
     for arch, batch in (("FER_V1", 64), ("vgg_fer", 64)):
         kw: dict[str, Any] = {"arch": arch, "init_channels": 36, "layers": 12}
         if cpu and quick:  # a FER_V1 C36 L12 step at batch 64 takes ~30 s on 2 shared cores
-            kw.update(batch_size=8 if arch == "FER_V1" else 16, steps=1, rounds=3, thread_variants=False)
+            kw.update(batch_size=8 if arch == "FER_V1" else 16, steps=1, rounds=5, thread_variants=False)
         elif cpu:
             kw.update(batch_size=batch, steps=1, rounds=3)
         else:

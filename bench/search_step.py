@@ -243,7 +243,7 @@ def run(device: str = "cpu", quick: bool = False, *, unrolled: bool | None = Non
         init_channels: int | None = None, layers: int | None = None, size: int | None = None,
         steps: int | None = None, memory_batch: int | None = 96) -> dict[str, Any]:
     """The benchmark as a dict. ``quick`` shrinks the supernet (C8, L3, batch 8, 24x24,
-    three timed rounds, phases start/late) so that the CPU suite stays short. ``unrolled=None``
+    five timed rounds, phases start/late) so that the CPU suite stays short. ``unrolled=None``
     runs first order at every phase plus second order at ``start``; True: second order
     at every phase. ``memory_batch``: also the activation memory at that batch with and
     without ``--partial_channels 4`` (None: skip)."""
@@ -252,7 +252,7 @@ def run(device: str = "cpu", quick: bool = False, *, unrolled: bool | None = Non
     L = layers or (3 if quick else 8)
     B = batch_size or (8 if quick else 24)
     size = size or (24 if quick else 44)
-    n = steps or (3 if quick else 5)
+    n = steps or 5
     phases = ("start", "late") if quick else PHASES
     configs = [(p, False) for p in phases]
     if unrolled is None:

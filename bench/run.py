@@ -22,8 +22,11 @@ rendering      SynthFER ``draw``, 128 faces per op             the same ``draw``
 
 Each pair is measured in the same process, the two sides taking turns, so that the
 load of a shared machine hits both alike; the ratio fast / naive is the figure that
-counts (absolute rates depend on the machine and, on a shared CPU, on the moment;
-the search-step ratios are medians of within-round ratios, see bench/search_step.py).
+counts (absolute rates depend on the machine and, on a shared CPU, on the moment).
+With one torch thread on a CPU (the default there) the table's step and relabel
+ratios are taken on this process's CPU time (medians of within-round ratios for the
+steps, best blocks for relabelling), which other jobs disturb far less than the wall
+clock; the wall-clock ratios are in the notes and in the JSON.
 Prints one JSON document (every figure, device, torch version, threads, settings),
 then a Markdown table of the ratios against the targets; ``--out`` also writes the
 JSON. ``--quick`` shrinks every benchmark (smaller batches or supernets, fewer

@@ -499,7 +499,8 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seed: int | 
             try:
                 figures = fn(ctx)
             except RunInterrupted as e:
-                raise RunInterrupted(e.signum, f"interrupted in stage {name} ({e}); continue the demo with: "
+                where = str(e).split("; continue with")[0]  # the stage's own hint names its folder, not the demo
+                raise RunInterrupted(e.signum, f"stage {name} {where}; continue the demo with: "
                                                f"python -m nas demo --out {out} --resume") from None
             figures["wall_s"] = round(time.perf_counter() - t0, 1)
             figures["complete"] = True

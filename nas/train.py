@@ -220,6 +220,17 @@ def resumed_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------- the trainer
+
+def cpu_channels_last_unsafe(model: nn.Module) -> bool:
+    """True when ``model`` has a stride-2 1x1 convolution with fewer than 16 input channels.
+
+    torch 2.14.1's multi-threaded CPU backward of such a convolution in channels_last
+    corrupts the heap for some batch sizes (odd ones: 3, 21, 33 ... measured; the process
+    dies with "double free" or a segfault), so the trainer keeps these models contiguous
+    on CPU unless it runs on one thread or ``--channels_last True`` is given."""
+    return any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride == (2, 2) and m.in_channels < 16
+               for m in model.modules())
+
 class Trainer:
     """Trains ``model`` on the Training split of ``data`` (a ``FERData``), validates on
     PublicTest, scores PrivateTest, writes into ``run`` (a :class:`RunDir`).
@@ -254,6 +265,10 @@ class Trainer:
         # channels_last also on CPU: oneDNN's NHWC kernels measured 1.76x faster for FER_V1
         # C36 L12 b64 (bench/train_step.py), and as deterministic
         self.channels_last = True if cfg.channels_last is None else bool(cfg.channels_last)
+        self.cpu_threads_layout_note = (cfg.channels_last is None and not cuda and torch.get_num_threads() > 1
+                                         and cpu_channels_last_unsafe(model))
+        if self.cpu_threads_layout_note:
+            self.channels_last = False
         # CPU bf16 in channels_last: oneDNN's weight gradient of dilated depthwise convs
         # (dil_conv_*) comes out wrong at 32x32 and larger maps (measured on torch 2.14.1,
         # relative error ~1, values up to 1e38); the contiguous layout is correct.
@@ -456,7 +471,9 @@ class Trainer:
                      f"{' x' + str(self.dist.world_size) if self.dist.enabled else ''}, "
                      f"amp {'bf16' if self.amp else 'off'}, channels_last {self.channels_last}"
                      + (" (off: CPU bf16 gets dilated-conv gradients wrong in channels_last)"
-                        if self.cpu_amp_layout_note else ""))
+                        if self.cpu_amp_layout_note else "")
+                     + (" (off: narrow stride-2 1x1 convs crash multi-threaded CPU backward in channels_last)"
+                        if self.cpu_threads_layout_note else ""))
 
     def _train_epoch(self, epoch: int) -> None:
         cfg = self.cfg

@@ -365,3 +365,30 @@ def test_soft_targets_train_against_vote_distributions(tmp_path):
     data.soft_labels = None
     with pytest.raises(FerNasError, match="ferplus"):
         Trainer(tiny_model(), data, cfg(soft_targets=True), RunDir("unused", enabled=False))
+
+
+def test_cpu_channels_last_guard_for_narrow_strided_1x1_convs(tmp_path):
+    """torch 2.14.1's multi-threaded CPU backward of a stride-2 1x1 conv with < 16 input
+    channels in channels_last corrupts the heap at odd batch sizes. A cell with skip_connect
+    on a reduction cell's input at C=4 has one (factorized reduce of 8 channels), as the
+    demo's searched cells can; the trainer keeps it contiguous with 2 threads and the run
+    finishes. Run in a child process: the bug kills the process rather than raising."""
+    from nas.train import cpu_channels_last_unsafe
+
+    fer_v1 = json.loads((ROOT / "genotypes" / "FER_V1.json").read_text())
+    fer_v1["reduce"][0] = ["skip_connect", 0]
+    cell = tmp_path / "skip_reduce.json"
+    cell.write_text(json.dumps(fer_v1))
+    assert cpu_channels_last_unsafe(build_model(str(cell), init_channels=4, layers=5))
+    assert not cpu_channels_last_unsafe(build_model(str(cell), init_channels=16, layers=5))
+    assert not cpu_channels_last_unsafe(build_model("FER_V1", init_channels=36, layers=12))
+    assert not cpu_channels_last_unsafe(build_model("cnn_shallow"))
+    csv = write_fer_csv(tmp_path / "fer2013.csv", make_data(63, 21, 21))
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "train_searched.py", "--data", str(csv), "--arch", str(cell),
+                          "--init_channels", "4", "--layers", "5", "--epochs", "1", "--batch_size", "21",
+                          "--save", str(tmp_path / "run"), "--plots", "False", "--progress", "False"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "channels_last False (off: narrow stride-2 1x1 convs" in log

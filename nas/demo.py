@@ -52,31 +52,29 @@ STATE_KIND = "fer-nas-demo"
 
 #: Sizes and recipes. ``full`` is sized for about 10 minutes on a busy 2-core CPU,
 #: ``quick`` for about 2; both keep every stage and all 10 CK+ folds.
-PRESETS: dict[str, dict[str, Any]] = {
-    "full": {
-        "data": {"fer_size": 2000, "ck_size": None, "jaffe_size": None, "noise": 0.2, "difficulty": 0.5},
-        "search": {"init_channels": 4, "layers": 5, "crop": 32, "batch_size": 16, "batch_increase": 4,
-                   "train_portion": 0.06, "warmup_dec_epoch": 0, "decision_freq": 1,
-                   "epochs_after_last_decision": 0},
-        "train": {"init_channels": 8, "layers": 5, "epochs": 3, "batch_size": 32, "optimizer": "adam",
-                  "learning_rate": 0.003, "weight_decay": 0, "snapshot_at": "0,20,25,30,35,40,50,60,70,80,85,90"},
-        "relabel": {"epochs": 2, "batch_size": 32, "optimizer": "adam", "learning_rate": 0.002, "weight_decay": 0,
-                    "relabel_warmup": 0},
-        "ck48": {"epochs": 1, "batch_size": 32, "optimizer": "adam", "learning_rate": 0.002, "weight_decay": 0},
-        "jaffe": {"epochs": 2, "batch_size": 32, "optimizer": "adam", "learning_rate": 0.002, "weight_decay": 0},
-    },
-    "quick": {
-        "data": {"fer_size": 600, "ck_size": 150, "jaffe_size": 100, "noise": 0.2, "difficulty": 0.5},
-        "search": {"init_channels": 4, "layers": 5, "crop": 32, "batch_size": 16, "batch_increase": 0,
-                   "train_portion": 0.035, "warmup_dec_epoch": 0, "decision_freq": 1,
-                   "epochs_after_last_decision": 0},
-        "train": {"init_channels": 4, "layers": 5, "epochs": 2, "batch_size": 32, "optimizer": "adam",
-                  "learning_rate": 0.003, "weight_decay": 0, "snapshot_at": "0,20,25,30,35,40,50,60,70,80,85,90"},
-        "relabel": {"epochs": 1, "batch_size": 32, "optimizer": "adam", "learning_rate": 0.002, "weight_decay": 0,
-                    "relabel_warmup": 0},
-        "ck48": {"epochs": 1, "batch_size": 32, "optimizer": "adam", "learning_rate": 0.002, "weight_decay": 0},
-        "jaffe": {"epochs": 1, "batch_size": 32, "optimizer": "adam", "learning_rate": 0.002, "weight_decay": 0},
-    },
+_FULL: dict[str, dict[str, Any]] = {
+    "data": {"fer_size": 2000, "ck_size": None, "jaffe_size": None, "noise": 0.2, "difficulty": 0.5},
+    "search": {"init_channels": 4, "layers": 5, "crop": 32, "batch_size": 16, "batch_increase": 4,
+               "train_portion": 0.06, "warmup_dec_epoch": 0, "decision_freq": 1,
+               "epochs_after_last_decision": 0},
+    "train": {"init_channels": 8, "layers": 5, "epochs": 3, "batch_size": 32, "optimizer": "adam",
+              "learning_rate": 0.003, "weight_decay": 0, "snapshot_at": "0,20,25,30,35,40,50,60,70,80,85,90"},
+    "relabel": {"epochs": 2, "batch_size": 32, "optimizer": "adam", "learning_rate": 0.002, "weight_decay": 0,
+                "relabel_warmup": 0},
+    "ck48": {"epochs": 1, "batch_size": 32, "optimizer": "adam", "learning_rate": 0.002, "weight_decay": 0},
+    "jaffe": {"epochs": 2, "batch_size": 32, "optimizer": "adam", "learning_rate": 0.002, "weight_decay": 0},
+}
+# --quick changes only these
+_QUICK_CHANGES: dict[str, dict[str, Any]] = {
+    "data": {"fer_size": 600, "ck_size": 150, "jaffe_size": 100},
+    "search": {"batch_increase": 0, "train_portion": 0.035},
+    "train": {"init_channels": 4, "epochs": 2},
+    "relabel": {"epochs": 1},
+    "jaffe": {"epochs": 1},
+}
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "full": _FULL,
+    "quick": {stage: {**opts, **_QUICK_CHANGES.get(stage, {})} for stage, opts in _FULL.items()},
 }
 
 
@@ -183,14 +181,9 @@ class Context:
         return flags
 
     def train_flags(self) -> list[str]:
-        """Flags of the training engine. On a multi-threaded CPU the NHWC layout is turned off:
-        torch 2.14's CPU backward of a stride-2 1x1 convolution in channels_last crashed
-        (heap corruption) with two threads, odd batch sizes and fewer than 16 channels,
-        which these small networks have (the last batch of a fold is often odd)."""
-        flags = self.common()
-        if self.threads > 1 and str(self.state.get("device", "cpu")).startswith("cpu"):
-            flags += ["--channels_last", "False"]
-        return flags
+        """Flags of the training engine (the engine itself keeps networks that torch's
+        multi-threaded CPU channels_last backward crashes on in the contiguous layout)."""
+        return self.common()
 
     def start_flags(self, stage_dir: str, marker: str) -> list[str]:
         """``--resume DIR`` for an interrupted stage that left ``marker`` behind when the

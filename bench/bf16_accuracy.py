@@ -27,6 +27,7 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
+from nas.checkpoint import atomic_write_text
 from nas.cli import ArgumentParser, run as cli_run
 from nas.utils import resolve_device
 
@@ -112,7 +113,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     text = json.dumps(res, indent=1)
     print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+        atomic_write_text(text + "\n", args.out)
     return res
 
 

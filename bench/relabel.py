@@ -39,6 +39,7 @@ if __package__ in (None, ""):
 
 import torch
 
+from nas.checkpoint import atomic_write_text
 from nas.cli import ArgumentParser, run as cli_run
 from nas.fes import DEFAULT_FES
 from nas.relabel import relabel, relabel_loop
@@ -193,7 +194,7 @@ def main(args: argparse.Namespace) -> dict:
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+        atomic_write_text(text + "\n", args.out)
     return result
 
 

@@ -13,6 +13,8 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["nas", "nas.*"]),
+    package_data={"nas.models": ["published/*.json"]},
+    entry_points={"console_scripts": ["fernas = nas.apps:main"]},
     python_requires=">=3.10",
     install_requires=["torch", "torchvision", "numpy", "pandas", "scipy", "pyyaml", "tqdm"],
     extras_require={"test": ["pytest", "hypothesis"], "plots": ["matplotlib"]},

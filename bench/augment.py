@@ -30,10 +30,10 @@ if __package__ in (None, ""):
 
 import torch
 
-from nas.cli import ArgumentParser, run as cli_run
+from nas.runtime.cli import ArgumentParser, run as cli_run
 from nas.data.augment import BatchAugment
 from nas.data.loader import BatchSampler
-from nas.utils import resolve_device
+from nas.runtime.device import resolve_device
 
 
 def _images(n: int, seed: int = 0) -> torch.Tensor:

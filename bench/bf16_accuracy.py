@@ -27,9 +27,9 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
-from nas.checkpoint import atomic_write_text
-from nas.cli import ArgumentParser, run as cli_run
-from nas.utils import resolve_device
+from nas.runtime.checkpoint import atomic_write_text
+from nas.runtime.cli import ArgumentParser, run as cli_run
+from nas.runtime.device import resolve_device
 
 
 def synthfer_data(n_train: int, n_test: int, seed: int = 0):
@@ -47,10 +47,10 @@ def synthfer_data(n_train: int, n_test: int, seed: int = 0):
 
 def train_once(data: Any, device: torch.device, *, amp: bool, arch: str, init_channels: int, layers: int,
                epochs: int, batch_size: int, seed: int) -> dict[str, Any]:
-    from nas.checkpoint import RunDir
+    from nas.runtime.checkpoint import RunDir
     from nas.models import build_model
-    from nas.train import TrainConfig, Trainer
-    from nas.utils import seed_everything
+    from nas.engine.trainer import TrainConfig, Trainer
+    from nas.runtime.seeds import seed_everything
 
     seed_everything(seed)
     model = build_model(arch, init_channels=init_channels, layers=layers, drop_path_prob=0.1)

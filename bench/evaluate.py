@@ -33,8 +33,8 @@ if __package__ in (None, ""):
 
 import torch
 
-from nas.cli import ArgumentParser, run as cli_run
-from nas.utils import resolve_device
+from nas.runtime.cli import ArgumentParser, run as cli_run
+from nas.runtime.device import resolve_device
 
 MEAN, STD, CROP = 0.5, 0.25, 44
 
@@ -107,7 +107,7 @@ def run(device: str = "cpu", quick: bool = False, *, arch: str = "FER_V1", init_
         n: int | None = None, batch_size: int = 64, rounds: int | None = None) -> dict[str, Any]:
     """Measure and return the figures as a dict (see the module docstring). ``quick``
     scores 16 images in one round (about 30 s for FER_V1 C36 L12 on a 2-core CPU)."""
-    from nas.evaluate import predict
+    from nas.engine.evaluate import predict
     from nas.models import build_model
 
     dev = resolve_device(device)

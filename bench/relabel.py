@@ -39,11 +39,11 @@ if __package__ in (None, ""):
 
 import torch
 
-from nas.checkpoint import atomic_write_text
-from nas.cli import ArgumentParser, run as cli_run
+from nas.runtime.checkpoint import atomic_write_text
+from nas.runtime.cli import ArgumentParser, run as cli_run
 from nas.fes import DEFAULT_FES
-from nas.relabel import relabel, relabel_loop
-from nas.utils import resolve_device
+from nas.relabel.rules import relabel, relabel_loop
+from nas.runtime.device import resolve_device
 
 THRESHOLD = 0.2
 FES_THRESHOLD = 0.03

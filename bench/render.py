@@ -29,18 +29,18 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
-from nas.cli import ArgumentParser, run as cli_run
+from nas.runtime.cli import ArgumentParser, run as cli_run
 
 
 def _params(n: int, seed: int = 0) -> dict[str, np.ndarray]:
-    from nas.data.synthfer_render import sample_params
+    from nas.data.synthfer.render_v1 import sample_params
 
     rng = np.random.default_rng(seed)
     return sample_params(rng, rng.integers(0, 7, n), difficulty=1.0, style="fer")
 
 
 def _rate(params: dict[str, np.ndarray], chunk: int) -> float:
-    from nas.data.synthfer_render import draw
+    from nas.data.synthfer.render_v1 import draw
 
     n = len(params["skin"])
     t0 = time.perf_counter()

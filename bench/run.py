@@ -50,9 +50,9 @@ if __package__ in (None, ""):
 
 import torch
 
-from nas.cli import ArgumentParser, run as cli_run
-from nas.errors import FerNasError
-from nas.utils import resolve_device
+from nas.runtime.cli import ArgumentParser, run as cli_run
+from nas.runtime.errors import FerNasError
+from nas.runtime.device import resolve_device
 
 BENCHES = ("search", "train", "evaluate", "augment", "relabel", "render")
 # Targets of issue 8 on CPU (a ratio fast / naive at or above the figure); None: none set.
@@ -294,7 +294,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     doc = run_suite(args.device, args.quick, only, args.threads)
     text = json.dumps(doc, indent=1)
     if args.out:
-        from nas.checkpoint import atomic_write_text
+        from nas.runtime.checkpoint import atomic_write_text
 
         atomic_write_text(text + "\n", Path(args.out))
     print(text)

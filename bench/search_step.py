@@ -45,11 +45,11 @@ if __package__ in (None, ""):
 
 import torch
 
-from nas.architect import Architect
-from nas.cli import ArgumentParser, run as cli_run
-from nas.search import search_step
-from nas.supernet import PRUNED, SearchNetwork, node_edge_ranges
-from nas.utils import resolve_device
+from nas.search.architect import Architect
+from nas.runtime.cli import ArgumentParser, run as cli_run
+from nas.search.searcher import search_step
+from nas.search.supernet import PRUNED, SearchNetwork, node_edge_ranges
+from nas.runtime.device import resolve_device
 
 PHASES = ("start", "mid", "late")
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nas.cli import ArgumentParser, run
+from nas.runtime.cli import ArgumentParser, run
 from nas.data.dataset import FER_CLASSES
 from nas.data.synthfer import FER_TRAIN_COUNTS, render
 

@@ -70,8 +70,8 @@ def _reset_peak(device: torch.device) -> None:
 def make_fast(arch: str, device: torch.device, batch_size: int, *, init_channels: int, layers: int,
               channels_last: bool | None = None, amp: bool | None = None, compile: bool = False):
     """The trainer's own step as a closure ``step(i)`` plus its settings."""
-    from nas.checkpoint import RunDir
-    from nas.train import TrainConfig, Trainer
+    from nas.runtime.checkpoint import RunDir
+    from nas.engine.trainer import TrainConfig, Trainer
 
     data = _synthetic_data(batch_size * 4 + 16, "cpu")
     cfg = TrainConfig(epochs=1, batch_size=batch_size, cutout=True, channels_last=channels_last, amp=amp,
@@ -163,7 +163,7 @@ def run(device: str = "cpu", quick: bool = False, arch: str = "FER_V1", batch_si
     """Measure the trainer's step and the naive step (and, on CPU, layout variants and,
     with ``thread_variants``, half the threads too); return JSON-ready figures.
     ``ratio`` = fast (the trainer's defaults) / naive."""
-    from nas.utils import resolve_device
+    from nas.runtime.device import resolve_device
 
     dev = resolve_device(device)
     if steps is None:
@@ -179,7 +179,7 @@ def run(device: str = "cpu", quick: bool = False, arch: str = "FER_V1", batch_si
     threads0 = torch.get_num_threads()
     variants: dict[str, tuple] = {"naive": (*make_naive(arch, dev, batch_size, **kw), threads0)}
     if dev.type == "cpu":
-        from nas.train import TrainConfig
+        from nas.engine.trainer import TrainConfig
 
         default_cl = TrainConfig().channels_last in (None, True)  # the trainer's CPU default
         for threads in sorted({threads0, max(1, threads0 // 2) if thread_variants else threads0}, reverse=True):
@@ -215,7 +215,7 @@ def run(device: str = "cpu", quick: bool = False, arch: str = "FER_V1", batch_si
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from nas.cli import ArgumentParser
+    from nas.runtime.cli import ArgumentParser
 
     p = ArgumentParser(prog="bench/train_step.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
@@ -239,6 +239,6 @@ def main(a: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    from nas.cli import run as cli_run
+    from nas.runtime.cli import run as cli_run
 
     cli_run(main, get_args_parser())

@@ -43,6 +43,7 @@ out, and a prediction of a class the data lacks (neutral) counts as wrong;
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -53,11 +54,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from nas.errors import FerNasError
+from nas.data.dataset import FERData
+from nas.engine.session import Session
+from nas.engine.trainer import TrainConfig
+from nas.runtime.checkpoint import RunDir
+from nas.runtime.distributed import DistInfo
+from nas.runtime.errors import FerNasError
 
 __all__ = ["REFERENCE_BLOCKS", "REFERENCE_COUNTS", "REFERENCE_FOLDERS", "HEADS", "Fold", "subject_folds",
            "reference_folds", "loso_folds", "fold_report", "head_keys", "prepare_model", "fold_dataset",
-           "direct_scores", "cross_validate", "mean_std", "add_crossdata_args", "main_crossdata"]
+           "direct_scores", "cross_validate", "mean_std", "add_crossdata_args", "checked_checkpoint", "run_crossdata",
+           "CROSSVAL_KIND"]
 
 #: The reference's CK+48 class order (its h5 file: folders in this order, files sorted by name).
 REFERENCE_FOLDERS = ("anger", "disgust", "fear", "happy", "sadness", "surprise", "contempt")
@@ -219,7 +226,7 @@ def prepare_model(path: str | Path, classes: Sequence[str], head: str = "keep", 
     checkpoint's *neutral* where the data has *contempt*). ``reinit``: the classifier(s)
     start fresh (seeded) with ``len(classes)`` outputs. Returns ``(model, checkpoint,
     description of the mapping)``."""
-    from nas.evaluate import load_model_from_checkpoint
+    from nas.engine.evaluate import load_model_from_checkpoint
     from nas.models import model_from_spec
 
     if head not in HEADS:
@@ -253,7 +260,7 @@ def prepare_model(path: str | Path, classes: Sequence[str], head: str = "keep", 
     return fresh.to(device), ckpt, f"classifier re-initialised ({len(drop)} tensors, {len(classes)} classes)"
 
 
-def fold_dataset(data: Any, fold: Fold) -> Any:
+def fold_dataset(data: FERData, fold: Fold) -> FERData:
     """The fold as a dataset: its training part as Training, its held-out part as PrivateTest
     (no PublicTest, so the engine reports the last epoch, not one chosen on the test part)."""
     from nas.data.dataset import SPLITS
@@ -302,8 +309,9 @@ def _pct(num: float, den: float) -> float:
 
 
 # ----------------------------------------------------------------------------- the loop
-def cross_validate(checkpoint: str | Path, data: Any, folds: Sequence[Fold], run: Any, *, finetune: bool = True,
-                   cfg: Any = None, head: str = "keep", dist: Any = None, tta: str = "center",
+def cross_validate(checkpoint: str | Path, data: FERData, folds: Sequence[Fold], run: RunDir, *,
+                   finetune: bool = True, cfg: TrainConfig | None = None, head: str = "keep",
+                   dist: DistInfo | None = None, tta: str = "center",
                    batch_size: int = 256, seed: int = 0, verbose: bool = False, fold_label: str = "fold",
                    csv_name: str = "folds.csv", keep_checkpoints: bool = False, resume: bool = False,
                    args: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -315,9 +323,9 @@ def cross_validate(checkpoint: str | Path, data: Any, folds: Sequence[Fold], run
     fold a ``fold_<name>/`` run directory (metrics.csv, log.txt, results.json, the held-out
     predictions ``heldout.pt``; checkpoints only with ``keep_checkpoints``). With ``resume``,
     finished folds are read back and an interrupted fold continues from its last.pt."""
-    from nas.checkpoint import atomic_save, atomic_write_text, json_safe, safe_load, write_csv
-    from nas.distributed import single_process
-    from nas.evaluate import checkpoint_norm, load_model_from_checkpoint, predict
+    from nas.runtime.checkpoint import atomic_save, atomic_write_text, json_safe, safe_load, write_csv
+    from nas.runtime.distributed import single_process
+    from nas.engine.evaluate import checkpoint_norm, load_model_from_checkpoint, predict
 
     dist = dist or single_process("cpu")
     device = dist.device
@@ -411,7 +419,7 @@ def cross_validate(checkpoint: str | Path, data: Any, folds: Sequence[Fold], run
                   [{"true\\pred": c, **{p: int(cm[i, j]) for j, p in enumerate(col_names)}}
                    for i, c in enumerate(data_classes)], ["true\\pred", *col_names])
         atomic_write_text(json.dumps(json_safe(results), indent=2) + "\n", run.file("results.json"))
-        from nas.report import have_matplotlib, plot_confusion
+        from nas.engine.report import have_matplotlib, plot_confusion
 
         if have_matplotlib() and cm.shape[0] == cm.shape[1]:
             plot_confusion(cm, data_classes, run.file("confusion.png"),
@@ -434,26 +442,23 @@ def summary(results: Mapping[str, Any], fold_label: str = "fold") -> str:
     return line
 
 
-def _finetune_fold(checkpoint: str | Path, data: Any, fold: Fold, fdir: Path, *, cfg: Any, head: str, dist: Any,
-                   seed: int, verbose: bool, tta: str, batch_size: int, resume: bool,
+def _finetune_fold(checkpoint: str | Path, data: FERData, fold: Fold, fdir: Path, *, cfg: TrainConfig, head: str,
+                   dist: DistInfo, seed: int, verbose: bool, tta: str, batch_size: int, resume: bool,
                    args: Mapping[str, Any] | None) -> tuple[torch.Tensor, dict[str, Any], str]:
     from dataclasses import replace as dc_replace
 
-    from nas.checkpoint import RunDir
-    from nas.evaluate import checkpoint_norm, predict
-    from nas.train import Trainer
+    from nas.engine.evaluate import checkpoint_norm, predict
+    from nas.engine.trainer import Trainer
 
     model, ckpt, mapping = prepare_model(checkpoint, data.classes, head, seed=seed)
     mean, std, crop = checkpoint_norm(ckpt)
-    if dist.enabled:  # same start everywhere, different dropout / drop-path masks per rank
-        torch.manual_seed(seed + 1_000_003 * dist.rank)
     fdata = fold_dataset(data, fold)
     can_resume = resume and (fdir / "last.pt").is_file()
     frun = RunDir(fdir, resume=can_resume, force=not can_resume, enabled=dist.is_main, quiet=not verbose)
     fcfg = dc_replace(cfg, crop=crop, tta=tta, eval_batch_size=batch_size, seed=int(seed))
     spec_arch = (ckpt.get("model_spec") or {}).get("arch", "model")
     trainer = Trainer(model, fdata, fcfg, frun, dist=dist, norm=(mean, std),
-                      args={**dict(args or {}), "arch": spec_arch, "fold": fold.name})
+                      args={**dict(args or {}), "arch": spec_arch, "fold": fold.name}, stage="crossdata-fold")
     if can_resume:
         trainer.resume(fdir)
     res = trainer.fit()
@@ -471,7 +476,7 @@ def _confusion(pred: torch.Tensor, true: torch.Tensor, n_rows: int, n_cols: int)
 
 def _plot_rect_confusion(cm: torch.Tensor, rows: Sequence[str], cols: Sequence[str], path: Path, title: str) -> None:
     """Rows: the data's classes; columns: the model's (a direct test across label sets)."""
-    from nas.report import _plt, _save
+    from nas.engine.report import _plt, _save
 
     plt = _plt()
     cm = cm.double()
@@ -493,13 +498,14 @@ def _plot_rect_confusion(cm: torch.Tensor, rows: Sequence[str], cols: Sequence[s
 
 
 # ----------------------------------------------------------------------------- the scripts
-def add_crossdata_args(parser: Any, *, kind: str) -> Any:
+def add_crossdata_args(parser: argparse.ArgumentParser, *, kind: str) -> argparse.ArgumentParser:
     """Flags of test_ck48.py (``kind="ck48"``) and test_jaffe.py (``kind="jaffe"``): the
     checkpoint, the data, the fine-tuning recipe (the reference's defaults: 60 epochs,
     learning rate 0.01794073, batch 64) and the engine's training flags."""
-    from nas.cli import int_list
     from nas.data import add_data_args
-    from nas.train import add_train_args
+    from nas.engine.session import add_session_args
+    from nas.engine.trainer import add_train_args
+    from nas.runtime.cli import int_list
 
     parser.add_argument("--config", default=None, help="YAML file of flag values (command-line flags override it)")
     parser.add_argument("--checkpoint", default=None, help="a .pt checkpoint, or a run folder (its best.pt); required "
@@ -528,118 +534,87 @@ def add_crossdata_args(parser: Any, *, kind: str) -> Any:
     parser.add_argument("--verbose", action="store_true", help="print every fold's epoch lines")
     add_data_args(parser, synth_format=kind)
     add_train_args(parser, epochs=60, learning_rate=0.01794073, batch_size=64, snapshot_at=[])
+    add_session_args(parser)
     return parser
 
 
-def _resumed(args: Any) -> Any:
-    """``--resume RUN``: the flags in RUN/config.yaml, except those a resume may change."""
-    import argparse
-
-    import yaml
-
-    from nas.train import RESUME_OVERRIDES
-
-    p = Path(args.resume)
-    cfg_file = p / "config.yaml"
-    if not cfg_file.is_file():
-        raise FerNasError(f"{p}: nothing to resume (no config.yaml)")
-    try:
-        saved = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError:
-        raise FerNasError(f"{cfg_file}: invalid YAML") from None
-    if not isinstance(saved, dict):
-        raise FerNasError(f"{cfg_file}: not a mapping of flags")
-    merged = {**vars(args), **{k: v for k, v in saved.items() if k in vars(args)}}
-    for k in RESUME_OVERRIDES:
-        merged[k] = getattr(args, k, None)
-    if getattr(args, "data", None):
-        merged["data"] = args.data
-    merged["resume"], merged["save"] = str(p), str(p)
-    return argparse.Namespace(**merged)
+CROSSVAL_KIND = "fer-nas-crossval"
 
 
-def _open_run(path: Path, *, resume: bool, force: bool, enabled: bool) -> Any:
-    from nas.checkpoint import RunDir
+def checked_checkpoint(args: argparse.Namespace, kind: str) -> dict[str, Any] | None:
+    """Before a new run: ``--checkpoint`` is given, loads, and (for fine-tuning) its head
+    fits the data's classes; returns the checkpoint (None on resume)."""
+    from nas.data.ck48 import CK48_CLASSES
+    from nas.data.dataset import FER_CLASSES
+    from nas.engine.evaluate import load_model_from_checkpoint
 
-    if not resume:
-        return RunDir(path, force=force, enabled=enabled)
-    # a cross-validation folder holds no last.pt of its own (its folds do): reopen it as it is
-    run = RunDir(path, enabled=False)
-    run.enabled = enabled
-    return run
+    if args.resume:
+        return None
+    if not args.checkpoint:
+        raise FerNasError("--checkpoint PATH is required (a .pt file or a run folder), or --resume RUN_DIR")
+    _, ckpt = load_model_from_checkpoint(args.checkpoint, "cpu")
+    finetune = (not args.no_finetune) if kind == "ck48" else args.finetune == "loso"
+    if finetune:
+        prepare_model(args.checkpoint, list(CK48_CLASSES if kind == "ck48" else FER_CLASSES), args.head,
+                      seed=args.seed)
+    return ckpt
 
 
-def main_crossdata(args: Any, kind: str) -> dict[str, Any]:
-    """The body of test_ck48.py / test_jaffe.py."""
-    import time
-
+def run_crossdata(s: Session, kind: str, ckpt: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The body of test_ck48.py (``kind="ck48"``) / test_jaffe.py (``kind="jaffe"``) in a
+    session. The run folder's own ``last.pt`` holds the flags (what ``--resume`` takes
+    back); finished folds are reused on resume and an interrupted one continues."""
     from nas.data import open_data_from_args
     from nas.data.ck48 import CK48_CLASSES
     from nas.data.dataset import FER_CLASSES
-    from nas.distributed import broadcast_object, cleanup, init_distributed
-    from nas.evaluate import load_model_from_checkpoint
-    from nas.train import config_from_args
-    from nas.utils import resolve_device, seed_everything
+    from nas.engine.trainer import config_from_args
+    from nas.runtime.checkpoint import safe_load
 
-    if args.resume:
-        args = _resumed(args)
-    if not args.checkpoint:
-        raise FerNasError("--checkpoint PATH is required (a .pt file or a run folder), or --resume RUN_DIR")
+    args, run, dist = s.args, s.run, s.dist
     finetune = (not args.no_finetune) if kind == "ck48" else args.finetune == "loso"
-    # the checkpoint first: a bad file fails in one line before any data work
-    _, ckpt = load_model_from_checkpoint(args.checkpoint, "cpu")
+    if ckpt is None:
+        ckpt = safe_load(args.checkpoint)
+    if s.state is None:
+        run.save("last.pt", {"kind": CROSSVAL_KIND, "stage": kind, "args": {k: v for k, v in vars(args).items()},
+                             "epoch": 0, "step": 0})
     expected = list(CK48_CLASSES if kind == "ck48" else FER_CLASSES)
-    if finetune:
-        prepare_model(args.checkpoint, expected, args.head, seed=args.seed)
-    device = resolve_device(args.device)
-    dist = init_distributed(device)
-    try:
-        if args.save is None and not args.resume:
-            stamp = broadcast_object(time.strftime("%Y%m%d-%H%M%S"))
-            args.save = f"runs/{'ck48' if kind == 'ck48' else 'jaffe'}-{stamp}"
-        run = _open_run(Path(args.save), resume=bool(args.resume), force=args.force, enabled=dist.is_main)
-        if not args.resume:
-            run.write_config(args)
-        seed_everything(args.seed)
-        data = open_data_from_args(args)
-        if data.subjects is None:
-            raise FerNasError(f"{data.source}: the {data.format} reader gives no subject ids; "
-                              f"{'CK+ folds' if kind == 'ck48' else 'JAFFE subjects'} need them")
-        if finetune and list(data.classes) != expected and args.head == "keep":
-            prepare_model(args.checkpoint, data.classes, "keep")  # raises with the mismatch named
-        n = len(data)
-        if kind == "ck48":
-            if args.protocol == "subject":
-                folds = subject_folds(data.subjects, data.labels, args.folds, seed=args.fold_seed,
-                                      num_classes=len(data.classes))
-            else:
-                keys = data.meta.get("files") or [str(i) for i in range(n)]
-                folds = reference_folds(data.labels, keys, args.folds, subjects=data.subjects)
-            if args.only_folds:
-                bad = [f for f in args.only_folds if not 1 <= f <= len(folds)]
-                if bad:
-                    raise FerNasError(f"--only_folds {bad[0]}: folds are numbered 1..{len(folds)}")
-                folds = [folds[i - 1] for i in sorted(set(args.only_folds))]
-            label, csv_name = "fold", "folds.csv"
-            extra = {"protocol": args.protocol, "fold_seed": args.fold_seed,
-                     "coverage": fold_report(folds, n, data.subjects)}
+    data = open_data_from_args(args)
+    if data.subjects is None:
+        raise FerNasError(f"{data.source}: the {data.format} reader gives no subject ids; "
+                          f"{'CK+ folds' if kind == 'ck48' else 'JAFFE subjects'} need them")
+    if finetune and list(data.classes) != expected and args.head == "keep":
+        prepare_model(args.checkpoint, data.classes, "keep")  # raises with the mismatch named
+    n = len(data)
+    if kind == "ck48":
+        if args.protocol == "subject":
+            folds = subject_folds(data.subjects, data.labels, args.folds, seed=args.fold_seed,
+                                  num_classes=len(data.classes))
         else:
-            folds = loso_folds(data.subjects, args.subjects)
-            label, csv_name = "subject", "subjects.csv"
-            extra = {"protocol": "leave-one-subject-out" if finetune else "direct test, per subject",
-                     "coverage": fold_report(folds, n, data.subjects)}
-        cov = extra["coverage"]
-        run.log(f"{data.source}: {n} images, {len(set(data.subjects))} subjects, {len(folds)} {label}s "
-                f"({extra['protocol']}); never tested {cov['never_tested']}, tested more than once "
-                f"{cov['tested_more_than_once']}, {label}s with a subject on both sides "
-                f"{len(cov['folds_with_subject_leakage'])}")
-        cfg = config_from_args(args, eval_every=args.eval_every or args.epochs, snapshot_at=[])
-        extra.update(seed=args.seed, epochs=args.epochs if finetune else 0,
-                     learning_rate=args.learning_rate if finetune else None, world_size=dist.world_size,
-                     checkpoint_epoch=ckpt.get("epoch"))
-        return cross_validate(args.checkpoint, data, folds, run, finetune=finetune, cfg=cfg, head=args.head,
-                              dist=dist, tta=args.tta, seed=args.seed, verbose=args.verbose, fold_label=label,
-                              csv_name=csv_name, keep_checkpoints=args.keep_checkpoints, resume=bool(args.resume),
-                              args=vars(args), extra=extra)
-    finally:
-        cleanup()
+            keys = data.meta.get("files") or [str(i) for i in range(n)]
+            folds = reference_folds(data.labels, keys, args.folds, subjects=data.subjects)
+        if args.only_folds:
+            bad = [f for f in args.only_folds if not 1 <= f <= len(folds)]
+            if bad:
+                raise FerNasError(f"--only_folds {bad[0]}: folds are numbered 1..{len(folds)}")
+            folds = [folds[i - 1] for i in sorted(set(args.only_folds))]
+        label, csv_name = "fold", "folds.csv"
+        extra = {"protocol": args.protocol, "fold_seed": args.fold_seed,
+                 "coverage": fold_report(folds, n, data.subjects)}
+    else:
+        folds = loso_folds(data.subjects, args.subjects)
+        label, csv_name = "subject", "subjects.csv"
+        extra = {"protocol": "leave-one-subject-out" if finetune else "direct test, per subject",
+                 "coverage": fold_report(folds, n, data.subjects)}
+    cov = extra["coverage"]
+    run.log(f"{data.source}: {n} images, {len(set(data.subjects))} subjects, {len(folds)} {label}s "
+            f"({extra['protocol']}); never tested {cov['never_tested']}, tested more than once "
+            f"{cov['tested_more_than_once']}, {label}s with a subject on both sides "
+            f"{len(cov['folds_with_subject_leakage'])}")
+    cfg = config_from_args(args, eval_every=args.eval_every or args.epochs, snapshot_at=[])
+    extra.update(seed=args.seed, epochs=args.epochs if finetune else 0,
+                 learning_rate=args.learning_rate if finetune else None, world_size=dist.world_size,
+                 checkpoint_epoch=ckpt.get("epoch"))
+    return cross_validate(args.checkpoint, data, folds, run, finetune=finetune, cfg=cfg, head=args.head,
+                          dist=dist, tta=args.tta, seed=args.seed, verbose=args.verbose, fold_label=label,
+                          csv_name=csv_name, keep_checkpoints=args.keep_checkpoints, resume=s.state is not None,
+                          args=vars(args), extra=extra)

@@ -44,7 +44,9 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from nas.errors import FerNasError
+from nas.data.dataset import FERData
+from nas.runtime.checkpoint import RunDir
+from nas.runtime.errors import FerNasError
 
 __all__ = ["METHODS", "Member", "Outputs", "load_member", "member_outputs", "fit_weights", "combine",
            "ensemble_scores", "greedy_select", "accuracy_of", "run_ensemble", "parse_member_names"]
@@ -94,7 +96,7 @@ def load_member(name: str, device: torch.device | str = "cpu", layers: int | Non
     """Load checkpoint file or run directory ``name`` (a folder: its best.pt, else last.pt).
     ``layers``, when given, must match the cell count the checkpoint records (baselines have
     none and are not checked)."""
-    from nas.evaluate import checkpoint_norm, load_model_from_checkpoint
+    from nas.engine.evaluate import checkpoint_norm, load_model_from_checkpoint
     from nas.models import count_parameters
 
     model, ckpt = load_model_from_checkpoint(name, device)
@@ -122,8 +124,8 @@ def member_outputs(member: Member, images: torch.Tensor, *, tta: str = "center",
     """Logits and probabilities of ``member`` on uint8 ``images`` (N×1×H×W), each averaged
     over the views of ``tta`` (the probabilities equal :func:`nas.evaluate.predict`'s)."""
     from nas.data.augment import eval_views
-    from nas.evaluate import TTA_MODES
-    from nas.utils import autocast
+    from nas.engine.evaluate import TTA_MODES
+    from nas.runtime.device import autocast
 
     if tta not in TTA_MODES:
         raise FerNasError(f"--tta {tta!r}: choose from {', '.join(TTA_MODES)}")
@@ -261,7 +263,7 @@ def greedy_select(method: str, val_logits: torch.Tensor, val_probs: torch.Tensor
 
 
 # ----------------------------------------------------------------------------- the run
-def run_ensemble(names: Sequence[str], data: Any, run: Any, *, method: str = "softmax", greedy: bool = False,
+def run_ensemble(names: Sequence[str], data: FERData, run: RunDir, *, method: str = "softmax", greedy: bool = False,
                  replacement: bool = True, greedy_steps: int = 25, tta: str = "center", layers: int | None = None,
                  device: torch.device | str = "cpu", batch_size: int = 256,
                  members: Sequence[Member] | None = None) -> dict[str, Any]:
@@ -269,9 +271,9 @@ def run_ensemble(names: Sequence[str], data: Any, run: Any, *, method: str = "so
     table and write ``ensemble.csv``, ``methods.csv``, ``confusion.csv``/``.png``,
     ``predictions.pt`` and ``results.json`` into ``run`` (a :class:`nas.checkpoint.RunDir`).
     Returns the results dict."""
-    from nas.checkpoint import atomic_save, atomic_write_text, json_safe, write_csv
+    from nas.runtime.checkpoint import atomic_save, atomic_write_text, json_safe, write_csv
     from nas.data.dataset import SPLITS
-    from nas.evaluate import confusion_matrix, per_class_metrics
+    from nas.engine.evaluate import confusion_matrix, per_class_metrics
 
     if method not in METHODS:
         raise FerNasError(f"--method {method!r}: choose from {', '.join(METHODS)}")
@@ -352,7 +354,7 @@ def run_ensemble(names: Sequence[str], data: Any, run: Any, *, method: str = "so
                   [{"true\\pred": c, **{p: int(cm[i, j]) for j, p in enumerate(classes)}} for i, c in enumerate(classes)],
                   ["true\\pred", *classes])
         write_csv(run.file("per_class.csv"), per_class, ["class", "precision", "recall", "f1", "support"])
-        from nas.report import have_matplotlib, plot_confusion
+        from nas.engine.report import have_matplotlib, plot_confusion
 
         if have_matplotlib():
             plot_confusion(cm, classes, run.file("confusion.png"),

@@ -51,9 +51,9 @@ def run_inprocess(script: str, argv: Sequence[object]) -> subprocess.CompletedPr
     """The script's own entry (``nas.cli.run(main, get_args_parser(), argv)``) in this process:
     the same code path as the command line without paying a torch import per case. ``script``
     is a file at the repository root (``search.py``) or a module with ``main``/``get_args_parser``
-    (``nas.data.__main__``)."""
+    (``nas.apps.inspect``)."""
     mod = importlib.import_module(Path(script).stem if script.endswith(".py") else script)
-    from nas.cli import run
+    from nas.runtime.cli import run
 
     out, err = io.StringIO(), io.StringIO()
     code: object = 0

@@ -2,9 +2,9 @@
 (in the contiguous layout) and trains with finite gradients."""
 import torch
 
-from nas.checkpoint import RunDir
-from nas.train import Trainer
-from nas.utils import autocast
+from nas.runtime.checkpoint import RunDir
+from nas.engine.trainer import Trainer
+from nas.runtime.device import autocast
 from tests.test_train import cfg, make_data, tiny_model
 
 

@@ -7,7 +7,7 @@ import torchvision.transforms.functional as TF
 
 from nas.data.augment import BatchAugment, affine_crop, crop_flip, eval_views, normalize
 from nas.data.loader import BatchSampler, class_balanced_weights, stratified_split
-from nas.errors import FerNasError
+from nas.runtime.errors import FerNasError
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

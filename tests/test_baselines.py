@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from nas.baselines import BASELINES, CNNDeep, CNNShallow, ResNetFer, VGGFer
+from nas.models.baselines import BASELINES, CNNDeep, CNNShallow, ResNetFer, VGGFer
 
 
 

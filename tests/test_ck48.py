@@ -15,13 +15,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from nas.checkpoint import read_csv_rows, safe_load
+from nas.runtime.checkpoint import read_csv_rows, safe_load
 from nas.crossdata import (REFERENCE_BLOCKS, REFERENCE_COUNTS, direct_scores, fold_report, head_keys, prepare_model,
                            reference_folds, subject_folds)
 from nas.data import load_dataset
 from nas.data.ck48 import CK48_CLASSES
 from nas.data.dataset import FER_CLASSES
-from nas.errors import FerNasError
+from nas.runtime.errors import FerNasError
 from tests.cli_util import assert_one_line_error, run_inprocess
 from tests.xdata_util import export, make_checkpoint, with_classes
 
@@ -197,7 +197,7 @@ def test_two_fold_finetuning_run_writes_consistent_files(ck):
 
 
 def test_direct_test_and_reference_protocol(ck):
-    from nas.evaluate import checkpoint_norm, load_model_from_checkpoint, predict
+    from nas.engine.evaluate import checkpoint_norm, load_model_from_checkpoint, predict
 
     root, ckpt, ck_dir, data = ck
     out = root / "direct"
@@ -247,7 +247,7 @@ def _worker(rank: int, world: int, port: int, ckpt: str, data: str, out: str) ->
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     import test_ck48
-    from nas.cli import parse_args
+    from nas.runtime.cli import parse_args
 
     args = parse_args(test_ck48.get_args_parser(),
                       ["--checkpoint", ckpt, "--data", data, "--folds", "2", "--epochs", "1", "--batch_size", "8",

@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nas.cli import run
-from nas.data.__main__ import get_args_parser, main
+from nas.runtime.cli import run
+from nas.apps.inspect import get_args_parser, main
 from tests.fer_files import (FERPLUS_HEADER, random_images, save_png, small_fer2013, write_ck48,
                              write_fer2013_csv, write_jaffe)
 
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def inspect_json(capsys, *args) -> dict:
     capsys.readouterr()
-    run(main, get_args_parser(), ["inspect", *map(str, args)])
+    run(main, get_args_parser(), [*map(str, args)])
     out = capsys.readouterr().out
     assert len(out.strip().splitlines()) == 1  # one JSON object on one line
     return json.loads(out)

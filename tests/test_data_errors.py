@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nas.data import load_dataset
-from nas.errors import FerNasError
+from nas.runtime.errors import FerNasError
 from tests.fer_files import FERPLUS_HEADER, random_images, save_png, small_fer2013, write_ck48, write_fer2013_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,14 +22,14 @@ def inspect(*args: str) -> subprocess.CompletedProcess:
 
 
 def inspect_here(capsys, *args: str) -> subprocess.CompletedProcess:
-    """The same CLI entry (``nas.cli.run`` over the module's parser and main) in this process."""
-    from nas.cli import run
-    from nas.data.__main__ import get_args_parser, main
+    """The same CLI entry (``nas.runtime.cli.run`` over the app's parser and main) in this process."""
+    from nas.runtime.cli import run
+    from nas.apps.inspect import get_args_parser, main
 
     capsys.readouterr()
     code = 0
     try:
-        run(main, get_args_parser(), ["inspect", *map(str, args)])
+        run(main, get_args_parser(), [*map(str, args)])
     except SystemExit as e:
         code = e.code
     out = capsys.readouterr()

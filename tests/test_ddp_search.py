@@ -23,33 +23,29 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), FERNAS_GENOTYPES=str(Path(out) / f"genos_rank{rank}"))
     torch.set_num_threads(1)
-    from nas.distributed import cleanup, init_distributed
-    from nas.search import Searcher
-    from tests.test_search import SGAS_FLAGS, tiny_args, tiny_data
-
-    class Recording(Searcher):
-        """Records the dataset indices each rank's batches hold."""
-
-        seen: list[tuple[int, list[int]]]
-
-        def _batch(self, idx):
-            x, y = super()._batch(idx)
-            self.seen.append((self.epoch, idx[self.rank::self.world].tolist()))
-            return x, y
+    from nas.runtime.distributed import cleanup, init_distributed
+    from tests.test_search import SGAS_FLAGS, searcher, tiny_args, tiny_data
 
     info = init_distributed("cpu")
     try:
         assert info.world_size == world and dist.get_backend() == "gloo"
         # per-rank batch 4: the global batch of 8 matches the single-process tiny searches
         args = tiny_args(Path(out) / f"run_rank{rank}", *SGAS_FLAGS, "--batch_size", "4", "--export", "DDP_1")
-        s = Recording(args, tiny_data(112))
-        s.seen = []
+        s = searcher(args, tiny_data(112))
+        seen: list[tuple[int, list[int]]] = []  # the dataset indices each rank's batches hold
+        real_batch = s.objective._batch
+
+        def recording(idx, gen):
+            seen.append((s.loop.epoch, idx[rank::world].tolist()))
+            return real_batch(idx, gen)
+
+        s.objective._batch = recording
         arch0 = [p.detach().clone() for p in s.model.arch_parameters()]
         res = s.run()
         torch.save({"model": {k: v.clone() for k, v in s.model.state_dict().items()},
                     "arch": [p.detach().clone() for p in s.model.arch_parameters()], "arch0": arch0,
                     "edge_state": {k: list(map(int, v)) for k, v in s.model.edge_state.items()},
-                    "genotype": res["genotype"], "seen": s.seen, "w_idx": s.w_idx.tolist(),
+                    "genotype": res["genotype"], "seen": seen, "w_idx": s.w_idx.tolist(),
                     "arch_idx": s.arch_idx.tolist(), "complete": res["complete"]},
                    Path(out) / f"rank{rank}.pt")
     finally:

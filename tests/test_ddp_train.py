@@ -33,9 +33,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from nas.checkpoint import RunDir
-    from nas.distributed import cleanup, init_distributed
-    from nas.train import Trainer
+    from nas.runtime.checkpoint import RunDir
+    from nas.runtime.distributed import cleanup, init_distributed
+    from nas.engine.trainer import Trainer
     from tests.test_train import cfg, make_data, tiny_model
 
     info = init_distributed("cpu")

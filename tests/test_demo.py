@@ -96,8 +96,8 @@ def test_linked_pngs_exist(quick):
 
 
 def test_found_genotype_loads_and_is_what_was_retrained_and_relabelled(quick, tmp_path):
-    from nas.checkpoint import safe_load
-    from nas.genotypes import genotype_to_dict, load_genotype
+    from nas.runtime.checkpoint import safe_load
+    from nas.models.genotypes import genotype_to_dict, load_genotype
 
     out, _ = quick
     text = (out / "REPORT.md").read_text(encoding="utf-8")
@@ -198,7 +198,7 @@ def test_overwrite_policy(quick, capsys):
     assert (out / "jaffe" / "subjects.csv").is_file()
 
     # a resume cannot switch the demo to other settings
-    from nas.demo import cli
+    from nas.apps.demo import cli
 
     with pytest.raises(SystemExit) as e:
         cli(["--out", str(out), "--resume", "--seed", "3"])
@@ -209,7 +209,7 @@ def test_overwrite_policy(quick, capsys):
 def test_bad_input_is_one_line_and_touches_nothing(tmp_path, capsys):
     """In-process (``nas.demo.cli``, what ``python -m nas demo`` calls): every fault is
     detected before any work, one line on stderr, exit status 2."""
-    from nas.demo import cli
+    from nas.apps.demo import cli
 
     other = tmp_path / "mine"
     other.mkdir()
@@ -248,9 +248,9 @@ def test_main_dispatch_and_help():
 
 
 def test_pick_snapshot_prefers_a_snapshot_before_the_last_epoch(tmp_path):
-    from nas.checkpoint import atomic_save
-    from nas.demo import pick_snapshot
-    from nas.errors import FerNasError
+    from nas.runtime.checkpoint import atomic_save
+    from nas.apps.demo import pick_snapshot
+    from nas.runtime.errors import FerNasError
 
     with pytest.raises(FerNasError, match="no snapshot"):
         pick_snapshot(tmp_path)

@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from nas.checkpoint import read_csv_rows, safe_load
+from nas.runtime.checkpoint import read_csv_rows, safe_load
 from nas.data import load_dataset
 from nas.ensemble import METHODS, combine, fit_weights, greedy_select
-from nas.errors import FerNasError
+from nas.runtime.errors import FerNasError
 from tests.cli_util import assert_one_line_error, run_inprocess
 from tests.xdata_util import export, make_checkpoint, with_classes
 
@@ -106,7 +106,7 @@ def members(tmp_path_factory):
 
 
 def test_ensemble_cli_writes_the_table_and_figures_that_recompute_from_saved_outputs(members):
-    from nas.evaluate import checkpoint_norm, load_model_from_checkpoint, predict
+    from nas.engine.evaluate import checkpoint_norm, load_model_from_checkpoint, predict
 
     root, fer, data, a, b = members
     out = root / "out_cw"

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from nas import evaluate as ev
-from nas.errors import FerNasError
+from nas.engine import evaluate as ev
+from nas.runtime.errors import FerNasError
 
 
 def test_confusion_matrix_and_per_class_by_hand():

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nas.checkpoint import RunDir, atomic_save, read_csv_rows, safe_load
-from nas.errors import FerNasError
+from nas.runtime.checkpoint import RunDir, atomic_save, read_csv_rows, safe_load
+from nas.runtime.errors import FerNasError
 from tests.cli_util import CHECKPOINT_READERS, assert_one_line_error, run_inprocess, script_exists
 from tests.fer_files import small_fer2013, write_fer2013_csv
 
@@ -64,7 +64,7 @@ def test_rundir_unwritable_when_a_file_is_in_the_way(tmp_path):
 def test_rundir_unwritable_permission_readonly_quota(tmp_path, monkeypatch, err):
     """The write probe fails as it would on a read-only mount, a folder without write
     permission (simulated: the tests may run as root) or an exhausted quota."""
-    import nas.checkpoint as ck
+    import nas.runtime.checkpoint as ck
 
     def refuse(path, *a, **k):
         raise OSError(err, os.strerror(err), str(path))
@@ -139,7 +139,7 @@ class _FullDiskFile:
 
 def _fill_disk_after(monkeypatch, n_ok_writes: int) -> None:
     """Let ``n_ok_writes`` atomic writes through, then every write hits a full disk."""
-    import nas.checkpoint as ck
+    import nas.runtime.checkpoint as ck
 
     real_fdopen = os.fdopen
     count = {"n": 0}
@@ -184,16 +184,16 @@ def test_disk_filling_during_training(tmp_path, data, monkeypatch):
 @pytest.fixture()
 def no_plotting(monkeypatch):
     """matplotlib and graphviz fail to import, as if not installed (even if loaded already)."""
-    import nas.report
+    import nas.engine.report
 
     for name in ("matplotlib", "matplotlib.pyplot", "graphviz"):
         monkeypatch.setitem(sys.modules, name, None)
-    monkeypatch.setattr(nas.report, "_NOTICE_SHOWN", False)
+    monkeypatch.setattr(nas.engine.report, "_NOTICE_SHOWN", False)
 
 
 def test_report_functions_degrade_without_matplotlib(tmp_path, no_plotting, capsys):
-    from nas.genotypes import load_genotype
-    from nas.report import have_matplotlib, plot_cells, plot_curves
+    from nas.models.genotypes import load_genotype
+    from nas.engine.report import have_matplotlib, plot_cells, plot_curves
 
     assert have_matplotlib() is False
     assert not plot_cells(load_genotype("FER_V1"), tmp_path)
@@ -222,7 +222,7 @@ def test_scripts_complete_without_matplotlib_and_graphviz(tmp_path, data, script
                                            ("tpu", "unknown device"), ("banana", "unknown device"), ("meta", "unsupported device type"),
                                            ("mps", "unsupported device type")])
 def test_resolve_device_errors(monkeypatch, name, fragment):
-    from nas.utils import resolve_device
+    from nas.runtime.device import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(FerNasError, match=fragment) as e:
@@ -314,11 +314,11 @@ def _poison_inputs(monkeypatch, cls, method: str, when, value: float = float("na
 @needs_scripts
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_nan_loss_stops_naming_epoch_and_step_and_keeps_last_good(tmp_path, data, monkeypatch, value):
-    import nas.train
+    import nas.engine.trainer
 
     run = tmp_path / "run"
-    hits = _poison_inputs(monkeypatch, nas.train.Trainer, "train_step", lambda self, epoch, step, idx: (epoch, step) == (1, 1),
-                          value)
+    hits = _poison_inputs(monkeypatch, nas.engine.trainer.Classification, "step",
+                          lambda self, epoch, step, *rest: (epoch, step) == (1, 1), value)
     proc = run_inprocess("train_searched.py", train_args(data, run, "--nan_policy", "stop"))
     assert hits["n"] == 1
     assert_one_line_error(proc, "non-finite loss at epoch 2 step 2", str(run / "last.pt"), "--nan_policy skip_batch")
@@ -331,10 +331,11 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_last_good(tmp_path, data
 
 @needs_scripts
 def test_nan_in_first_epoch_says_no_checkpoint_yet(tmp_path, data, monkeypatch):
-    import nas.train
+    import nas.engine.trainer
 
     run = tmp_path / "run"
-    _poison_inputs(monkeypatch, nas.train.Trainer, "train_step", lambda self, epoch, step, idx: (epoch, step) == (0, 0))
+    _poison_inputs(monkeypatch, nas.engine.trainer.Classification, "step",
+                   lambda self, epoch, step, *rest: (epoch, step) == (0, 0))
     proc = run_inprocess("train_searched.py", train_args(data, run))
     assert_one_line_error(proc, "non-finite loss at epoch 1 step 1", "no checkpoint yet")
     assert not (run / "last.pt").exists()
@@ -342,25 +343,25 @@ def test_nan_in_first_epoch_says_no_checkpoint_yet(tmp_path, data, monkeypatch):
 
 def _poison_loss(monkeypatch, epoch_step: tuple[int, int], value: float = float("nan")) -> dict:
     """Make only the loss of one training step non-finite (the forward pass itself stays clean)."""
-    import nas.train
+    import nas.engine.trainer
 
-    real_step, real_ce = nas.train.Trainer.train_step, nas.train.F.cross_entropy
+    real_step, real_ce = nas.engine.trainer.Classification.step, nas.engine.trainer.F.cross_entropy
     state = {"on": False, "n": 0}
 
     def ce(*a, **k):
         out = real_ce(*a, **k)
         return out * value if state["on"] else out
 
-    def step(self, epoch, step_, idx):
+    def step(self, epoch, step_, batch, ctx):
         state["on"] = (epoch, step_) == epoch_step
         state["n"] += state["on"]
         try:
-            return real_step(self, epoch, step_, idx)
+            return real_step(self, epoch, step_, batch, ctx)
         finally:
             state["on"] = False
 
-    monkeypatch.setattr(nas.train.F, "cross_entropy", ce)
-    monkeypatch.setattr(nas.train.Trainer, "train_step", step)
+    monkeypatch.setattr(nas.engine.trainer.F, "cross_entropy", ce)
+    monkeypatch.setattr(nas.engine.trainer.Classification, "step", step)
     return state
 
 
@@ -384,11 +385,11 @@ def test_nan_policy_skip_batch_skips_a_bad_loss(tmp_path, data, monkeypatch):
 def test_nan_policy_skip_batch_continues_after_nan_activations(tmp_path, data, monkeypatch):
     """skip_batch when the activations themselves go non-finite (a diverging forward pass): the
     BatchNorm running statistics that the bad forward pass updated are restored as well."""
-    import nas.train
+    import nas.engine.trainer
 
     run = tmp_path / "run"
-    hits = _poison_inputs(monkeypatch, nas.train.Trainer, "train_step",
-                          lambda self, epoch, step, idx: (epoch, step) == (1, 1))
+    hits = _poison_inputs(monkeypatch, nas.engine.trainer.Classification, "step",
+                          lambda self, epoch, step, *rest: (epoch, step) == (1, 1))
     proc = run_inprocess("train_searched.py", train_args(data, run, "--nan_policy", "skip_batch"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert hits["n"] == 1
@@ -403,22 +404,14 @@ def test_nan_policy_skip_batch_continues_after_nan_activations(tmp_path, data, m
 @needs_scripts
 def test_nan_in_search_stops_naming_epoch_and_step(tmp_path, data, monkeypatch):
     """A diverging search must not go on to derive a genotype from NaN architecture weights."""
-    import nas.search
+    import nas.search.searcher
 
     run = tmp_path / "run"
-    calls = {"n": 0}
-    real = nas.search.Searcher._batch
-
-    def batch(self, idx):
-        x, y = real(self, idx)
-        calls["n"] += 1
-        if self.epoch == 1 and calls["n"] in (3, 4):  # epoch 2, step 1: both halves of the step
-            x = x * float("nan")
-        return x, y
-
-    monkeypatch.setattr(nas.search.Searcher, "_batch", batch)
+    hits = _poison_inputs(monkeypatch, nas.search.searcher.BilevelSearch, "step",
+                          lambda self, epoch, step, *rest: (epoch, step) == (1, 0))  # epoch 2, step 1
     proc = run_inprocess("search.py", search_args(data, run))
     assert_one_line_error(proc, "non-finite", "epoch 2", "step 1")
+    assert hits["n"] == 1
     state = safe_load(run / "last.pt")
     assert state["epoch"] == 1
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
@@ -431,8 +424,8 @@ def _oom(*args, **kwargs):
 
 
 @needs_scripts
-@pytest.mark.parametrize("script,target", [("train_searched.py", "nas.train.Trainer.train_step"),
-                                           ("search.py", "nas.search.Searcher.train_epoch")])
+@pytest.mark.parametrize("script,target", [("train_searched.py", "nas.engine.trainer.Classification.step"),
+                                           ("search.py", "nas.search.searcher.BilevelSearch.step")])
 def test_cuda_oom_is_one_line(tmp_path, data, monkeypatch, script, target):
     import importlib
 

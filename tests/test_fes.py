@@ -6,11 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nas.cli import run
+from nas.runtime.cli import run
 from nas.data.dataset import FER_CLASSES
-from nas.errors import FerNasError
-from nas.fes import (DEFAULT_FES, FERPLUS_DISAGREEMENT_DECILES, FES_CLASSES, _read_votes, disagreement_from_votes,
-                     fes_from_ferplus, fes_from_votes, format_fes, get_args_parser, load_fes, main)
+from nas.runtime.errors import FerNasError
+from nas.apps.fes import get_args_parser, main
+from nas.fes import (DEFAULT_FES, FERPLUS_DISAGREEMENT_DECILES, FES_CLASSES, disagreement_from_votes, fer_votes,
+                     fes_from_ferplus, fes_from_votes, format_fes, load_fes)
 
 REAL_FERPLUS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ferplus" / "fer2013new.csv"
 HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
@@ -174,13 +175,13 @@ def test_format_fes_has_class_names():
 def test_disagreement_hand_computed(tmp_path):
     """ROWS' seven-class votes: row 0 max 4 of 10 (share 0.4), row 1 6 of 8 (0.75), row 2 no
     FER-class vote (dropped), row 3 5 of 10 (0.5); contempt/unknown/NF never count."""
-    d = disagreement_from_votes(_read_votes(_write(tmp_path, [HEADER] + ROWS)), bins=3)
+    d = disagreement_from_votes(fer_votes(_write(tmp_path, [HEADER] + ROWS)), bins=3)
     assert d["images"] == 3
     assert d["mean_share"] == pytest.approx((0.4 + 0.75 + 0.5) / 3)
     assert d["disagreement"] == pytest.approx(1 - (0.4 + 0.75 + 0.5) / 3)
     assert [b["disagreement"] for b in d["bins"]] == pytest.approx([0.6, 0.5, 0.25])
     assert [b["n"] for b in d["bins"]] == [1, 1, 1]
-    two = disagreement_from_votes(_read_votes(_write(tmp_path, [HEADER] + ROWS)), bins=2)
+    two = disagreement_from_votes(fer_votes(_write(tmp_path, [HEADER] + ROWS)), bins=2)
     assert [b["n"] for b in two["bins"]] == [2, 1]
     assert two["bins"][0]["mean_share"] == pytest.approx(0.45)
     with pytest.raises(ValueError):
@@ -202,7 +203,7 @@ def test_disagreement_cli(tmp_path, capsys):
 
 @pytest.mark.skipif(not REAL_FERPLUS.is_file(), reason=f"published FER+ file not present at {REAL_FERPLUS}")
 def test_disagreement_on_the_published_file():
-    votes = _read_votes(REAL_FERPLUS)
+    votes = fer_votes(REAL_FERPLUS)
     deciles = disagreement_from_votes(votes, bins=10)
     np.testing.assert_allclose([b["disagreement"] for b in deciles["bins"]], FERPLUS_DISAGREEMENT_DECILES,
                                rtol=0, atol=1e-11)

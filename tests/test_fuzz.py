@@ -27,14 +27,14 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from nas.cli import ArgumentParser, float_list, int_list, parse_args, str2bool
+from nas.runtime.cli import ArgumentParser, float_list, int_list, parse_args, str2bool
 from nas.data import SPLITS, load_dataset
 from nas.data.ck48 import CK48_FOLDERS
 from nas.data.files import IMAGE_EXTS
 from nas.data.jaffe import JAFFE_CODES
-from nas.errors import FerNasError
-from nas.genotypes import Genotype, genotype_to_dict, load_genotype
-from nas.ops import OPS
+from nas.runtime.errors import FerNasError
+from nas.models.genotypes import Genotype, genotype_to_dict, load_genotype
+from nas.models.ops import OPS
 from tests.cli_util import assert_one_line_error, run_script
 from tests.fer_files import pixel_text, random_images
 
@@ -458,7 +458,7 @@ def edit_genotype(d: dict, edit) -> dict:
 
 
 def assert_genotype_rules(g: Genotype) -> None:
-    """The documented rules, checked independently of nas.genotypes' validator."""
+    """The documented rules, checked independently of nas.models.genotypes' validator."""
     for pairs, concat in ((g.normal, g.normal_concat), (g.reduce, g.reduce_concat)):
         assert len(pairs) >= 2 and len(pairs) % 2 == 0
         steps = len(pairs) // 2
@@ -662,8 +662,8 @@ def test_fuzz_cases_through_the_cli(tmp_path):
 
     assert_one_line_error(run_script("-m nas.data", "inspect", csv), str(csv), "line ")
     assert_one_line_error(run_script("-m nas.data", "inspect", jaffe), "KA.XX1.39.tiff", "unknown expression code")
-    assert_one_line_error(run_inprocess("nas.data.__main__", ["inspect", ck]), "S01_a_3.png", "does not parse")
-    assert_one_line_error(run_inprocess("nas.data.__main__", ["inspect", good_csv.parent, "--format", "jaffe"]),
+    assert_one_line_error(run_inprocess("nas.apps.inspect", [ck]), "S01_a_3.png", "does not parse")
+    assert_one_line_error(run_inprocess("nas.apps.inspect", [good_csv.parent, "--format", "jaffe"]),
                           "no JAFFE images")
     if script_exists("search.py"):
         assert_one_line_error(run_script("search.py", "--config", cfg, cwd=tmp_path), str(cfg), "invalid YAML")

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from nas.errors import FerNasError
-from nas.genotypes import (GENOTYPE_DIR, Genotype, export_genotype, genotype_from_dict, genotype_to_dict,
+from nas.runtime.errors import FerNasError
+from nas.models.genotypes import (PUBLISHED_DIR, Genotype, export_genotype, genotype_from_dict, genotype_to_dict,
                            list_genotypes, load_genotype, save_genotype)
 
 FER_V1 = Genotype(
@@ -19,7 +19,7 @@ def test_published_genotypes():
     d = load_genotype("DARTS_V2")
     assert d.normal[-1] == ("dil_conv_3x3", 2) and d.reduce[0] == ("max_pool_3x3", 0)
     assert {"FER_V1", "DARTS_V2"} <= set(list_genotypes())
-    assert load_genotype(str(GENOTYPE_DIR / "FER_V1.json")) == FER_V1
+    assert load_genotype(str(PUBLISHED_DIR / "FER_V1.json")) == FER_V1
 
 
 def test_roundtrip(tmp_path):
@@ -78,16 +78,25 @@ def test_names_resolve_only_in_folder(tmp_path, monkeypatch):
     for bad in ("FER V1", "FER-V1", "..", "a.b"):
         with pytest.raises(FerNasError, match=r"invalid genotype name"):
             load_genotype(bad)
-    monkeypatch.setenv("FERNAS_GENOTYPES", str(tmp_path))
-    with pytest.raises(FerNasError, match="unknown genotype 'FER_V1'"):
-        load_genotype("FER_V1")
+    # the user's folder first, then the published genotypes; nothing outside the two
+    user = tmp_path / "mine"
+    user.mkdir()
+    monkeypatch.setenv("FERNAS_GENOTYPES", str(user))
+    (tmp_path / "OUTSIDE.json").write_text((PUBLISHED_DIR / "DARTS_V2.json").read_text())
+    with pytest.raises(FerNasError, match="unknown genotype 'OUTSIDE'"):
+        load_genotype("OUTSIDE")
+    assert load_genotype("FER_V1") == FER_V1  # published, shipped with the package
+    (user / "FER_V1.json").write_text((PUBLISHED_DIR / "DARTS_V2.json").read_text())
+    assert load_genotype("FER_V1") == load_genotype(str(PUBLISHED_DIR / "DARTS_V2.json"))  # the user's wins
+    with pytest.raises(FerNasError, match="published genotype"):
+        export_genotype(FER_V1, "DARTS_V2", force=True)
 
 
 def test_export(tmp_path, monkeypatch):
     monkeypatch.setenv("FERNAS_GENOTYPES", str(tmp_path))
     p = export_genotype(FER_V1, "mine_1")
     assert p == tmp_path / "mine_1.json" and load_genotype("mine_1") == FER_V1
-    other = load_genotype(str(GENOTYPE_DIR / "DARTS_V2.json"))
+    other = load_genotype(str(PUBLISHED_DIR / "DARTS_V2.json"))
     with pytest.raises(FerNasError, match="already exists.*--force"):
         export_genotype(other, "mine_1")
     assert load_genotype("mine_1") == FER_V1

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import torch
 
-from nas.checkpoint import safe_load
+from nas.runtime.checkpoint import safe_load
 from tests.cli_util import assert_one_line_error, child_env, run_inprocess, script_exists
 from tests.fer_files import small_fer2013, write_fer2013_csv
 from tests.zygote import Zygote

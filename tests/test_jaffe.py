@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from nas.checkpoint import read_csv_rows, safe_load
+from nas.runtime.checkpoint import read_csv_rows, safe_load
 from nas.data import load_dataset
 from nas.data.dataset import FER_CLASSES
 from tests.cli_util import assert_one_line_error, run_inprocess
@@ -48,7 +48,7 @@ def test_labels_follow_the_code_in_the_file_name_in_fer_order(jaffe):
 
 
 def test_direct_test_per_subject_recomputed(jaffe):
-    from nas.evaluate import checkpoint_norm, load_model_from_checkpoint, predict
+    from nas.engine.evaluate import checkpoint_norm, load_model_from_checkpoint, predict
 
     root, ckpt, jdir, data = jaffe
     out = root / "direct"

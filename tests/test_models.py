@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-from nas.errors import FerNasError
-from nas.genotypes import genotype_to_dict, load_genotype
+from nas.runtime.errors import FerNasError
+from nas.models.genotypes import genotype_to_dict, load_genotype
 from nas.models import MODEL_REGISTRY, build_model, count_parameters, list_models, model_from_spec, model_spec
-from nas.network import NetworkFER
+from nas.models.network import NetworkFER
 
 
 

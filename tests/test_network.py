@@ -3,9 +3,9 @@ auxiliary head, drop-path."""
 import pytest
 import torch
 
-from nas.genotypes import Genotype, load_genotype
-from nas.network import AuxiliaryHead, Cell, NetworkFER, drop_path
-from nas.ops import Identity
+from nas.models.genotypes import Genotype, load_genotype
+from nas.models.network import AuxiliaryHead, Cell, NetworkFER, drop_path
+from nas.models.ops import Identity
 
 
 
@@ -37,7 +37,7 @@ def test_layout_reductions_and_channels():
     assert model.stem[0].in_channels == 1 and model.stem[0].out_channels == 108
     assert model.classifier.in_features == 4 * 36 * 4
     # The cell after a reduction brings the previous-previous state down by a factorized reduction.
-    from nas.ops import FactorizedReduce, ReLUConvBN
+    from nas.models.ops import FactorizedReduce, ReLUConvBN
     assert isinstance(model.cells[5].preprocess0, FactorizedReduce)
     assert isinstance(model.cells[6].preprocess0, ReLUConvBN)
     m20 = NetworkFER(load_genotype("FER_V1"), layers=20)
@@ -142,7 +142,7 @@ def test_too_few_layers():
 
 
 def test_source_has_no_cuda_calls():
-    import nas.network as net
+    import nas.models.network as net
     from pathlib import Path
     text = Path(net.__file__).read_text()
     assert ".cuda(" not in text and "Variable" not in text

@@ -3,9 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nas.genotypes import load_genotype
-from nas.ops import OPS, SEARCH_SPACES, FactorizedReduce, ReLUConvBN, op_param_count, search_space
-from nas.errors import FerNasError
+from nas.models.genotypes import load_genotype
+from nas.models.ops import OPS, SEARCH_SPACES, FactorizedReduce, ReLUConvBN, op_param_count, search_space
+from nas.runtime.errors import FerNasError
 
 # Auto-FERNet's PARAMS table (operations counted at C=12, stride 1, BN without affine).
 REFERENCE_PARAMS = {"none": 0, "avg_pool_3x3": 0, "max_pool_3x3": 0, "skip_connect": 0, "sep_conv_3x3": 504,

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from nas.errors import FerNasError
+from nas.runtime.errors import FerNasError
 from nas.fes import DEFAULT_FES
-from nas.relabel import fes_gate, relabel, relabel_loop, relabel_mask, transition_counts
+from nas.relabel.rules import fes_gate, relabel, relabel_loop, relabel_mask, transition_counts
 
 # Dyadic probabilities: every margin below is exact in float32, so "exactly the
 # threshold" really is exact.

@@ -1,4 +1,4 @@
-"""relabel_training.py and nas.relabel_training: the hook's semantics (warm-up, batch vs
+"""relabel_training.py and nas.relabel.stage: the hook's semantics (warm-up, batch vs
 persistent labels, statistics against hand counts), the FES gate flag, the drop-path
 continuation, transitions CSV against metrics.csv, exact resume, DDP with two gloo
 ranks, bad input, and a SynthFER run with 30 % label noise in which relabelling
@@ -17,25 +17,16 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from nas.checkpoint import read_csv_rows, safe_load
-from nas.cli import parse_args
+from nas.runtime.checkpoint import read_csv_rows, safe_load
+from nas.runtime.cli import parse_args
 from nas.data.dataset import FER_CLASSES
-from nas.errors import FerNasError, RunInterrupted
-from nas.relabel_training import TRANSITIONS_CSV, Relabeller, drop_path_schedule, resolve_fes
+from nas.runtime.errors import FerNasError, RunInterrupted
+from nas.relabel.stage import TRANSITIONS_CSV, Relabeller, drop_path_schedule, resolve_fes
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _parser():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("relabel_training_cli", ROOT / "relabel_training.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-CLI = _parser()
+from nas.apps import relabel as CLI  # noqa: E402 - what relabel_training.py runs
 
 
 def cli_args(*argv: str):
@@ -129,7 +120,7 @@ def test_fes_flag_is_a_real_boolean_and_gates(tmp_path):
 
 
 def test_bad_fes_matrix_and_flags_are_one_line_errors(tmp_path, capsys):
-    from nas.cli import run
+    from nas.runtime.cli import run
 
     bad = tmp_path / "bad.json"
     bad.write_text("[[1, 2], [3, 4]]")
@@ -178,11 +169,11 @@ def toy_dataset(folder: Path, noise_every: int = 4) -> Path:
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     """(data path, checkpoint of a cnn_shallow trained 2 epochs of a 4-epoch schedule)."""
-    from nas.checkpoint import RunDir
+    from nas.runtime.checkpoint import RunDir
     from nas.data import load_dataset
     from nas.models import build_model
-    from nas.train import TrainConfig, Trainer
-    from nas.utils import seed_everything
+    from nas.engine.trainer import TrainConfig, Trainer
+    from nas.runtime.seeds import seed_everything
 
     root = tmp_path_factory.mktemp("relabel_toy")
     csv = toy_dataset(root / "data")
@@ -192,8 +183,8 @@ def toy(tmp_path_factory):
     seed_everything(0)
     tr = Trainer(build_model("cnn_shallow"), data, cfg, RunDir(root / "base", quiet=True), args={"arch": "cnn_shallow"})
     for _ in range(2):  # stop half way, as a snapshot would
-        tr._train_epoch(tr.epoch)
-        tr._end_epoch(tr.epoch)
+        tr.loop._train_epoch(tr.epoch)
+        tr.loop._end_epoch(tr.epoch)
     return csv, root / "base" / "last.pt"
 
 
@@ -237,7 +228,7 @@ def test_run_writes_metrics_transitions_and_continues_drop_path(toy, tmp_path):
         assert (out / name).exists(), name
     # the model came from the checkpoint: same architecture, no --arch/--layers flags
     last = safe_load(out / "last.pt")
-    assert last["model_spec"] == ckpt["model_spec"] and last["hook_state"]["mode"] == "batch"
+    assert last["model_spec"] == ckpt["model_spec"] and last["callbacks"]["relabel"]["mode"] == "batch"
     # the control run: same flags, no relabelling
     ctrl = tmp_path / "ctrl"
     run_cli(*_flags(toy, ctrl, "--relabel_threshold", "1.0", "--fes", "False", "--no_relabel"))
@@ -281,18 +272,18 @@ def test_persistent_resume_mid_epoch_is_exact(toy, tmp_path, monkeypatch):
         run_cli(*_flags(toy, cut, *flags))
     monkeypatch.undo()
     mid = safe_load(cut / "last.pt")
-    assert mid["epoch"] == 1 and mid["step"] == 4 and mid["hook_state"]["mode"] == "persistent"
+    assert mid["epoch"] == 1 and mid["step"] == 4 and mid["callbacks"]["relabel"]["mode"] == "persistent"
     # during the interrupted epoch some labels already moved (kept in the checkpoint)
-    assert not torch.equal(mid["hook_state"]["now"], mid["hook_state"]["base"])
+    assert not torch.equal(mid["callbacks"]["relabel"]["now"], mid["callbacks"]["relabel"]["base"])
     run_cli("--resume", cut, "--progress", "False")
     a, b = safe_load(full / "last.pt"), safe_load(cut / "last.pt")
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    assert torch.equal(a["hook_state"]["base"], b["hook_state"]["base"])
+    assert torch.equal(a["callbacks"]["relabel"]["base"], b["callbacks"]["relabel"]["base"])
     assert _relabel_cols(read_csv_rows(full / "metrics.csv")) == _relabel_cols(read_csv_rows(cut / "metrics.csv"))
     assert read_csv_rows(full / TRANSITIONS_CSV) == read_csv_rows(cut / TRANSITIONS_CSV)
     # persistent labels: the checkpointed tensor differs from the data's labels where changes were kept
-    changed = int((a["hook_state"]["base"] != a["hook_state"]["original"]).sum())
+    changed = int((a["callbacks"]["relabel"]["base"] != a["callbacks"]["relabel"]["original"]).sum())
     assert changed > 0
 
 
@@ -307,7 +298,7 @@ def _ddp_worker(rank: int, world: int, port: int, flags: list[str], out: str) ->
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    import nas.relabel_training as rt
+    import nas.relabel.stage as rt
 
     seen: list[list[int]] = []
     bases: list[torch.Tensor] = []
@@ -342,7 +333,7 @@ def test_ddp_two_gloo_ranks_agree_and_only_rank0_writes(toy, tmp_path):
     assert r0["res"]["test_acc"] == r1["res"]["test_acc"] and r0["res"]["world_size"] == 2
     rows = read_csv_rows(run / "metrics.csv")
     last = safe_load(run / "last.pt")
-    assert torch.equal(last["hook_state"]["base"], r0["bases"][-1].cpu())
+    assert torch.equal(last["callbacks"]["relabel"]["base"], r0["bases"][-1].cpu())
     assert int(rows[1]["relabel_changed"]) == int((r0["bases"][1] != r0["bases"][0]).sum())
     written = sorted(p.name for p in tmp_path.iterdir())
     assert written == ["ddp_run", "rank0.pt", "rank1.pt"]   # rank 1 wrote no run folder of its own
@@ -371,11 +362,11 @@ def test_relabelling_restores_more_than_it_harms_on_synthfer_with_30pct_noise(tm
     drifts a small model within the epoch."""
     import dataclasses
 
-    from nas.checkpoint import RunDir
+    from nas.runtime.checkpoint import RunDir
     from nas.data import open_data
     from nas.models import build_model
-    from nas.train import TrainConfig, Trainer
-    from nas.utils import seed_everything
+    from nas.engine.trainer import TrainConfig, Trainer
+    from nas.runtime.seeds import seed_everything
 
     flags = ("--dataset", "synthfer", "--synth_size", "1500", "--synth_noise", "0.3", "--synth_difficulty", "0")
     args = cli_args("--checkpoint", "x.pt", *flags)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from nas import report
+from nas.engine import report
 from nas.data.dataset import FER_CLASSES
 
 pytest.importorskip("matplotlib")
@@ -45,7 +45,7 @@ def test_curves_confusion_misclassified_saliency_cells(tmp_path):
     model = _Tiny()
     assert _is_png(report.plot_saliency(model, images, labels, FER_CLASSES, tmp_path / "sal.png",
                                         mean=0.5, std=0.25, crop=44))
-    from nas.genotypes import load_genotype
+    from nas.models.genotypes import load_genotype
 
     paths = report.plot_cells(load_genotype("FER_V1"), tmp_path)
     assert [p.name for p in paths] == ["cell_normal.png", "cell_reduce.png"]

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from nas.data.dataset import FERData
-from nas.errors import FerNasError, RunInterrupted
-from nas.genotypes import load_genotype
-from nas.search import Searcher, get_args_parser, run_search
+from nas.runtime.errors import FerNasError, RunInterrupted
+from nas.models.genotypes import load_genotype
+from nas.apps.search import get_args_parser, run_search
+from nas.engine.session import start_session
+from nas.search.searcher import BilevelSearch, Searcher, check_args
 
 ROOT = Path(__file__).resolve().parent.parent
 # A small custom space keeps the supernet cheap: these tests are bound by per-op overhead.
@@ -41,6 +43,14 @@ def tiny_args(save, *extra):
          "--save", str(save), "--progress", "False", *extra])
 
 
+def searcher(args, data, stop=None):
+    """A Searcher in the session search.py would open (flags checked first, then the resume
+    rule, run folder and seed), as ``nas.apps.search.run_search`` does."""
+    if not args.resume:
+        check_args(args)
+    return Searcher(start_session(args, get_args_parser(), stage="search"), data, stop=stop)
+
+
 class StopAfter:
     """Requests a stop once the searcher has done ``n`` steps in all."""
 
@@ -61,7 +71,7 @@ def full_sgas(tmp_path_factory):
     old = os.environ.get("FERNAS_GENOTYPES")
     os.environ["FERNAS_GENOTYPES"] = str(base / "genos")
     try:
-        s = Searcher(tiny_args(base / "run", *SGAS_FLAGS, "--export", "TINY_1"), tiny_data(), stop=StopAfter(10**9))
+        s = searcher(tiny_args(base / "run", *SGAS_FLAGS, "--export", "TINY_1"), tiny_data(), stop=StopAfter(10**9))
         info = {"images": s.images.clone(), "w_idx": s.w_idx, "arch_idx": s.arch_idx,
                 "total_epochs": s.total_epochs, "primitives": s.model.primitives}
         info["result"] = s.run()
@@ -97,10 +107,10 @@ def test_search_end_to_end_training_only(full_sgas, tmp_path, monkeypatch):
     data = tiny_data()
     # exporting again refuses before any work
     with pytest.raises(FerNasError, match="already exists"):
-        Searcher(tiny_args(tmp_path / "run2", "--export", "TINY_1"), data)
+        searcher(tiny_args(tmp_path / "run2", "--export", "TINY_1"), data)
     # an existing run directory is not silently reused
     with pytest.raises(FerNasError, match="already holds a run"):
-        Searcher(tiny_args(run), data)
+        searcher(tiny_args(run), data)
 
 
 def _final(run_dir):
@@ -120,16 +130,16 @@ def test_resume_is_bitwise_equivalent(full_sgas, tmp_path, stop_at, extra):
         full = tmp_path / "full"
         run_search(tiny_args(full, *extra), data, stop=StopAfter(10**9))
     stop = StopAfter(stop_at)
-    s = Searcher(tiny_args(tmp_path / "cut", *extra), data, stop=stop)
+    s = searcher(tiny_args(tmp_path / "cut", *extra), data, stop=stop)
     stop.searcher = s
-    assert len(s._samplers()[0]) == 3
+    assert len(s.objective.samplers(torch.Generator())[0]) == 3
     with pytest.raises(RunInterrupted, match="--resume"):
         s.run()
     ck = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     assert ck["global_step"] == stop_at and ck["step"] == stop_at % 3
     # resume with only --resume (flags come from the checkpoint) in a fresh Searcher
     args = get_args_parser().parse_args(["--resume", str(tmp_path / "cut"), "--progress", "False"])
-    Searcher(args, data, stop=StopAfter(10**9)).run()
+    searcher(args, data, stop=StopAfter(10**9)).run()
     an, ar, g, sd = _final(full)
     bn, br, g2, sd2 = _final(tmp_path / "cut")
     assert torch.equal(an, bn) and torch.equal(ar, br) and g == g2
@@ -161,9 +171,9 @@ def test_flag_errors(tmp_path):
                        (("--partial_channels", "3"), "partial_channels"),
                        (("--batch_size", "80"), "exceeds")]:
         with pytest.raises(FerNasError, match=msg):
-            Searcher(tiny_args(tmp_path / f"e{len(msg)}", *extra), data, stop=StopAfter(10**9)).run()
+            searcher(tiny_args(tmp_path / f"e{len(msg)}", *extra), data, stop=StopAfter(10**9)).run()
     with pytest.raises(FerNasError, match="nothing to resume"):
-        Searcher(get_args_parser().parse_args(["--resume", str(tmp_path / "nope")]), data)
+        searcher(get_args_parser().parse_args(["--resume", str(tmp_path / "nope")]), data)
 
 
 def test_cli_synthfer_export(tmp_path):
@@ -184,20 +194,29 @@ def test_cli_synthfer_export(tmp_path):
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "already exists" in p.stderr
 
 
+def _nan_batches_at(monkeypatch, at):
+    """The search step at (epoch, step) in ``at`` sees NaN images (both halves)."""
+    real_step, real_batch = BilevelSearch.step, BilevelSearch._batch
+    hits = []
+
+    def step(self, epoch, step, batch, ctx):
+        self._poison = (epoch, step) in at
+        hits.extend([(epoch, step)] if self._poison else [])
+        return real_step(self, epoch, step, batch, ctx)
+
+    def batch(self, idx, gen):
+        x, y = real_batch(self, idx, gen)
+        return (x * float("nan") if getattr(self, "_poison", False) else x), y
+
+    monkeypatch.setattr(BilevelSearch, "step", step)
+    monkeypatch.setattr(BilevelSearch, "_batch", batch)
+    return hits
+
+
 def test_non_finite_loss_stops_without_saving_bad_state(tmp_path, monkeypatch):
-    import nas.search
-
-    real = nas.search.Searcher._batch
-
-    def batch(self, idx):
-        x, y = real(self, idx)
-        if self.epoch == 1 and self.step == 1:  # epoch 2, step 2
-            x = x * float("nan")
-        return x, y
-
-    monkeypatch.setattr(nas.search.Searcher, "_batch", batch)
+    _nan_batches_at(monkeypatch, {(1, 1)})  # epoch 2, step 2
     run = tmp_path / "nan"
-    s = Searcher(tiny_args(run, "--strategy", "darts", "--epochs", "3"), tiny_data(), stop=StopAfter(10**9))
+    s = searcher(tiny_args(run, "--strategy", "darts", "--epochs", "3"), tiny_data(), stop=StopAfter(10**9))
     with pytest.raises(FerNasError, match=r"non-finite loss at epoch 2 step 2; .*last good checkpoint is kept"):
         s.run()
     ck = torch.load(run / "last.pt", weights_only=True)

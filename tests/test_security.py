@@ -17,13 +17,15 @@ import string
 from pathlib import Path
 
 import pytest
+
+from nas.models.genotypes import PUBLISHED_DIR
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nas.checkpoint import atomic_save, safe_load
-from nas.errors import FerNasError
-from nas.genotypes import export_genotype, is_genotype_name, load_genotype
+from nas.runtime.checkpoint import atomic_save, safe_load
+from nas.runtime.errors import FerNasError
+from nas.models.genotypes import export_genotype, is_genotype_name, load_genotype
 from tests.cli_util import CHECKPOINT_READERS, ROOT, assert_one_line_error, run_inprocess, run_script, script_exists
 
 
@@ -140,7 +142,7 @@ def test_safe_load_corrupt_checkpoint_is_one_line(tmp_path, cut):
 
 def test_model_loader_refuses_payload(tmp_path):
     """nas.evaluate.load_model_from_checkpoint (ensemble, cross-dataset scripts) goes through safe_load."""
-    from nas.evaluate import load_model_from_checkpoint
+    from nas.engine.evaluate import load_model_from_checkpoint
 
     marker = tmp_path / "pwned"
     path = write_payload(tmp_path / "evil.pt", marker, "zip")
@@ -276,8 +278,8 @@ def gdir(tmp_path, monkeypatch):
     """A private genotypes/ folder (FERNAS_GENOTYPES) with FER_V1 in it, and a decoy outside it."""
     d = tmp_path / "deep" / "genotypes"
     d.mkdir(parents=True)
-    (d / "FER_V1.json").write_text((ROOT / "genotypes" / "FER_V1.json").read_text())
-    (tmp_path / "deep" / "OUTSIDE.json").write_text((ROOT / "genotypes" / "FER_V1.json").read_text())
+    (d / "FER_V1.json").write_text((PUBLISHED_DIR / "FER_V1.json").read_text())
+    (tmp_path / "deep" / "OUTSIDE.json").write_text((PUBLISHED_DIR / "FER_V1.json").read_text())
     monkeypatch.setenv("FERNAS_GENOTYPES", str(d))
     return d
 

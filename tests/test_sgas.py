@@ -3,9 +3,9 @@ import math
 
 import torch
 
-from nas.genotypes import validate_genotype
-from nas.sgas import SGAS, edge_scores, histogram_intersection, normalize
-from nas.supernet import PRUNED, UNDECIDED, SearchNetwork
+from nas.models.genotypes import validate_genotype
+from nas.search.sgas import SGAS, edge_scores, histogram_intersection, normalize
+from nas.search.supernet import PRUNED, UNDECIDED, SearchNetwork
 
 PRIMS = ["none", "max_pool_3x3", "skip_connect"]
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from nas.genotypes import validate_genotype
-from nas.supernet import (PRUNED, UNDECIDED, MixedOp, SearchNetwork, channel_shuffle, derive_darts_genotype,
+from nas.models.genotypes import validate_genotype
+from nas.search.supernet import (PRUNED, UNDECIDED, MixedOp, SearchNetwork, channel_shuffle, derive_darts_genotype,
                           edge_list, node_edge_ranges)
 
 

@@ -12,13 +12,14 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from nas.cli import run
+from nas.apps.synthfer import get_args_parser, main
+from nas.runtime.cli import run
 from nas.data import load_dataset
 from nas.data.dataset import FER_CLASSES
 from nas.data.synthfer import (CK_CLASSES, CK_COUNTS, FER_SPLIT_SIZES, FER_TRAIN_COUNTS, JAFFE_COUNTS,
                                JAFFE_SUBJECTS, ambiguity_score, class_counts, export, export_cached, fes_matrix,
-                               flip_labels, get_args_parser, main, render)
-from nas.errors import FerNasError
+                               flip_labels, render)
+from nas.runtime.errors import FerNasError
 from nas.fes import DEFAULT_FES, FERPLUS_DISAGREEMENT_DECILES
 
 

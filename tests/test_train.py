@@ -10,14 +10,16 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from nas.models.genotypes import PUBLISHED_DIR
 import torch
 
-from nas.checkpoint import RunDir, read_csv_rows, safe_load
+from nas.runtime.checkpoint import RunDir, read_csv_rows, safe_load
 from nas.data.dataset import FER_CLASSES, FERData
-from nas.errors import FerNasError, RunInterrupted
+from nas.runtime.errors import FerNasError, RunInterrupted
 from nas.models import build_model
-from nas.train import TrainConfig, Trainer, config_from_args
-from nas.utils import seed_everything
+from nas.engine.trainer import TrainConfig, Trainer, config_from_args
+from nas.runtime.seeds import seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 # Subprocesses get one thread: on a shared 2-core machine, oversubscribed OpenMP threads
@@ -94,7 +96,7 @@ def test_every_parameter_gets_a_gradient_and_moves(arch, kw):
     tr = Trainer(model, data, cfg(batch_size=4), RunDir("unused", enabled=False))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     idx = tr.train_idx[:4]
-    tr.train_step(0, 0, idx)
+    tr.loop.run_step(0, 0, idx)
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, missing
     zero = [n for n, p in model.named_parameters() if float(p.grad.abs().sum()) == 0.0]
@@ -103,13 +105,13 @@ def test_every_parameter_gets_a_gradient_and_moves(arch, kw):
         assert any(n.startswith("auxiliary_head") for n in before)
     moved = [n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())]
     assert len(moved) == len(before)
-    assert int(tr.sums[2]) == 4 and float(tr.sums[3]) == 0.0
+    assert int(tr.loop.sums[2]) == 4 and float(tr.loop.sums[3]) == 0.0
 
 
 # ----------------------------------------------------------------------------- a full run
 def test_two_epoch_cli_run_writes_everything_and_evaluate_agrees(tmp_path):
     """train_searched.py end to end on a tiny fer2013.csv (the real reader), then the
-    checkpoint alone through ``python -m nas.evaluate`` gives the run's accuracy."""
+    checkpoint alone through ``python -m nas evaluate`` gives the run's accuracy."""
     csv = write_fer_csv(tmp_path / "fer2013.csv", make_data(64, 24, 24))
     run_dir = tmp_path / "run"
     args = ["--data", str(csv), "--arch", "FER_V1", "--init_channels", "4", "--layers", "3", "--epochs", "2",
@@ -134,12 +136,14 @@ def test_two_epoch_cli_run_writes_everything_and_evaluate_agrees(tmp_path):
 
     best = safe_load(run_dir / "best.pt")
     assert best["epoch"] == saved["selected_epoch"] and best["step"] == 0
-    for key in ("model", "model_spec", "classes", "normalization", "input_size", "optimizer", "scheduler", "rng",
-                "generators", "best", "args", "toolkit_version"):
+    for key in ("model", "model_spec", "classes", "normalization", "input_size", "optimizer", "scheduler", "loop",
+                "callbacks", "args", "stage", "toolkit_version"):
         assert key in best, key
+    assert best["stage"] == "train" and best["callbacks"]["selection"]["best"]["epoch"] == best["epoch"]
+    assert {"rng", "augment"} <= set(best["loop"]["ranks"][0])
     assert best["classes"] == list(FER_CLASSES) and best["input_size"] == 44
 
-    out = subprocess.run([sys.executable, "-m", "nas.evaluate", "--checkpoint", str(run_dir / "best.pt"), "--data",
+    out = subprocess.run([sys.executable, "-m", "nas", "evaluate", "--checkpoint", str(run_dir / "best.pt"), "--data",
                           str(csv), "--tta", "center", "--bootstrap", "200", "--device", "cpu",
                           "--out", str(tmp_path / "eval")], capture_output=True, text=True, cwd=ROOT, timeout=120, env=ENV1)
     assert out.returncode == 0, out.stderr
@@ -148,7 +152,7 @@ def test_two_epoch_cli_run_writes_everything_and_evaluate_agrees(tmp_path):
     assert (tmp_path / "eval" / "confusion_center.csv").is_file()
 
     # config.yaml is a valid --config: it reproduces every flag of the run
-    from nas.cli import parse_args
+    from nas.runtime.cli import parse_args
 
     again = parse_args(train_searched.get_args_parser(), ["--config", str(run_dir / "config.yaml")])
     first = train_searched.get_args_parser().parse_args(args)
@@ -207,7 +211,7 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path):
 ])
 def test_environment_and_flag_faults_are_one_line(tmp_path, capsys, extra, message):
     import train_searched
-    from nas.cli import run
+    from nas.runtime.cli import run
 
     if "cuda" in extra and torch.cuda.is_available():
         pytest.skip("a GPU is present")
@@ -335,23 +339,23 @@ def test_nan_skip_batch_drops_only_that_update(tmp_path):
     tr2 = Trainer(tiny_model(), data, cfg(nan_policy="skip_batch"), RunDir("unused", enabled=False),
                   target_hook=NaNAt(0, 1))
     idx = tr2.train_idx[:16]
-    tr2.train_step(0, 0, idx)
+    tr2.loop.run_step(0, 0, idx)
     params = {n: p.detach().clone() for n, p in tr2.model.named_parameters()}
     bufs = {i: s["momentum_buffer"].clone() for i, s in enumerate(tr2.optimizer.state.values())}
-    tr2.train_step(0, 1, idx)
+    tr2.loop.run_step(0, 1, idx)
     assert all(torch.equal(params[n], p) for n, p in tr2.model.named_parameters())
     assert all(torch.equal(bufs[i], s["momentum_buffer"]) for i, s in enumerate(tr2.optimizer.state.values()))
-    assert float(tr2.sums[3]) == 1.0 and int(tr2.sums[2]) == 16  # one skipped; the skipped batch is not counted
+    assert float(tr2.loop.sums[3]) == 1.0 and int(tr2.loop.sums[2]) == 16  # one skipped; the skipped batch is not counted
 
 
 # ----------------------------------------------------------------------------- schedule and selection
 def test_drop_path_schedule_and_offset():
     data = make_data(24, 8, 8)
     tr = Trainer(tiny_model(), data, cfg(epochs=10, drop_path_prob=0.2), RunDir("unused", enabled=False))
-    assert [round(tr.drop_path_at(e), 6) for e in (0, 5, 9)] == [0.0, 0.1, 0.18]
+    assert [round(tr.objective.drop_path_at(e), 6) for e in (0, 5, 9)] == [0.0, 0.1, 0.18]
     tr = Trainer(tiny_model(), data, cfg(epochs=10, drop_path_prob=0.2), RunDir("unused", enabled=False),
                  drop_path_offset=300, drop_path_total=600)
-    assert tr.drop_path_at(0) == pytest.approx(0.1) and tr.drop_path_at(10) == pytest.approx(0.2 * 310 / 600)
+    assert tr.objective.drop_path_at(0) == pytest.approx(0.1) and tr.objective.drop_path_at(10) == pytest.approx(0.2 * 310 / 600)
 
 
 def test_soft_targets_train_against_vote_distributions(tmp_path):
@@ -373,9 +377,9 @@ def test_cpu_channels_last_guard_for_narrow_strided_1x1_convs(tmp_path):
     on a reduction cell's input at C=4 has one (factorized reduce of 8 channels), as the
     demo's searched cells can; the trainer keeps it contiguous with 2 threads and the run
     finishes. Run in a child process: the bug kills the process rather than raising."""
-    from nas.train import cpu_channels_last_unsafe
+    from nas.runtime.device import cpu_channels_last_unsafe
 
-    fer_v1 = json.loads((ROOT / "genotypes" / "FER_V1.json").read_text())
+    fer_v1 = json.loads((PUBLISHED_DIR / "FER_V1.json").read_text())
     fer_v1["reduce"][0] = ["skip_connect", 0]
     cell = tmp_path / "skip_reduce.json"
     cell.write_text(json.dumps(fer_v1))

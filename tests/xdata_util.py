@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from nas.checkpoint import RunDir, atomic_save, safe_load
+from nas.runtime.checkpoint import RunDir, atomic_save, safe_load
 from nas.models import build_model
-from nas.train import TrainConfig, Trainer
-from nas.utils import seed_everything
+from nas.engine.trainer import TrainConfig, Trainer
+from nas.runtime.seeds import seed_everything
 
 
 def export(kind: str, root: Path, size: int, seed: int = 0) -> Path:

@@ -69,11 +69,11 @@ def serve() -> None:
     sys.path.insert(0, str(ROOT))
     import torch  # noqa: F401 - the point: imported once, before the forks
     import torch._dynamo  # noqa: F401 - torch.optim imports it on the first optimizer (seconds)
-    import nas.checkpoint  # noqa: F401
+    import nas.runtime.checkpoint  # noqa: F401
     import nas.data  # noqa: F401
     import nas.models  # noqa: F401
-    import nas.train  # noqa: F401
-    for name in ("nas.search", "nas.supernet", "nas.evaluate", "PIL.Image", "yaml"):
+    import nas.engine.trainer  # noqa: F401
+    for name in ("nas.search.searcher", "nas.search.supernet", "nas.engine.evaluate", "PIL.Image", "yaml"):
         try:
             __import__(name)
         except ImportError:

@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from nas.errors import FerNasError
+from nas.runtime.errors import FerNasError
 
 __all__ = ["BatchAugment", "normalize", "eval_views", "EVAL_MODES"]
 

@@ -16,7 +16,7 @@ import torch
 from nas.data.dataset import FERData
 from nas.data.files import read_clean_labels, read_images, rel, require_path
 from nas.data.folders import scan_class_folders
-from nas.errors import FerNasError
+from nas.runtime.errors import FerNasError
 
 __all__ = ["CK48_CLASSES", "CK48_FOLDERS", "read_ck48", "is_ck48"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from nas.data.dataset import FER_CLASSES, SPLITS
-from nas.errors import FerNasError
+from nas.runtime.errors import FerNasError
 
 __all__ = ["CsvRows", "read_header", "parse_rows", "NUM_PIXELS"]
 

@@ -105,3 +105,25 @@ class FERData:
             per_class = torch.bincount(labels[m & (labels >= 0)], minlength=len(self.classes))
             out[name] = {"total": n, **{c: int(per_class[i]) for i, c in enumerate(self.classes)}}
         return out
+
+    def summary(self) -> dict[str, Any]:
+        """The facts a user checks before training, as plain JSON values (what
+        ``fernas inspect`` prints)."""
+        per_class = self.labels[self.labels >= 0].bincount(minlength=len(self.classes)).tolist()
+        out: dict[str, Any] = {
+            "path": self.source,
+            "format": self.format,
+            "image_size": list(self.image_size),
+            "num_samples": len(self),
+            "classes": list(self.classes),
+            "counts": self.counts(),
+            "per_class": dict(zip(self.classes, per_class)),
+            "subjects": len(set(self.subjects)) if self.subjects is not None else None,
+            "skipped": self.skipped,
+            "soft_labels": self.soft_labels is not None,
+            "clean_labels": self.clean_labels is not None,
+        }
+        for key in ("variant", "split_from", "holdout", "ferplus", "crop"):
+            if key in self.meta:
+                out[key] = self.meta[key]
+        return out

@@ -22,7 +22,7 @@ from nas.data.csvrows import CsvRows, parse_rows, read_header
 from nas.data.dataset import FER_CLASSES, SPLITS, FERData
 from nas.data.files import read_clean_labels, require_path, warn
 from nas.data.loader import stratified_split
-from nas.errors import FerNasError
+from nas.runtime.errors import FerNasError
 
 __all__ = ["locate_csv", "read_fer2013_csv", "LABEL_MODES"]
 

@@ -1,66 +1,134 @@
-"""FER+ votes (``fer2013new.csv``): reading, the FER+ majority rule, soft labels.
+"""FER+ votes (``fer2013new.csv``): the one reader, the majority rule, soft labels, and the
+facial-expression similarity (FES) matrix and tagger-disagreement figures computed from them.
 
-FER+ gives ten crowd votes per FER2013 image, one row per row of ``fer2013.csv``
-in the same order. Its columns are ordered differently from FER2013's labels;
-everything here returns FER2013 order (angry, disgust, fear, happy, sad,
-surprise, neutral). Contempt has no FER2013 class, so it is folded out: a
-contempt majority drops the row, and contempt votes do not count in soft labels.
+FER+ gives ten crowd votes per FER2013 image, one row per row of ``fer2013.csv`` in the
+same order. Its columns are ordered differently from FER2013's labels; everything here
+returns FER2013 order (angry, disgust, fear, happy, sad, surprise, neutral). Contempt
+has no FER2013 class, so it is folded out: a contempt majority drops the row, and
+contempt votes do not count in soft labels or in the FES matrix.
+
+FES, as Auto-FERNet defines it: for two expressions ``i != j`` and an image whose ten
+taggers gave ``v_i`` and ``v_j`` votes, the image contributes ``min(v_i, v_j) /
+max(v_i, v_j)`` when both got votes and nothing otherwise; FES(i, j) is the sum over
+images divided by the number of rows in the file (every row, including those voted "not
+a face"). The diagonal is 1; the matrix is symmetric. Relabelling uses it as a gate, and
+SynthFER flips labels along its rows.
 """
 from __future__ import annotations
 
+import csv
+import json
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from nas.data.dataset import SPLITS
-from nas.errors import FerNasError
+from nas.data.dataset import FER_CLASSES, SPLITS
+from nas.runtime.errors import FerNasError
 
-__all__ = ["FERPLUS_COLUMNS", "FERPLUS_TO_FER", "read_ferplus", "majority_labels", "soft_labels"]
+__all__ = ["FERPLUS_COLUMNS", "FERPLUS_TO_FER", "FES_CLASSES", "DEFAULT_FES", "FERPLUS_DISAGREEMENT_DECILES",
+           "read_ferplus", "fer_votes", "majority_labels", "soft_labels", "fes_from_votes", "fes_from_ferplus",
+           "disagreement_from_votes", "format_fes", "format_disagreement", "fes_to_json", "load_fes"]
 
-#: Vote columns of fer2013new.csv, in file order.
+#: Vote columns of fer2013new.csv, in the published file's order.
 FERPLUS_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
                    "unknown", "NF")
 #: For each FER2013 class (angry..neutral), its column in FERPLUS_COLUMNS.
 FERPLUS_TO_FER = (4, 5, 6, 1, 3, 2, 0)
+#: The FES matrix's class order (FER2013's).
+FES_CLASSES = FER_CLASSES
+
+# fes_from_ferplus on the published fer2013new.csv (35,887 rows); tests/test_fes.py
+# recomputes it from the file when the file is present.
+DEFAULT_FES = np.array([
+    [1.0, 0.027189268254, 0.021883582108, 0.020030233789, 0.048782432600, 0.032233562934, 0.058377010997],
+    [0.027189268254, 1.0, 0.009517628305, 0.011473679950, 0.027751316854, 0.013817545019, 0.032062058994],
+    [0.021883582108, 0.009517628305, 1.0, 0.015245517124, 0.027923650117, 0.046197002407, 0.033839430293],
+    [0.020030233789, 0.011473679950, 0.015245517124, 1.0, 0.025750791395, 0.034526573933, 0.055803987472],
+    [0.048782432600, 0.027751316854, 0.027923650117, 0.025750791395, 1.0, 0.034722813806, 0.138388962090],
+    [0.032233562934, 0.013817545019, 0.046197002407, 0.034526573933, 0.034722813806, 1.0, 0.052981957034],
+    [0.058377010997, 0.032062058994, 0.033839430293, 0.055803987472, 0.138388962090, 0.052981957034, 1.0],
+])
+DEFAULT_FES.setflags(write=False)
+
+# disagreement_from_votes(votes, bins=10)["bins"][k]["disagreement"] on the published
+# fer2013new.csv: the expected rate at which one tagger disagrees with the majority,
+# in tenths of the images from the most ambiguous (lowest majority share) to the
+# least; tests/test_fes.py recomputes it from the file. SynthFER's "ambiguous" label
+# noise follows this curve.
+FERPLUS_DISAGREEMENT_DECILES = np.array([
+    0.569722366684, 0.458719935281, 0.375651078129, 0.300549399261, 0.214420174865,
+    0.148276793215, 0.100205357976, 0.022906748810, 0.000000000000, 0.000000000000,
+])
+FERPLUS_DISAGREEMENT_DECILES.setflags(write=False)
 
 
-def read_ferplus(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read ``fer2013new.csv``: (split codes int64 N into SPLITS, votes int64 N×10 in file
-    column order). Any malformed row is a one-line error naming the line."""
+# ----------------------------------------------------------------------------- the reader
+def read_ferplus(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read ``fer2013new.csv``: (split codes int64 N into SPLITS, votes int64 N×10 in
+    :data:`FERPLUS_COLUMNS` order). Columns are found by name (any order, any case); every
+    vote column is checked, so a damaged file is caught wherever the damage is. A
+    malformed file is a one-line error naming the file and line."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise FerNasError(f"{p}: FER+ file not found")
+        raise FerNasError(f"{p}: FER+ votes file not found")
     try:
-        lines = p.read_text(encoding="utf-8-sig").splitlines()
+        with p.open("r", encoding="utf-8-sig", newline="") as f:
+            rows = [r for r in csv.reader(f)]
     except UnicodeDecodeError:
         raise FerNasError(f"{p}: not a text CSV file") from None
-    expected = ["Usage", "Image name", *FERPLUS_COLUMNS]
-    header = [h.strip() for h in lines[0].split(",")] if lines else []
-    if header != expected:
-        raise FerNasError(f"{p}: line 1: wrong header {','.join(header)!r} (expected {','.join(expected)})")
-    while lines and not lines[-1].strip():
-        lines.pop()
-    usage = np.empty(len(lines) - 1, dtype=np.int64)
-    votes = np.empty((len(lines) - 1, len(FERPLUS_COLUMNS)), dtype=np.int64)
-    split_code = {s: i for i, s in enumerate(SPLITS)}
-    for i, line in enumerate(lines[1:]):
-        fields = line.split(",")
-        if len(fields) != len(expected):
-            raise FerNasError(f"{p}: line {i + 2}: expected {len(expected)} fields, found {len(fields)}")
-        code = split_code.get(fields[0].strip())
-        if code is None:
-            raise FerNasError(f"{p}: line {i + 2}: unknown Usage {fields[0].strip()!r} (expected {', '.join(SPLITS)})")
-        usage[i] = code
-        try:
-            votes[i] = [int(v) for v in fields[2:]]
-        except ValueError:
-            raise FerNasError(f"{p}: line {i + 2}: vote counts must be integers") from None
-        if votes[i].min() < 0:
-            raise FerNasError(f"{p}: line {i + 2}: negative vote count")
-    return torch.from_numpy(usage), torch.from_numpy(votes)
+    except csv.Error as e:
+        raise FerNasError(f"{p}: not a CSV file ({e})") from None
+    except OSError as e:
+        raise FerNasError(f"{p}: cannot read ({e.strerror or e})") from None
+    while rows and not any(c.strip() for c in rows[-1]):
+        rows.pop()
+    expected = ("Usage", "Image name", *FERPLUS_COLUMNS)
+    if not rows:
+        raise FerNasError(f"{p}: empty file (expected the FER+ header {','.join(expected)})")
+    header = [h.strip() for h in rows[0]]
+    lower = [h.lower() for h in header]
+    missing = [c for c in ("Usage", *FERPLUS_COLUMNS) if c.lower() not in lower]
+    if missing:
+        raise FerNasError(f"{p}: line 1: not a FER+ votes header, missing column(s) {', '.join(missing)} "
+                          f"(wrong header {','.join(header)!r}; expected {','.join(expected)})")
+    body = rows[1:]
+    if not body:
+        raise FerNasError(f"{p}: no data rows after the header")
+    width = len(header)
+    lengths = np.fromiter((len(r) for r in body), dtype=np.int64, count=len(body))
+    bad = np.flatnonzero(lengths != width)
+    if bad.size:
+        i = int(bad[0])
+        raise FerNasError(f"{p}: line {i + 2}: expected {width} fields, found {lengths[i]}")
+    table = np.array(body, dtype=object)
+    usage_text = np.char.strip(table[:, lower.index("usage")].astype(str))
+    codes = np.full(len(body), -1, dtype=np.int64)
+    for code, name in enumerate(SPLITS):
+        codes[usage_text == name] = code
+    if (codes < 0).any():
+        i = int(np.flatnonzero(codes < 0)[0])
+        raise FerNasError(f"{p}: line {i + 2}: unknown Usage {usage_text[i]!r} (expected {', '.join(SPLITS)})")
+    cols = [lower.index(c.lower()) for c in FERPLUS_COLUMNS]
+    text = table[:, cols].astype(str)
+    stripped = np.char.strip(text)
+    ok = np.char.isdecimal(stripped)
+    if not ok.all():
+        i, j = (int(k) for k in np.argwhere(~ok)[0])
+        raise FerNasError(f"{p}: line {i + 2}: column {header[cols[j]]!r}: {str(text[i, j])!r} is not a "
+                          "non-negative integer vote count")
+    return torch.from_numpy(codes), torch.from_numpy(stripped.astype(np.int64))
 
 
+def fer_votes(path: str | os.PathLike) -> np.ndarray:
+    """The ``N x 7`` vote counts of a FER+ file in FER2013 class order (contempt, unknown
+    and NF left out)."""
+    _, votes = read_ferplus(path)
+    return votes[:, list(FERPLUS_TO_FER)].numpy()
+
+
+# ----------------------------------------------------------------------------- labels
 def majority_labels(votes: torch.Tensor) -> torch.Tensor:
     """FER+ majority rule, as in FER+'s own code: votes of 1 are dropped as outliers; the
     top emotion needs more than half of the remaining votes; rows whose majority is
@@ -83,3 +151,119 @@ def soft_labels(votes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     total = v.sum(dim=1, keepdim=True)
     has = total.squeeze(1) > 0
     return (v / total.clamp_min(1)).float(), has
+
+
+# ----------------------------------------------------------------------------- FES
+def fes_from_votes(votes: np.ndarray) -> np.ndarray:
+    """FES matrix from an ``N x 7`` array of vote counts in FER2013 class order."""
+    v = np.asarray(votes, dtype=np.float64)
+    if v.ndim != 2 or v.shape[1] != len(FES_CLASSES):
+        raise ValueError(f"votes must be N x {len(FES_CLASSES)}, got shape {v.shape}")
+    if v.shape[0] == 0:
+        raise ValueError("no rows of votes")
+    lo = np.minimum(v[:, :, None], v[:, None, :])
+    hi = np.maximum(v[:, :, None], v[:, None, :])
+    # lo > 0 exactly when both classes got votes; elsewhere the image adds nothing.
+    ratio = np.divide(lo, hi, out=np.zeros_like(lo), where=lo > 0)
+    fes = ratio.sum(axis=0) / v.shape[0]
+    np.fill_diagonal(fes, 1.0)
+    return fes
+
+
+def fes_from_ferplus(path: str | os.PathLike) -> np.ndarray:
+    """7x7 FES matrix (float64, FER2013 order) from a FER+ ``fer2013new.csv`` file.
+    A malformed file is a :class:`FerNasError` naming the file and line."""
+    return fes_from_votes(fer_votes(path))
+
+
+def disagreement_from_votes(votes: np.ndarray, bins: int = 5) -> dict:
+    """How often a single tagger would disagree with the majority, overall and by ambiguity.
+
+    ``votes``: ``N x 7`` counts in FER2013 order (contempt, unknown and NF already left
+    out; rows with no vote for the seven classes are dropped). Per image the majority
+    share is ``s = max vote / total``; a tagger drawn from that image's vote
+    distribution (FER2013's single label) picks another class with probability
+    ``1 - s``. Images are sorted by ``s`` (most ambiguous first) and cut into ``bins``
+    equal-count groups; tied shares straddling a cut do not change a group's mean.
+
+    Returns ``{"images", "mean_share", "disagreement", "bins": [{"n", "share_min",
+    "share_max", "mean_share", "disagreement"}, ...]}`` (rates as fractions).
+    """
+    v = np.asarray(votes, dtype=np.float64)
+    if v.ndim != 2 or v.shape[1] != len(FES_CLASSES):
+        raise ValueError(f"votes must be N x {len(FES_CLASSES)}, got shape {v.shape}")
+    if int(bins) < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    total = v.sum(axis=1)
+    v, total = v[total > 0], total[total > 0]
+    if len(v) < int(bins):
+        raise ValueError(f"{len(v)} images with votes: fewer than bins={bins}")
+    share = v.max(axis=1) / total
+    order = np.argsort(share, kind="stable")
+    groups = [{"n": int(len(g)), "share_min": float(share[g].min()), "share_max": float(share[g].max()),
+               "mean_share": float(share[g].mean()), "disagreement": float(1.0 - share[g].mean())}
+              for g in np.array_split(order, int(bins))]
+    return {"images": int(len(v)), "mean_share": float(share.mean()),
+            "disagreement": float(1.0 - share.mean()), "bins": groups}
+
+
+def format_disagreement(d: dict) -> str:
+    """The result of :func:`disagreement_from_votes` as a text table (percentages)."""
+    lines = [f"{d['images']} images; mean majority share {100 * d['mean_share']:.1f} %, "
+             f"expected single-tagger disagreement {100 * d['disagreement']:.1f} %",
+             f"{'group (most ambiguous first)':<30}{'images':>8}{'share range':>16}{'mean share':>12}{'disagree':>10}"]
+    for k, b in enumerate(d["bins"]):
+        rng = f"{100 * b['share_min']:.0f}-{100 * b['share_max']:.0f} %"
+        lines.append(f"{k + 1:>2} of {len(d['bins']):<25}{b['n']:>8}{rng:>16}"
+                     f"{100 * b['mean_share']:>10.1f} %{100 * b['disagreement']:>8.1f} %")
+    return "\n".join(lines)
+
+
+def format_fes(fes: np.ndarray, digits: int = 4) -> str:
+    """The matrix as an aligned text table with class names."""
+    w = max(len(c) for c in FES_CLASSES)
+    cell = max(digits + 3, w + 1)
+    lines = [" " * w + "".join(f"{c:>{cell}}" for c in FES_CLASSES)]
+    for name, row in zip(FES_CLASSES, np.asarray(fes)):
+        lines.append(f"{name:<{w}}" + "".join(f"{x:>{cell}.{digits}f}" for x in row))
+    return "\n".join(lines)
+
+
+def fes_to_json(fes: np.ndarray, source: str | None = None) -> str:
+    """JSON text ``{"classes": [...], "matrix": [[...]], "source": ...}`` (what
+    :func:`load_fes` reads)."""
+    rows = ",\n  ".join(json.dumps([float(x) for x in r]) for r in np.asarray(fes))
+    text = '{\n "classes": ' + json.dumps(list(FES_CLASSES)) + ',\n "matrix": [\n  ' + rows + "\n ]"
+    if source is not None:
+        text += ',\n "source": ' + json.dumps(source)
+    return text + "\n}\n"
+
+
+def load_fes(path: str | os.PathLike) -> np.ndarray:
+    """A FES matrix from a JSON file (as ``fernas fes --out`` writes, or a bare 7x7 list of
+    lists) or from a FER+ votes CSV (computed). Checked: 7x7, finite, non-negative."""
+    p = Path(path)
+    if p.suffix.lower() == ".csv":
+        return fes_from_ferplus(p)
+    if not p.is_file():
+        raise FerNasError(f"{p}: FES matrix file not found")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise FerNasError(f"{p}: not a JSON FES matrix (file is not UTF-8 text)") from None
+    except json.JSONDecodeError as e:
+        raise FerNasError(f"{p}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    if isinstance(data, dict):
+        classes = data.get("classes")
+        if classes is not None and list(classes) != list(FES_CLASSES):
+            raise FerNasError(f"{p}: classes {classes!r} are not in FER2013 order ({', '.join(FES_CLASSES)})")
+        data = data.get("matrix")
+    try:
+        m = np.array(data, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise FerNasError(f"{p}: 'matrix' must be a 7x7 list of numbers") from None
+    if m.shape != (7, 7):
+        raise FerNasError(f"{p}: FES matrix must be 7x7, found shape {m.shape}")
+    if not np.isfinite(m).all() or (m < 0).any():
+        raise FerNasError(f"{p}: FES matrix entries must be finite and non-negative")
+    return m

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nas.errors import FerNasError
+from nas.runtime.errors import FerNasError
 
 __all__ = ["IMAGE_EXTS", "SIDECARS", "warn", "require_path", "list_images", "read_images", "read_clean_labels", "rel", "is_hidden",
            "decode_image"]

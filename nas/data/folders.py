@@ -14,7 +14,7 @@ import torch
 from nas.data.dataset import FER_CLASSES, SPLITS, FERData
 from nas.data.files import SIDECARS, is_hidden, list_images, read_clean_labels, read_images, rel, require_path, warn
 from nas.data.loader import stratified_split
-from nas.errors import FerNasError
+from nas.runtime.errors import FerNasError
 
 __all__ = ["scan_class_folders", "read_fer2013_folders", "read_folder", "is_fer2013_folders"]
 

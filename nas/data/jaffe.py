@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from nas.data.dataset import FER_CLASSES, FERData
 from nas.data.files import IMAGE_EXTS, SIDECARS, is_hidden, read_clean_labels, read_images, rel, require_path, warn
-from nas.errors import FerNasError
+from nas.runtime.errors import FerNasError
 
 __all__ = ["JAFFE_CODES", "DEFAULT_CROP", "read_jaffe", "is_jaffe", "crop_resize"]
 

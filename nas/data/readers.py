@@ -9,7 +9,7 @@ from nas.data.fer2013 import LABEL_MODES, locate_csv, read_fer2013_csv
 from nas.data.files import is_hidden, require_path
 from nas.data.folders import is_fer2013_folders, read_fer2013_folders, read_folder
 from nas.data.jaffe import is_jaffe, read_jaffe
-from nas.errors import FerNasError
+from nas.runtime.errors import FerNasError
 
 __all__ = ["FORMATS", "detect_format", "load_dataset"]
 

@@ -8,7 +8,7 @@ from typing import Any
 from nas.data.dataset import FERData
 from nas.data.fer2013 import LABEL_MODES
 from nas.data.readers import detect_format, load_dataset
-from nas.errors import FerNasError
+from nas.runtime.errors import FerNasError
 
 __all__ = ["DATASETS", "SYNTH_FORMATS", "open_data", "add_data_args", "open_data_from_args"]
 
@@ -50,7 +50,7 @@ def open_data(dataset: str = "auto", data: str | Path | None = None, *, size: in
     return load_dataset(data, fmt, **reader_opts)
 
 
-def _crop_box(value: str) -> tuple[int, int, int, int]:
+def crop_box(value: str) -> tuple[int, int, int, int]:
     try:
         box = tuple(int(v) for v in value.split(","))
     except ValueError:
@@ -58,6 +58,11 @@ def _crop_box(value: str) -> tuple[int, int, int, int]:
     if len(box) != 4:
         raise argparse.ArgumentTypeError(f"expected top,left,height,width, got {value!r}")
     return box  # type: ignore[return-value]
+
+
+def name_list(value: str) -> list[str]:
+    """``"angry, happy"`` -> ``["angry", "happy"]``."""
+    return [c.strip() for c in value.split(",") if c.strip()]
 
 
 def add_data_args(parser: argparse.ArgumentParser, *, dataset: str = "auto", synth_format: str = "fer2013") -> None:
@@ -70,9 +75,9 @@ def add_data_args(parser: argparse.ArgumentParser, *, dataset: str = "auto", syn
     g.add_argument("--skip_bad_rows", action="store_true", help="skip and count malformed rows/images")
     g.add_argument("--ferplus", default=None, help="FER+ fer2013new.csv to join with fer2013.csv")
     g.add_argument("--labels", default="fer", choices=LABEL_MODES, help="FER labels or FER+ majority/soft labels")
-    g.add_argument("--classes", default=None, type=lambda s: [c.strip() for c in s.split(",") if c.strip()],
+    g.add_argument("--classes", default=None, type=name_list,
                    help="class order for a generic root/<class>/ folder, comma-separated")
-    g.add_argument("--jaffe_crop", default=None, type=_crop_box, help="JAFFE face box top,left,height,width")
+    g.add_argument("--jaffe_crop", default=None, type=crop_box, help="JAFFE face box top,left,height,width")
     g.add_argument("--val_fraction", default=0.1, type=float,
                    help="held-out PublicTest fraction of Training where a format has no PublicTest")
     g.add_argument("--data_seed", default=0, type=int, help="seed of SynthFER and of held-out splits")

@@ -16,15 +16,15 @@ Differences from DARTS, all parameter-free so the published sizes hold:
   1x1, 2x2 and 2x2 maps after the 2x2 conv; an adaptive average pool to 1x1 before
   the linear layer makes the head work for every map of at least 8x8 (inputs of 32
   pixels and more) without changing its parameters.
-* ``FactorizedReduce`` from :mod:`nas.ops` also handles odd map sizes.
+* ``FactorizedReduce`` from :mod:`nas.models.ops` also handles odd map sizes.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from nas.genotypes import Genotype, validate_genotype
-from nas.ops import OPS, FactorizedReduce, Identity, ReLUConvBN
+from nas.models.genotypes import Genotype, validate_genotype
+from nas.models.ops import OPS, FactorizedReduce, Identity, ReLUConvBN
 
 __all__ = ["drop_path", "Cell", "AuxiliaryHead", "NetworkFER", "STEM_MULTIPLIER"]
 

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from nas.genotypes import Genotype
-from nas.supernet import PRUNED, UNDECIDED, SearchNetwork, node_edge_ranges
+from nas.models.genotypes import Genotype
+from nas.search.supernet import PRUNED, UNDECIDED, SearchNetwork, node_edge_ranges
 
 __all__ = ["normalize", "histogram_intersection", "edge_scores", "SGAS", "CELL_TYPES"]
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from nas.errors import FerNasError, RunInterrupted
+from nas.runtime.errors import FerNasError, RunInterrupted
 
 __all__ = ["ArgumentParser", "str2bool", "int_list", "float_list", "parse_args", "run", "load_yaml_config"]
 

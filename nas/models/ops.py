@@ -191,7 +191,7 @@ def search_space(spec: str) -> list[str]:
     """The primitive names of a search space: a name in :data:`SEARCH_SPACES`, or a
     comma-separated list of op names (e.g. ``none,skip_connect,sep_conv_3x3``).
     Anything else is a :class:`~nas.errors.FerNasError` listing the choices."""
-    from nas.errors import FerNasError
+    from nas.runtime.errors import FerNasError
 
     if spec in SEARCH_SPACES:
         return list(SEARCH_SPACES[spec])

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from nas import __version__
-from nas.errors import FerNasError
+from nas.runtime.errors import FerNasError
 
 __all__ = ["atomic_save", "atomic_write_text", "safe_load", "RunDir", "RUN_MARKERS", "read_csv_rows", "write_csv"]
 

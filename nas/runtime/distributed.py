@@ -21,9 +21,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from nas.errors import FerNasError
+from nas.runtime.errors import FerNasError
 
 __all__ = ["DistInfo", "init_distributed", "cleanup", "all_reduce_sum", "all_reduce_max", "all_gather_objects",
+           "average_batchnorm_stats", "all_reduce_mean_grads",
            "broadcast_object", "barrier", "shard_batch", "single_process"]
 
 
@@ -125,3 +126,39 @@ def shard_batch(idx: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.world_size <= 1:
         return idx
     return idx[info.rank::info.world_size]
+
+
+def average_batchnorm_stats(model: torch.nn.Module, info: DistInfo) -> None:
+    """Average the running statistics of every batch-norm layer over ranks (each rank's
+    forward passes updated them from its own shard), so that every rank evaluates and
+    saves the same model. A no-op in one process."""
+    if not info.enabled:
+        return
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                for b in m.buffers(recurse=False):
+                    if b.is_floating_point():
+                        all_reduce_sum(b)
+                        b.div_(info.world_size)
+
+
+def all_reduce_mean_grads(params: list[torch.Tensor]) -> None:
+    """Average the gradients of ``params`` over ranks in one flat all-reduce (a supernet has
+    hundreds of small tensors, for which one message each would be latency-bound). A
+    parameter without a gradient counts as zero on that rank. A no-op in one process."""
+    if not _active():
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat.div_(dist.get_world_size())
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+

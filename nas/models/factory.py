@@ -19,11 +19,11 @@ from typing import Any, Mapping
 
 import torch.nn as nn
 
-from nas.baselines import BASELINES
-from nas.errors import FerNasError
-from nas.genotypes import (Genotype, genotype_from_dict, genotype_to_dict, is_genotype_name, list_genotypes,
+from nas.models.baselines import BASELINES
+from nas.runtime.errors import FerNasError
+from nas.models.genotypes import (Genotype, genotype_from_dict, genotype_to_dict, is_genotype_name, list_genotypes,
                            load_genotype)
-from nas.network import NetworkFER
+from nas.models.network import NetworkFER
 
 __all__ = ["build_model", "count_parameters", "model_spec", "model_from_spec", "list_models", "MODEL_REGISTRY",
            "SPEC_KWARGS"]

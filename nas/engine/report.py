@@ -272,43 +272,51 @@ def plot_cell(cell: Sequence[tuple[str, int]], concat: Sequence[int], path: str 
 
 
 def plot_cells(genotype: Any, out_dir: str | Path, prefix: str = "cell") -> list[Path]:
-    """``cell_normal.png`` and ``cell_reduce.png`` for a genotype (a ``Genotype``
-    or its dict). Uses the search module's plotter when it provides one."""
-    from nas.genotypes import genotype_from_dict
+    """``cell_normal.png`` and ``cell_reduce.png`` for a genotype (a ``Genotype`` or its
+    dict): with graphviz (the package and its ``dot`` binary) when it works, else with
+    matplotlib."""
+    from nas.models.genotypes import genotype_from_dict
 
     g = genotype_from_dict(genotype) if isinstance(genotype, Mapping) else genotype
     out = Path(out_dir)
-    external = _external_cell_plotter()
     paths = []
     for kind in ("normal", "reduce"):
         p = out / f"{prefix}_{kind}.png"
-        if external is not None:
-            try:
-                external(getattr(g, kind), getattr(g, f"{kind}_concat"), p, title=f"{kind} cell")
-                paths.append(p)
-                continue
-            except Exception:  # noqa: BLE001 - fall back to the built-in drawing
-                pass
-        r = plot_cell(getattr(g, kind), getattr(g, f"{kind}_concat"), p, title=f"{kind} cell")
+        cell, concat = getattr(g, kind), getattr(g, f"{kind}_concat")
+        try:
+            paths.append(_graphviz_cell(cell, concat, p))
+            continue
+        except Exception:  # noqa: BLE001 - no graphviz package, no dot binary, or dot failed: matplotlib
+            pass
+        r = plot_cell(cell, concat, p, title=f"{kind} cell")
         if r is not None:
             paths.append(r)
     return paths
 
 
-def _external_cell_plotter():
-    """The search helper's cell plotter, if one exists with the signature
-    ``(cell, concat, path, title=...)``; else None (the built-in one is used)."""
-    import importlib
+def _graphviz_cell(cell: Sequence[tuple[str, int]], concat: Sequence[int], path: Path) -> Path:
+    """A cell drawn by graphviz (the ``graphviz`` package and its ``dot`` binary); raises
+    when graphviz is unavailable, and :func:`plot_cells` falls back to matplotlib."""
+    import graphviz
 
-    for mod, name in (("nas.visualize", "plot_cell"), ("nas.search", "plot_cell")):
-        try:
-            m = importlib.import_module(mod)
-        except Exception:  # noqa: BLE001
-            continue
-        fn = getattr(m, name, None)
-        if callable(fn):
-            return fn
-    return None
+    g = graphviz.Digraph(format="png", edge_attr={"fontsize": "11"},
+                         node_attr={"style": "filled", "shape": "rect", "align": "center", "fontsize": "12",
+                                    "height": "0.5", "width": "0.5", "penwidth": "2"}, engine="dot")
+    g.body.extend(["rankdir=LR"])
+    g.node("c_{k-2}", fillcolor="darkseagreen2")
+    g.node("c_{k-1}", fillcolor="darkseagreen2")
+    steps = len(cell) // 2
+    for i in range(steps):
+        g.node(str(i), fillcolor="lightblue")
+    for k, (op, j) in enumerate(cell):
+        src = "c_{k-2}" if j == 0 else "c_{k-1}" if j == 1 else str(j - 2)
+        g.edge(src, str(k // 2), label=op, fillcolor="gray")
+    g.node("c_{k}", fillcolor="palegoldenrod")
+    for j in concat:
+        g.edge(str(j - 2), "c_{k}", fillcolor="gray")
+    out = Path(path)
+    g.render(str(out.with_suffix("")), cleanup=True)
+    return out
 
 
 # ----------------------------------------------------------------------------- all of it
@@ -339,7 +347,7 @@ def write_report(out_dir: str | Path, *, model: nn.Module | None = None, metrics
     if metrics_rows:
         attempt("curves", plot_curves, metrics_rows, out / "curves.png")
     if probs is not None and labels is not None and len(classes):
-        from nas.evaluate import confusion_matrix
+        from nas.engine.evaluate import confusion_matrix
 
         preds = probs.argmax(1).cpu()
         cm = confusion_matrix(preds, labels.cpu(), len(classes))

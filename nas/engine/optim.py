@@ -17,7 +17,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from nas.errors import FerNasError
+from nas.runtime.errors import FerNasError
 
 __all__ = ["OPTIMIZERS", "SCHEDULERS", "build_optimizer", "build_scheduler", "current_lr",
            "supports_found_inf", "set_found_inf"]

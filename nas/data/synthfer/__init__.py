@@ -1,6 +1,6 @@
 """SynthFER: a synthetic facial-expression benchmark with known clean labels.
 
-Procedural 48×48 grayscale faces (see :mod:`nas.data.synthfer_render`) whose
+Procedural 48×48 grayscale faces (see :mod:`nas.data.synthfer.render_v1`) whose
 expression is set by action-unit-like parameters, with nuisances (identity,
 pose, light, noise, blur, occluders, background) drawn independently of the
 label. A chosen fraction of Training labels is flipped towards similar
@@ -26,9 +26,9 @@ and JAFFE exports are clean (they are test sets), their sidecar repeats the labe
 Which rows are flipped: ``noise_mode="uniform"`` (default) picks them at random;
 ``"ambiguous"`` picks weak expressions more often, following how often a single
 FER+ tagger disagrees with the majority on ambiguous images
-(:data:`nas.fes.FERPLUS_DISAGREEMENT_DECILES`).
+(:data:`nas.data.ferplus.FERPLUS_DISAGREEMENT_DECILES`).
 
-Command line::
+Command line (``fernas synthfer`` is the same)::
 
     python -m nas.data.synthfer --out DIR --format fer2013 [--size N] [--noise 0.1]
         [--noise_mode uniform|ambiguous] [--seed S] [--difficulty D] [--preview] [--force]
@@ -48,14 +48,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from nas.data.dataset import FER_CLASSES, SPLITS
-from nas.data.synthfer_render import AUS, EXPRESSIONS, draw, sample_identity, sample_params
-from nas.errors import FerNasError
-from nas.fes import DEFAULT_FES, FERPLUS_DISAGREEMENT_DECILES
+from nas.data.synthfer.render_v1 import AUS, EXPRESSIONS, draw, sample_identity, sample_params
+from nas.runtime.errors import FerNasError
+from nas.data.ferplus import DEFAULT_FES, FERPLUS_DISAGREEMENT_DECILES
 
 __all__ = [
     "RENDER_VERSION", "FORMATS", "STYLES", "FER_TRAIN_COUNTS", "FER_SPLIT_SIZES", "CK_COUNTS", "CK_CLASSES",
     "JAFFE_COUNTS", "JAFFE_CODES", "JAFFE_SUBJECTS", "fes_matrix", "class_counts",
-    "NOISE_MODES", "render", "ambiguity_score", "flip_labels", "export", "export_cached", "cache_root", "preview", "get_args_parser", "main",
+    "NOISE_MODES", "render", "ambiguity_score", "flip_labels", "export", "export_cached", "cache_root", "preview",
+    "check_export",
 ]
 
 #: Bumped whenever the pictures change, so cached exports are rebuilt.
@@ -85,7 +86,7 @@ _DEFAULT_FER_TOTAL = sum(FER_SPLIT_SIZES)
 
 # --------------------------------------------------------------------------- labels
 def fes_matrix() -> np.ndarray:
-    """The 7×7 FES matrix in FER order (:data:`nas.fes.DEFAULT_FES`, from the published FER+ votes)."""
+    """The 7×7 FES matrix in FER order (:data:`nas.data.ferplus.DEFAULT_FES`, from the published FER+ votes)."""
     return np.array(DEFAULT_FES, dtype=np.float64)
 
 
@@ -170,7 +171,7 @@ def flip_labels(labels: np.ndarray, fraction: float, rng: np.random.Generator, *
     samples are ranked within their class by ``ambiguity`` (higher = more
     ambiguous, e.g. :func:`ambiguity_score`), and a sample at quantile q is flipped
     with probability proportional to FER+'s single-tagger disagreement at quantile q
-    of its images' ambiguity (:data:`nas.fes.FERPLUS_DISAGREEMENT_DECILES`, ~57 % for
+    of its images' ambiguity (:data:`nas.data.ferplus.FERPLUS_DISAGREEMENT_DECILES`, ~57 % for
     the most ambiguous tenth down to 0 for unanimous images), scaled so that the
     count is still exactly ``round(fraction * eligible)``. Every class keeps its
     share of the flips."""
@@ -450,7 +451,7 @@ def _export_jaffe(out: Path, size: int | None, seed: int, difficulty: float) -> 
             "subjects": np.array([JAFFE_SUBJECTS[s] for s in subj])}
 
 
-def _check_export(fmt: str, size: int | None, noise: float, difficulty: float, noise_mode: str = "uniform") -> None:
+def check_export(fmt: str, size: int | None, noise: float, difficulty: float, noise_mode: str = "uniform") -> None:
     if fmt not in FORMATS:
         raise FerNasError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
     if noise_mode not in NOISE_MODES:
@@ -531,7 +532,7 @@ def export(fmt: str, out: str | os.PathLike, *, size: int | None = None, seed: i
     for ``ck48``, 213 for ``jaffe``; smaller sizes keep the proportions).
     ``noise_mode``: which Training labels are flipped (:func:`flip_labels`).
     """
-    _check_export(fmt, size, noise, difficulty, noise_mode)
+    check_export(fmt, size, noise, difficulty, noise_mode)
     out = Path(out)
     if out.exists():
         if not out.is_dir():
@@ -575,7 +576,7 @@ def export_cached(fmt: str, *, size: int | None = None, seed: int = 0, noise: fl
     """The folder of a SynthFER export, rendered on first use and cached by
     (format, size, seed, noise, noise mode, difficulty, renderer version). Concurrent
     callers may both render; the first rename wins, the other result is dropped."""
-    _check_export(fmt, size, noise, difficulty, noise_mode)
+    check_export(fmt, size, noise, difficulty, noise_mode)
     if fmt in ("ck48", "jaffe"):
         noise = 0.0  # test-set formats carry no label noise
     if noise == 0.0:
@@ -639,45 +640,3 @@ def preview(path: str | os.PathLike, *, style: str = "fer", difficulty: float = 
 
 
 # --------------------------------------------------------------------------- CLI
-def get_args_parser() -> argparse.ArgumentParser:
-    from nas.cli import ArgumentParser
-
-    p = ArgumentParser(prog="python -m nas.data.synthfer",
-                       description="Export SynthFER, the synthetic facial-expression benchmark, in a real file format.")
-    p.add_argument("--out", required=True, help="output folder (created; must be new or empty unless --force)")
-    p.add_argument("--format", required=True, choices=FORMATS,
-                   help="fer2013: fer2013.csv; folder: train/ test/ image folders; ck48: CK+48 folders; jaffe: JAFFE tiffs")
-    p.add_argument("--size", type=int, default=None,
-                   help="number of images (default: 35887 for fer2013/folder, 981 for ck48, 213 for jaffe)")
-    p.add_argument("--noise", type=float, default=0.1, help="fraction of Training labels flipped along FES (fer2013/folder)")
-    p.add_argument("--noise_mode", default="uniform", choices=NOISE_MODES,
-                   help="which labels are flipped: uniform (at random) or ambiguous (weak expressions more often, "
-                        "following FER+ single-tagger disagreement)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--difficulty", type=float, default=1.0, help="0 clean prototypes, 1 default, 2 hard")
-    p.add_argument("--preview", action="store_true",
-                   help="write only OUT/preview.png, a labelled grid with a row per class, instead of the data")
-    p.add_argument("--force", action="store_true", help="replace an earlier SynthFER export in --out")
-    return p
-
-
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    if args.preview:
-        _check_export(args.format, args.size, args.noise, args.difficulty, args.noise_mode)
-        style = {"ck48": "ck", "jaffe": "jaffe"}.get(args.format, "fer")
-        path = preview(Path(args.out) / "preview.png", style=style, difficulty=args.difficulty, seed=args.seed)
-        info: dict[str, Any] = {"preview": str(path), "style": style}
-    else:
-        info = export(args.format, args.out, size=args.size, seed=args.seed, noise=args.noise,
-                      difficulty=args.difficulty, force=args.force, noise_mode=args.noise_mode)
-        info["out"] = str(args.out)
-    info["seconds"] = round(time.perf_counter() - t0, 2)
-    print(json.dumps(info))
-    return info
-
-
-if __name__ == "__main__":
-    from nas.cli import run
-
-    run(main, get_args_parser())

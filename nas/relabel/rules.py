@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nas.errors import FerNasError
+from nas.runtime.errors import FerNasError
 
 __all__ = ["relabel", "relabel_mask", "relabel_loop", "fes_gate", "transition_counts"]
 

@@ -6,9 +6,9 @@ Predictions are made in batches on the model's device from the uint8 images
 views are averaged (``tencrop``: the mean softmax of ten crops). Results stay
 on the device until one transfer at the end.
 
-``python -m nas.evaluate --checkpoint RUN/best.pt --data fer2013.csv`` rebuilds
-the model from the checkpoint alone and prints JSON (``--out DIR`` also writes
-the confusion matrix and per-class CSVs).
+``fernas evaluate --checkpoint RUN/best.pt --data fer2013.csv`` rebuilds the model
+from the checkpoint alone and prints JSON (``--out DIR`` also writes the confusion
+matrix and per-class CSVs).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from nas.errors import FerNasError
+from nas.runtime.errors import FerNasError
 
 __all__ = [
     "TTA_MODES", "predict", "evaluate_split", "accuracy", "topk_accuracy", "confusion_matrix",
@@ -110,7 +110,7 @@ def predict(model: nn.Module, images: torch.Tensor, *, mean: float, std: float, 
     """Class probabilities (N×C float32, on the model's device) for uint8 ``images``
     (N×1×H×W, any device), averaging softmax over the test-time views of ``tta``."""
     from nas.data.augment import eval_views
-    from nas.utils import autocast
+    from nas.runtime.device import autocast
 
     if tta not in TTA_MODES:
         raise FerNasError(f"--tta {tta!r}: unknown view (choose from {', '.join(TTA_MODES)})")
@@ -147,7 +147,7 @@ def evaluate_split(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     Under DDP (``dist_info.world_size`` > 1) each rank scores a disjoint shard and
     the sums are all-reduced, so every rank returns the same figures. One host
     sync at the end."""
-    from nas.distributed import all_reduce_sum
+    from nas.runtime.distributed import all_reduce_sum
 
     device = _model_device(model)
     if dist_info is not None and dist_info.world_size > 1:
@@ -195,7 +195,7 @@ def summarize(probs: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
 def load_model_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the model from a training checkpoint alone (``model_spec`` + weights),
     in eval mode on ``device``. Returns ``(model, checkpoint_dict)``."""
-    from nas.checkpoint import safe_load
+    from nas.runtime.checkpoint import safe_load
     from nas.models import model_from_spec
 
     ckpt = safe_load(path, map_location="cpu")
@@ -250,7 +250,7 @@ def evaluate_checkpoint(path: str | Path, data: Any, *, split: str = "PrivateTes
 
 def write_csvs(result: dict[str, Any], out_dir: str | Path) -> list[Path]:
     """``confusion_<view>.csv`` (rows true, columns predicted) and ``per_class_<view>.csv``."""
-    from nas.checkpoint import write_csv
+    from nas.runtime.checkpoint import write_csv
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -266,68 +266,3 @@ def write_csvs(result: dict[str, Any], out_dir: str | Path) -> list[Path]:
         write_csv(p, r["per_class"], ["class", "precision", "recall", "f1", "support"])
         written.append(p)
     return written
-
-
-# ----------------------------------------------------------------------------- CLI
-def get_args_parser() -> argparse.ArgumentParser:
-    from nas.cli import ArgumentParser
-    from nas.data import add_data_args
-
-    p = ArgumentParser(prog="python -m nas.evaluate",
-                       description="Score a fer-nas checkpoint: accuracy per test-time view, per-class "
-                                   "precision/recall/F1, confusion matrix, top-2, bootstrap 95% CI.")
-    p.add_argument("--checkpoint", required=True, help="a .pt file, or a run folder (uses best.pt)")
-    add_data_args(p)
-    p.add_argument("--split", default="PrivateTest", choices=["Training", "PublicTest", "PrivateTest", "all"])
-    p.add_argument("--tta", default="all", choices=[*TTA_MODES, "all"], help="test-time view(s) to score")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch_size", type=int, default=256)
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CI (0: off)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="folder for confusion/per-class CSVs and evaluation.json")
-    return p
-
-
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    from nas.checkpoint import atomic_write_text
-    from nas.data import open_data_from_args
-    from nas.utils import resolve_device
-
-    device = resolve_device(args.device)
-    _labels_like_training(args)
-    data = open_data_from_args(args)
-    views = list(TTA_MODES) if args.tta == "all" else [args.tta]
-    result = evaluate_checkpoint(args.checkpoint, data, split=args.split, tta=views, device=device,
-                                 batch_size=args.batch_size, n_boot=args.bootstrap, seed=args.seed)
-    text = json.dumps(result, indent=2, default=_json_default)
-    print(text)
-    if args.out:
-        write_csvs(result, args.out)
-        atomic_write_text(text + "\n", Path(args.out) / "evaluation.json")
-    return result
-
-
-def _labels_like_training(args: argparse.Namespace) -> None:
-    """A model trained on FER+ labels is scored against the FER+ majority label: when the
-    user gave no --labels/--ferplus, take the votes file the run used."""
-    from nas.checkpoint import safe_load
-
-    trained = safe_load(args.checkpoint).get("args") or {}
-    if trained.get("labels", "fer") != "fer" and args.labels == "fer" and not args.ferplus and trained.get("ferplus"):
-        args.ferplus, args.labels = trained["ferplus"], "ferplus_majority"
-        print(f"notice: the model was trained on --labels {trained['labels']}; scoring against the FER+ majority "
-              f"label ({args.ferplus})", file=sys.stderr)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, float) and math.isnan(o):
-        return None
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    return str(o)
-
-
-if __name__ == "__main__":
-    from nas.cli import run
-
-    run(main, get_args_parser())

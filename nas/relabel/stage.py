@@ -1,14 +1,14 @@
-"""Relabelling training: Auto-FERNet's third stage, behind relabel_training.py.
+"""Relabelling: Auto-FERNet's third stage, behind ``relabel_training.py`` (``fernas relabel``).
 
 Start from a checkpoint saved before convergence (``snapshot_train85.pt`` of a
 train_searched.py run) and keep training while the relabelling rule
 (:func:`nas.relabel.relabel`: ``0 < p_pred - p_label < threshold``, optionally
 gated by the FES matrix) rewrites labels the model nearly disagrees with.
 
-:class:`Relabeller` plugs into the training engine twice: as its ``target_hook``
-(per step, on the device, no host sync) and as its ``epoch_callback`` (once per
-epoch: statistics, the transitions CSV, and under DDP the merge of every
-rank's changes).
+:class:`Relabeller` plugs into the trainer twice: as its ``target_hook`` (per step,
+on the device, no host sync) and as a loop callback (once per epoch: statistics, the
+transitions CSV, and under DDP the merge of every rank's changes; its label tensors
+are checkpointed with the loop's state).
 
 Modes:
 
@@ -41,17 +41,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
-from nas.errors import FerNasError
+from nas.data.dataset import SPLITS, FERData
+from nas.engine.loop import Callback, Loop
+from nas.engine.session import Session
+from nas.runtime.distributed import DistInfo
+from nas.runtime.errors import FerNasError
 
-__all__ = ["RELABEL_MODES", "TRANSITIONS_CSV", "Relabeller", "add_relabel_args", "resolve_fes",
-           "drop_path_schedule", "relabel_main", "summarize_relabel", "plot_relabel"]
+__all__ = ["RELABEL_MODES", "TRANSITIONS_CSV", "REFERENCE_DEFAULTS", "Relabeller", "add_relabel_args", "resolve_fes",
+           "drop_path_schedule", "run_relabel", "check_relabel_args", "summarize_relabel", "plot_relabel"]
 
 RELABEL_MODES = ("batch", "persistent")
 TRANSITIONS_CSV = "relabel_transitions.csv"
@@ -59,8 +63,8 @@ REFERENCE_DEFAULTS = {"batch_size": 64, "learning_rate": 0.02272721, "epochs": 1
 
 
 # ----------------------------------------------------------------------------- the hook
-class Relabeller:
-    """Target hook and epoch callback of :class:`nas.train.Trainer` that relabels.
+class Relabeller(Callback):
+    """Target hook and loop callback of :class:`nas.engine.trainer.Trainer` that relabels.
 
     Args:
         labels: int64 N, the dataset's (hard) labels, all splits; indices of the
@@ -78,10 +82,12 @@ class Relabeller:
         dist: :class:`nas.distributed.DistInfo` (merge of ranks' changes).
     """
 
-    def __init__(self, labels: torch.Tensor, train_idx: torch.Tensor, *, threshold: float, fes: Any = None,
-                 fes_threshold: float = 0.03, mode: str = "batch", warmup: int = 1,
-                 clean_labels: torch.Tensor | None = None, classes: Sequence[str] = (), dist: Any = None,
-                 log: bool = True) -> None:
+    name = "relabel"
+
+    def __init__(self, labels: torch.Tensor, train_idx: torch.Tensor, *, threshold: float,
+                 fes: np.ndarray | None = None, fes_threshold: float = 0.03, mode: str = "batch", warmup: int = 1,
+                 clean_labels: torch.Tensor | None = None, classes: Sequence[str] = (),
+                 dist: DistInfo | None = None, log: bool = True) -> None:
         if mode not in RELABEL_MODES:
             raise FerNasError(f"--relabel_mode {mode!r}: choose from {', '.join(RELABEL_MODES)}")
         if not math.isfinite(threshold) or threshold < 0:
@@ -120,7 +126,7 @@ class Relabeller:
         given = self.base[idx]
         if epoch < self.warmup or not self.active:
             return given
-        from nas.relabel import relabel
+        from nas.relabel.rules import relabel
 
         probs = torch.softmax(logits.float(), dim=1)
         new = relabel(probs, given, self.threshold, self.fes, self.fes_threshold)
@@ -134,7 +140,7 @@ class Relabeller:
         is also right for entries every rank already holds (after a mid-epoch resume)."""
         if self.dist is None or not self.dist.enabled:
             return
-        from nas.distributed import all_reduce_max
+        from nas.runtime.distributed import all_reduce_max
 
         enc = torch.where(self.now != self.base, self.now + 1, torch.zeros_like(self.now))
         all_reduce_max(enc)
@@ -142,7 +148,7 @@ class Relabeller:
 
     def statistics(self) -> tuple[dict[str, Any], torch.Tensor]:
         """This epoch's metrics columns and the K×K transition counts (merged over ranks)."""
-        from nas.relabel import transition_counts
+        from nas.relabel.rules import transition_counts
 
         self._merge()
         t = self.train_idx
@@ -180,17 +186,17 @@ class Relabeller:
             self.now = self.base.clone()
         return row, trans
 
-    def epoch_callback(self, epoch: int, trainer: Any) -> dict[str, Any]:
-        """The trainer's ``epoch_callback``: statistics as metrics columns, the epoch's
-        transitions appended to relabel_transitions.csv (rank 0 writes)."""
-        row, trans = self.end_epoch(epoch)
-        run = trainer.run
+    def on_epoch_end(self, loop: Loop, epoch: int, row: dict[str, Any]) -> None:
+        """Statistics as metrics columns, the epoch's transitions appended to
+        relabel_transitions.csv (rank 0 writes)."""
+        stats, trans = self.end_epoch(epoch)
+        row.update(stats)
+        run = loop.run
         for i, j in zip(*np.nonzero(trans.numpy())):
             run.append_metrics({"epoch": epoch + 1, "from": self.classes[i], "to": self.classes[j],
                                 "count": int(trans[i, j])}, name=TRANSITIONS_CSV)
         if self.log and self.active and epoch >= self.warmup:
-            run.log(f"  relabel epoch {epoch + 1}: {_describe(row)}")
-        return row
+            run.log(f"  relabel epoch {epoch + 1}: {_describe(stats)}")
 
     # -- checkpointing ----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -201,6 +207,7 @@ class Relabeller:
                 "base": self.base.cpu(), "now": self.now.cpu()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the label tensors; the data's labels must be the run's."""
         if state.get("kind") != "fer-nas-relabeller":
             raise FerNasError("checkpoint holds no relabelling state to resume")
         orig = state["original"]
@@ -227,7 +234,7 @@ def _describe(row: Mapping[str, Any]) -> str:
 # ----------------------------------------------------------------------------- flags
 def add_relabel_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The relabelling flags (the reference's names and defaults)."""
-    from nas.cli import str2bool
+    from nas.runtime.cli import str2bool
 
     g = parser.add_argument_group("relabelling")
     g.add_argument("--checkpoint", default=None,
@@ -240,7 +247,7 @@ def add_relabel_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     g.add_argument("--fes", type=str2bool, default=True, help="gate changes by the FES matrix (True/False)")
     g.add_argument("--fes_threshold", type=float, default=0.03, help="a change t->p needs FES[t][p] > this")
     g.add_argument("--fes_matrix", default=None,
-                   help="JSON 7x7 matrix (python -m nas.fes --out) or FER+ votes CSV (default: nas.fes.DEFAULT_FES)")
+                   help="JSON 7x7 matrix (fernas fes --out) or FER+ votes CSV (default: nas.fes.DEFAULT_FES)")
     g.add_argument("--relabel_mode", default="batch", choices=RELABEL_MODES,
                    help="batch: a changed label lives for that step (reference); persistent: it is kept")
     g.add_argument("--relabel_warmup", type=int, default=1,
@@ -251,7 +258,7 @@ def add_relabel_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 def resolve_fes(args: argparse.Namespace, classes: Sequence[str]) -> np.ndarray | None:
     """The FES gate's matrix, or None with ``--fes False``."""
     from nas.data.dataset import FER_CLASSES
-    from nas.fes import DEFAULT_FES, load_fes
+    from nas.data.ferplus import DEFAULT_FES, load_fes
 
     if not args.fes:
         return None
@@ -282,99 +289,86 @@ def drop_path_schedule(ckpt: Mapping[str, Any], epochs: int) -> tuple[float, flo
 
 
 # ----------------------------------------------------------------------------- the run
-def relabel_main(args: argparse.Namespace) -> dict[str, Any]:
-    """What ``relabel_training.py`` does: see the script's docstring."""
-    from nas.checkpoint import RunDir, read_csv_rows
-    from nas.data import open_data_from_args
-    from nas.distributed import broadcast_object, cleanup, init_distributed
-    from nas.evaluate import checkpoint_norm, load_model_from_checkpoint
-    from nas.train import Trainer, config_from_args, resumed_args, write_run_report
-    from nas.utils import resolve_device, seed_everything
-
-    if args.resume:
-        args = resumed_args(args)
+def check_relabel_args(args: argparse.Namespace) -> None:
+    """The flag combinations that cannot work, refused before any work (and before a run
+    folder is made). Applies ``--no_relabel`` (threshold 0)."""
     if args.labels != "fer" and not args.ferplus:
         raise FerNasError(f"--labels {args.labels} needs --ferplus PATH (the FER+ votes file fer2013new.csv)")
     if args.no_relabel:
         args.relabel_threshold = 0.0
-    soft = args.labels == "ferplus_soft"
-    if soft and args.relabel_threshold > 0:
+    if args.labels == "ferplus_soft" and args.relabel_threshold > 0:
         raise FerNasError("--labels ferplus_soft trains on FER+ vote distributions, which relabelling (a rule on "
                           "hard labels) does not change: use --labels ferplus_majority, or --no_relabel to "
                           "continue soft training")
     if not args.resume and not args.checkpoint:
         raise FerNasError("--checkpoint PATH is required (e.g. runs/train-FER_V1-.../snapshot_train85.pt)")
-    device = resolve_device(args.device)
-    dist = init_distributed(device)
-    try:
-        source = Path(args.resume) / "last.pt" if args.resume else Path(args.checkpoint)
-        model, ckpt = load_model_from_checkpoint(source, "cpu")
-        mean, std, crop = checkpoint_norm(ckpt)
-        arch = (ckpt.get("model_spec") or {}).get("arch", "model")
-        if args.save is None and not args.resume:
-            stamp = broadcast_object(time.strftime("%Y%m%d-%H%M%S"))
-            args.save = f"runs/relabel-{_safe(arch)}-{stamp}"
-        run_dir = RunDir(args.resume or args.save, resume=bool(args.resume), force=args.force, enabled=dist.is_main)
-        seed_everything(args.seed)
-        data = open_data_from_args(args)
-        classes = list(ckpt.get("classes") or data.classes)
-        if list(data.classes) != classes:
-            raise FerNasError(f"{ckpt.get('path', source)}: the model's classes {classes} differ from the data's "
-                              f"{list(data.classes)}")
-        fes = resolve_fes(args, data.classes)
-        if args.resume:
-            dp = ckpt.get("drop_path") or {}
-            dp_prob, dp_offset, dp_total = float(dp["prob"]), float(dp["offset"]), float(dp["total"])
-        else:
-            dp_prob, dp_offset, dp_total = drop_path_schedule(ckpt, args.epochs)
-            if args.drop_path_prob is not None:
-                dp_prob = float(args.drop_path_prob)
-            args.drop_path_prob = dp_prob
-        cfg = config_from_args(args, crop=crop, drop_path_prob=dp_prob)
-        if dist.enabled:  # same weights everywhere (the checkpoint), different drop-path masks per rank
-            torch.manual_seed(args.seed + 1_000_003 * dist.rank)
-        hook = None
-        if not soft:
-            from nas.data.dataset import SPLITS
-
-            dev = dist.device
-            hook = Relabeller(data.labels.to(dev), (data.split == SPLITS.index("Training")).nonzero().flatten(),
-                              threshold=args.relabel_threshold, fes=fes, fes_threshold=args.fes_threshold,
-                              mode=args.relabel_mode, warmup=args.relabel_warmup,
-                              clean_labels=data.clean_labels, classes=data.classes, dist=dist)
-        trainer = Trainer(model, data, cfg, run_dir, dist=dist, norm=(mean, std), target_hook=hook,
-                          epoch_callback=hook.epoch_callback if hook is not None else None,
-                          drop_path_offset=dp_offset, drop_path_total=dp_total, args={**vars(args), "arch": arch})
-        if args.resume:
-            trainer.resume(args.resume)
-            run_dir.truncate_metrics("epoch", trainer.epoch, name=TRANSITIONS_CSV)
-        else:
-            run_dir.write_config(args)
-            run_dir.log(_start_line(args, ckpt, source, fes, dp_prob, dp_offset, dp_total, data))
-        results = trainer.fit()
-        if dist.is_main:
-            rows = read_csv_rows(run_dir.file("metrics.csv")) if run_dir.file("metrics.csv").exists() else []
-            summary = summarize_relabel(rows, warmup=args.relabel_warmup)
-            results["relabel"] = summary
-            results["start_checkpoint"] = str(args.checkpoint)
-            from nas.checkpoint import atomic_write_text
-
-            atomic_write_text(json.dumps(results, indent=2, default=str) + "\n", run_dir.file("results.json"))
-            if summary.get("epochs_relabelled"):
-                run_dir.log("relabel totals: " + _describe_summary(summary))
-            if getattr(args, "plots", True):
-                for p in write_run_report(run_dir, data, device=dist.device):
-                    run_dir.log(f"  wrote {p.name}", echo=False)
-                trans = read_csv_rows(run_dir.file(TRANSITIONS_CSV)) if run_dir.file(TRANSITIONS_CSV).exists() else []
-                p = plot_relabel(rows, run_dir.file("relabel.png"), transitions=trans, classes=data.classes)
-                if p is not None:
-                    run_dir.log(f"  wrote {p.name}", echo=False)
-        return results
-    finally:
-        cleanup()
 
 
-def _start_line(args, ckpt, source, fes, dp_prob, dp_offset, dp_total, data) -> str:
+def run_relabel(s: Session, start: tuple[nn.Module, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """What ``relabel_training.py`` does in a session (see the script's docstring): the
+    model from the snapshot (``start``: already loaded; on resume, the run's last.pt), the
+    relabeller as target hook and callback of the trainer, then results.json with the
+    relabelling totals and the PNGs."""
+    from nas.data import open_data_from_args
+    from nas.engine.evaluate import checkpoint_norm, load_model_from_checkpoint
+    from nas.engine.trainer import Trainer, config_from_args, write_run_report
+    from nas.runtime.checkpoint import atomic_write_text, read_csv_rows
+
+    args, run = s.args, s.run
+    source = Path(args.resume) / "last.pt" if args.resume else Path(args.checkpoint)
+    model, ckpt = start if start is not None and not args.resume else load_model_from_checkpoint(source, "cpu")
+    mean, std, crop = checkpoint_norm(ckpt)
+    arch = (ckpt.get("model_spec") or {}).get("arch", "model")
+    data = open_data_from_args(args)
+    classes = list(ckpt.get("classes") or data.classes)
+    if list(data.classes) != classes:
+        raise FerNasError(f"{ckpt.get('path', source)}: the model's classes {classes} differ from the data's "
+                          f"{list(data.classes)}")
+    fes = resolve_fes(args, data.classes)
+    if s.state is not None:
+        dp = ckpt.get("drop_path") or {}
+        dp_prob, dp_offset, dp_total = float(dp["prob"]), float(dp["offset"]), float(dp["total"])
+    else:
+        dp_prob, dp_offset, dp_total = drop_path_schedule(ckpt, args.epochs)
+        if args.drop_path_prob is not None:
+            dp_prob = float(args.drop_path_prob)
+        args.drop_path_prob = dp_prob
+    cfg = config_from_args(args, crop=crop, drop_path_prob=dp_prob)
+    hook = None
+    if args.labels != "ferplus_soft":
+        hook = Relabeller(data.labels.to(s.device), (data.split == SPLITS.index("Training")).nonzero().flatten(),
+                          threshold=args.relabel_threshold, fes=fes, fes_threshold=args.fes_threshold,
+                          mode=args.relabel_mode, warmup=args.relabel_warmup, clean_labels=data.clean_labels,
+                          classes=data.classes, dist=s.dist)
+    trainer = Trainer(model, data, cfg, run, dist=s.dist, norm=(mean, std), target_hook=hook,
+                      callbacks=[hook] if hook is not None else [], drop_path_offset=dp_offset,
+                      drop_path_total=dp_total, args={**vars(args), "arch": arch}, stage="relabel")
+    if s.state is not None:
+        trainer.loop.load_state_dict(s.state)
+        run.truncate_metrics("epoch", trainer.epoch, name=TRANSITIONS_CSV)
+    else:
+        run.log(_start_line(args, ckpt, source, fes, dp_prob, dp_offset, dp_total, data))
+    results = trainer.fit()
+    if s.dist.is_main:
+        rows = read_csv_rows(run.file("metrics.csv")) if run.file("metrics.csv").exists() else []
+        summary = summarize_relabel(rows, warmup=args.relabel_warmup)
+        results["relabel"] = summary
+        results["start_checkpoint"] = str(args.checkpoint)
+        atomic_write_text(json.dumps(results, indent=2, default=str) + "\n", run.file("results.json"))
+        if summary.get("epochs_relabelled"):
+            run.log("relabel totals: " + _describe_summary(summary))
+        if args.plots:
+            for p in write_run_report(run, data, device=s.device):
+                run.log(f"  wrote {p.name}", echo=False)
+            trans = read_csv_rows(run.file(TRANSITIONS_CSV)) if run.file(TRANSITIONS_CSV).exists() else []
+            p = plot_relabel(rows, run.file("relabel.png"), transitions=trans, classes=data.classes)
+            if p is not None:
+                run.log(f"  wrote {p.name}", echo=False)
+    return results
+
+
+def _start_line(args: argparse.Namespace, ckpt: Mapping[str, Any], source: Path, fes: np.ndarray | None,
+                dp_prob: float, dp_offset: float, dp_total: float, data: FERData) -> str:
     gate = "off" if fes is None else f"FES > {args.fes_threshold} ({args.fes_matrix or 'DEFAULT_FES'})"
     what = (f"relabelling ({args.relabel_mode} mode, threshold {args.relabel_threshold}, gate {gate}, from epoch "
             f"{args.relabel_warmup + 1})" if args.relabel_threshold > 0 else "continued training without relabelling")
@@ -430,10 +424,6 @@ def _describe_summary(s: Mapping[str, Any]) -> str:
     return text
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(str(name)).stem) or "arch"
-
-
 # ----------------------------------------------------------------------------- plot
 def plot_relabel(rows: Sequence[Mapping[str, Any]], path: str | Path, *,
                  transitions: Sequence[Mapping[str, Any]] = (), classes: Sequence[str] = ()) -> Path | None:
@@ -441,7 +431,7 @@ def plot_relabel(rows: Sequence[Mapping[str, Any]], path: str | Path, *,
     clean labels are known), precision, recall and harm over epochs, and the
     transition counts summed over the run. Returns None (with a notice) without
     matplotlib or without relabelling columns."""
-    from nas.report import have_matplotlib
+    from nas.engine.report import have_matplotlib
 
     if not rows or "relabel_changed" not in rows[0] or not have_matplotlib():
         return None

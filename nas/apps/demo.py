@@ -6,7 +6,7 @@ Stages, each a run directory under ``--out`` (default ``runs/demo``):
    (:func:`nas.data.synthfer.export`) plus sample grids; every later stage reads these
    files with the normal readers through its ``--data`` flag.
 2. ``search/``: a short SGAS search over the Auto-FERNet space on a tiny supernet
-   (:func:`nas.search.run_search`, the engine of ``search.py``).
+   (``search.py``).
 3. ``train_found/``: the found genotype (``search/genotype.json``) retrained from scratch
    (``train_searched.py``), with training-accuracy snapshots.
 4. ``train_fer_v1/``: Auto-FERNet's published cell ``FER_V1`` at the same size.
@@ -18,8 +18,9 @@ Stages, each a run directory under ``--out`` (default ``runs/demo``):
    CK+ folds (``test_ck48.py``).
 8. ``jaffe/``: the same model, leave-one-subject-out on JAFFE (``test_jaffe.py``).
 
-The scripts' own ``get_args_parser()``/``main(args)`` run each stage, so the demo
-does what the commands listed in ``REPORT.md`` do. ``demo.json`` records the settings
+Each stage runs its app's ``get_args_parser()``/``main(args)`` (:mod:`nas.apps`), the
+code behind ``search.py``, ``train_searched.py`` and the other scripts, so the demo does
+what the commands listed in ``REPORT.md`` do. ``demo.json`` records the settings
 and every finished stage's figures; ``REPORT.md`` holds the summary table, the found
 genotype and links to the stages' PNGs.
 
@@ -31,7 +32,6 @@ over (never a folder without ``demo.json``).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import shutil
@@ -40,12 +40,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from nas.cli import ArgumentParser, parse_args, run, str2bool
-from nas.errors import FerNasError, RunInterrupted
+from nas.runtime.cli import ArgumentParser, parse_args, run, str2bool
+from nas.runtime.errors import FerNasError, RunInterrupted
 
 __all__ = ["PRESETS", "STAGES", "get_args_parser", "main", "cli", "run_demo", "format_summary"]
 
-ROOT = Path(__file__).resolve().parent.parent
 STATE_FILE = "demo.json"
 REPORT_FILE = "REPORT.md"
 STATE_KIND = "fer-nas-demo"
@@ -79,8 +78,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 
 # ----------------------------------------------------------------------------- flags
-def get_args_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="python -m nas demo",
+def get_args_parser(prog: str = "fernas demo") -> ArgumentParser:
+    p = ArgumentParser(prog=prog,
                        description="The whole fer-nas pipeline on SynthFER exports read through the real readers: "
                                    "search, retraining, relabelling, ensemble, CK+ and JAFFE tests; writes "
                                    "OUT/REPORT.md.")
@@ -100,20 +99,6 @@ def get_args_parser() -> ArgumentParser:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _script(name: str) -> Any:
-    """The top-level script ``name.py`` of the source checkout, as a module (its
-    ``get_args_parser``/``main`` are what the demo runs)."""
-    path = ROOT / f"{name}.py"
-    if not path.is_file():
-        raise FerNasError(f"{path}: not found; the demo runs the scripts of a source checkout (git clone, then "
-                          "pip install -e .)")
-    spec = importlib.util.spec_from_file_location(f"_fernas_script_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
-
-
 def _argv(options: Mapping[str, Any]) -> list[str]:
     """``{"epochs": 3, "cutout": True}`` -> ``["--epochs", "3", "--cutout"]``."""
     out: list[str] = []
@@ -157,7 +142,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, obj: Mapping[str, Any]) -> None:
-    from nas.checkpoint import atomic_write_text
+    from nas.runtime.checkpoint import atomic_write_text
 
     atomic_write_text(json.dumps(obj, indent=2, default=str) + "\n", path)
 
@@ -204,11 +189,12 @@ def _quote(a: str) -> str:
     return a if a and all(c.isalnum() or c in "-_./,=:" for c in a) else "'" + a.replace("'", "'\\''") + "'"
 
 
-def _run_script(ctx: Context, stage: str, name: str, argv: list[str]) -> dict[str, Any]:
-    mod = _script(name)
-    args = parse_args(mod.get_args_parser(), argv)
-    ctx.record_command(stage, f"{name}.py", argv)
-    return mod.main(args)
+def _run_app(ctx: Context, stage: str, app: Any, script: str, argv: list[str]) -> dict[str, Any]:
+    """Parse ``argv`` with the app's own parser and run its ``main`` (what ``python
+    SCRIPT ARGV`` does); the command is recorded for the report."""
+    args = parse_args(app.get_args_parser(), argv)
+    ctx.record_command(stage, script, argv)
+    return app.main(args)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -253,8 +239,7 @@ def stage_data(ctx: Context) -> dict[str, Any]:
 
 def stage_search(ctx: Context) -> dict[str, Any]:
     """SGAS on a tiny supernet over the Auto-FERNet space (Training split only)."""
-    from nas.search import get_args_parser as search_parser
-    from nas.search import run_search
+    from nas.apps import search
 
     p = ctx.preset["search"]
     d = ctx.out / "search"
@@ -265,9 +250,7 @@ def stage_search(ctx: Context) -> dict[str, Any]:
     else:
         argv = ["--dataset", "fer2013", "--data", ctx.path("data", "fer2013"), "--strategy", "sgas",
                 "--search_space", "auto_fernet", *_argv(p), *ctx.common(), "--save", str(d), "--force"]
-    args = parse_args(search_parser(), argv)
-    ctx.record_command("search", "search.py", argv)
-    res = run_search(args)
+    res = _run_app(ctx, "search", search, "search.py", argv)
     g = res["genotype"]
     rows = _csv(d / "metrics.csv")
     return {"genotype": g, "genotype_file": str(d / "genotype.json"), "epochs": res["epochs"],
@@ -290,7 +273,9 @@ def _train(ctx: Context, stage: str, arch: str, label: str) -> dict[str, Any]:
     p = dict(ctx.preset["train"])
     argv = ["--arch", arch, "--dataset", "fer2013", "--data", ctx.path("data", "fer2013"), *_argv(p),
             *ctx.train_flags(), *ctx.start_flags(stage, "last.pt")]
-    res = _run_script(ctx, stage, "train_searched", argv)
+    from nas.apps import train
+
+    res = _run_app(ctx, stage, train, "train_searched.py", argv)
     out = _train_summary(res, ctx.out / stage)
     out["what"] = (f"{label} retrained from scratch, C={p['init_channels']} L={p['layers']}, {p['epochs']} epoch(s), "
                    f"{p['optimizer']} lr {p['learning_rate']}")
@@ -311,7 +296,7 @@ def pick_snapshot(run_dir: Path) -> Path:
     """The snapshot to relabel from: the highest training-accuracy threshold reached
     before the run's last epoch (a model that has not converged, as the reference's
     85 % snapshot), else the highest one reached at all."""
-    from nas.checkpoint import safe_load
+    from nas.runtime.checkpoint import safe_load
 
     snaps = []
     for f in run_dir.glob("snapshot_train*.pt"):
@@ -334,7 +319,9 @@ def stage_relabel(ctx: Context) -> dict[str, Any]:
         start = ["--checkpoint", str(pick_snapshot(ctx.out / "train_found")), *start]
     argv = [*start, "--dataset", "fer2013", "--data", ctx.path("data", "fer2013"), "--fes", "True",
             *_argv(p), *ctx.train_flags()]
-    res = _run_script(ctx, "relabel", "relabel_training", argv)
+    from nas.apps import relabel
+
+    res = _run_app(ctx, "relabel", relabel, "relabel_training.py", argv)
     out = _train_summary(res, ctx.out / "relabel")
     rl = res.get("relabel") or {}
     out.update(start_checkpoint=res.get("start_checkpoint"), changed=rl.get("changed"), restored=rl.get("restored"),
@@ -352,7 +339,9 @@ def stage_ensemble(ctx: Context) -> dict[str, Any]:
     members = [ctx.path("train_found"), ctx.path("train_fer_v1"), ctx.path("relabel")]
     argv = ["--model_names", ",".join(members), "--dataset", "fer2013", "--data", ctx.path("data", "fer2013"),
             "--method", "softmax", "--device", ctx.device, "--save", ctx.path("ensemble"), "--force"]
-    res = _run_script(ctx, "ensemble", "ensemble", argv)
+    from nas.apps import ensemble
+
+    res = _run_app(ctx, "ensemble", ensemble, "ensemble.py", argv)
     ens = res["ensemble"]
     accs = [m["private_acc"] for m in res["members"]]
     return {"private_acc": ens["private_acc"], "public_acc": ens["public_acc"], "member_private_acc": accs,
@@ -367,7 +356,9 @@ def _crossdata(ctx: Context, stage: str, kind: str, extra: list[str], label: str
     if start[0] != "--resume":
         start = ["--checkpoint", ctx.path("relabel", "best.pt"), *start]
     argv = [*start, "--dataset", kind, "--data", ctx.path("data", kind), *extra, *_argv(p), *ctx.train_flags()]
-    res = _run_script(ctx, stage, f"test_{kind}", argv)
+    from nas.apps import ck48, jaffe
+
+    res = _run_app(ctx, stage, ck48 if kind == "ck48" else jaffe, f"test_{kind}.py", argv)
     return {"mean": res["mean_accuracy"], "std": res["std_accuracy"], "pooled": res["pooled"]["accuracy"],
             "folds": res["folds"], "epochs": p["epochs"],
             "what": f"{label}, {res['folds']} {'folds' if kind == 'ck48' else 'subjects'}, {p['epochs']} epoch(s) each",
@@ -401,7 +392,7 @@ STAGES: list[tuple[str, str, Callable[[Context], dict[str, Any]]]] = [
 
 
 def _csv(path: Path) -> list[dict[str, str]]:
-    from nas.checkpoint import read_csv_rows
+    from nas.runtime.checkpoint import read_csv_rows
 
     return read_csv_rows(path) if path.is_file() else []
 
@@ -409,7 +400,7 @@ def _csv(path: Path) -> list[dict[str, str]]:
 # ----------------------------------------------------------------------------- the folder
 def prepare_out(out: Path, *, force: bool, resume: bool) -> dict[str, Any] | None:
     """Apply the overwrite policy; returns the saved state when resuming."""
-    from nas.checkpoint import RunDir
+    from nas.runtime.checkpoint import RunDir
 
     state_file = out / STATE_FILE
     if resume and force:
@@ -445,7 +436,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seed: int | 
     """Run (or resume) the demo; returns the state (settings, per-stage figures and
     wall times) that ``demo.json`` holds. Writes ``REPORT.md`` and prints the summary."""
     from nas import __version__
-    from nas.utils import resolve_device
+    from nas.runtime.device import resolve_device
 
     import torch
 
@@ -593,7 +584,7 @@ FIGURES: list[tuple[str, str, list[tuple[str, str]]]] = [
 def write_report(out: Path, state: Mapping[str, Any]) -> Path:
     """``OUT/REPORT.md``: settings, the summary table, the found genotype, figures
     (relative links, only those that exist) and the command of each stage."""
-    from nas.checkpoint import atomic_write_text
+    from nas.runtime.checkpoint import atomic_write_text
 
     cfg = state.get("config") or {}
     stages = state.get("stages") or {}
@@ -656,7 +647,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     resume=args.resume, progress=args.progress, threads=args.threads)
 
 
-def cli(argv: list[str] | None = None) -> int:
-    """``python -m nas demo ARGS``: bad input is one line and exit status 2."""
-    run(main, get_args_parser(), argv)
-    return 0
+def cli(argv: Sequence[str] | None = None, prog: str = "fernas demo") -> None:
+    """``fernas demo ARGS``: bad input is one line and exit status 2."""
+    run(main, get_args_parser(prog), argv)

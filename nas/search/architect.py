@@ -28,12 +28,13 @@ from contextlib import nullcontext
 from typing import Callable, ContextManager
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from nas.ops import op_param_count
-from nas.supernet import SearchNetwork
+from nas.engine.loop import UpdateGuard
+from nas.models.ops import op_param_count
+from nas.runtime.distributed import all_reduce_mean_grads
+from nas.search.supernet import SearchNetwork
 
 __all__ = ["Architect", "complexity_costs"]
 
@@ -83,10 +84,13 @@ class Architect:
 
     # -- the step ---------------------------------------------------------------------
     def step(self, x_train: torch.Tensor, y_train: torch.Tensor, x_valid: torch.Tensor, y_valid: torch.Tensor,
-             eta: float, w_optimizer: torch.optim.Optimizer | None = None) -> torch.Tensor:
+             eta: float, w_optimizer: torch.optim.Optimizer | None = None,
+             guard: UpdateGuard | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One architecture update; ``eta`` is the weights' current learning rate and
         ``w_optimizer`` their optimizer (its momentum buffers and weight decay enter the
-        virtual step). Returns the validation loss (a tensor; no host sync)."""
+        virtual step). The update is applied only when the loss and the gradients are
+        finite (``guard``, the loop's). Returns ``(validation loss, bad flag)`` as device
+        tensors (no host sync)."""
         self.optimizer.zero_grad(set_to_none=True)
         if self.unrolled:
             loss, grads = self.unrolled_grads(x_train, y_train, x_valid, y_valid, eta, w_optimizer)
@@ -95,19 +99,15 @@ class Architect:
         else:
             loss = self._val_objective(self._forward(None, None, x_valid), y_valid)
             loss.backward(inputs=self.model.arch_parameters())
-        self.reduce_gradients()
-        self._masked_step()
-        return loss.detach()
-
-    def reduce_gradients(self) -> None:
-        """All-reduce (average) the architecture gradients across ranks so that every
-        rank keeps identical architecture weights. A no-op in a single process."""
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            for p in self.model.arch_parameters():
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-                p.grad.div_(dist.get_world_size())
+        params = self.model.arch_parameters()
+        all_reduce_mean_grads(params)  # every rank keeps identical architecture weights
+        grads = [p.grad for p in params if p.grad is not None]
+        if guard is None:
+            bad = (~(torch.isfinite(loss.detach()) & torch.stack([torch.isfinite(g).all() for g in grads]).all())).float()
+        else:
+            bad = guard.flag(loss, *grads)
+        self._masked_step(bad)
+        return loss.detach(), bad
 
     def _frozen_masks(self) -> list[torch.Tensor | None]:
         m = self.model
@@ -124,7 +124,7 @@ class Architect:
             masks.append(mask.to(p.device) if mask.any() else None)
         return masks
 
-    def _masked_step(self) -> None:
+    def _masked_step(self, bad: torch.Tensor) -> None:
         params = self.model.arch_parameters()
         masks = self._frozen_masks()
         saved = []
@@ -135,7 +135,7 @@ class Architect:
                 saved.append(p.detach()[mask].clone())
             else:
                 saved.append(None)
-        self.optimizer.step()
+        UpdateGuard.apply(self.optimizer, bad)
         with torch.no_grad():
             for p, mask, s in zip(params, masks, saved):
                 if mask is not None:

@@ -21,9 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nas.errors import FerNasError
-from nas.genotypes import Genotype
-from nas.ops import OPS, FactorizedReduce, ReLUConvBN, search_space
+from nas.runtime.errors import FerNasError
+from nas.models.genotypes import Genotype
+from nas.models.ops import OPS, FactorizedReduce, ReLUConvBN, search_space
 
 __all__ = [
     "UNDECIDED", "PRUNED", "MixedOp", "SearchCell", "SearchNetwork", "edge_list", "node_edge_ranges",

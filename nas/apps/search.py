@@ -1,0 +1,49 @@
+"""``fernas search`` (``python search.py``): search a cell on FER data and export its genotype."""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Sequence
+
+from nas.runtime.cli import ArgumentParser, run
+
+__all__ = ["get_args_parser", "main", "run_search", "cli"]
+
+
+def get_args_parser(prog: str = "search.py") -> ArgumentParser:
+    from nas.data import add_data_args
+    from nas.engine.session import add_session_args
+    from nas.search.searcher import add_search_args
+
+    p = ArgumentParser(prog=prog, description="Search a cell (SGAS or DARTS) on FER data; writes a run directory "
+                                              "and the genotype.")
+    p.add_argument("--config", default=None, help="YAML file of flag values (command-line flags win)")
+    add_data_args(p, dataset="auto")
+    add_search_args(p)
+    add_session_args(p)
+    return p
+
+
+def run_search(args: argparse.Namespace, data: Any = None, stop: Any = None) -> dict[str, Any]:
+    """Search with ``args`` (``data``: a FERData instead of reading ``--data``); under
+    ``torchrun`` the ranks join one process group for the run."""
+    from nas.engine.session import open_session
+    from nas.search.searcher import Searcher, check_args
+
+    if not args.resume:
+        check_args(args)  # before any folder or data work
+    with open_session(args, get_args_parser(), stage="search") as s:
+        return Searcher(s, data, stop=stop).run()
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    import os
+
+    result = run_search(args)
+    if os.environ.get("RANK", "0") == "0":  # torchrun: one line, from rank 0
+        print(f"genotype: {result['run_dir']}/genotype.json" + (f" (exported as {result['exported']})"
+                                                                if result["exported"] else ""))
+    return result
+
+
+def cli(argv: Sequence[str] | None = None, prog: str = "search.py") -> None:
+    run(main, get_args_parser(prog), argv)

@@ -1,0 +1,56 @@
+"""``fernas synthfer`` (``python -m nas.data.synthfer``): export SynthFER in a real file format."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from nas.runtime.cli import ArgumentParser, run
+
+__all__ = ["get_args_parser", "main", "cli"]
+
+
+def get_args_parser(prog: str = "python -m nas.data.synthfer") -> ArgumentParser:
+    from nas.data.synthfer import FORMATS, NOISE_MODES
+
+    p = ArgumentParser(prog=prog, description="Export SynthFER, the synthetic facial-expression benchmark, in a "
+                                              "real file format.")
+    p.add_argument("--out", required=True, help="output folder (created; must be new or empty unless --force)")
+    p.add_argument("--format", required=True, choices=FORMATS,
+                   help="fer2013: fer2013.csv; folder: train/ test/ image folders; ck48: CK+48 folders; jaffe: JAFFE tiffs")
+    p.add_argument("--size", type=int, default=None,
+                   help="number of images (default: 35887 for fer2013/folder, 981 for ck48, 213 for jaffe)")
+    p.add_argument("--noise", type=float, default=0.1, help="fraction of Training labels flipped along FES (fer2013/folder)")
+    p.add_argument("--noise_mode", default="uniform", choices=NOISE_MODES,
+                   help="which labels are flipped: uniform (at random) or ambiguous (weak expressions more often, "
+                        "following FER+ single-tagger disagreement)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--difficulty", type=float, default=1.0, help="0 clean prototypes, 1 default, 2 hard")
+    p.add_argument("--preview", action="store_true",
+                   help="write only OUT/preview.png, a labelled grid with a row per class, instead of the data")
+    p.add_argument("--force", action="store_true", help="replace an earlier SynthFER export in --out")
+    return p
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    from nas.data import synthfer
+
+    t0 = time.perf_counter()
+    if args.preview:
+        synthfer.check_export(args.format, args.size, args.noise, args.difficulty, args.noise_mode)
+        style = {"ck48": "ck", "jaffe": "jaffe"}.get(args.format, "fer")
+        path = synthfer.preview(Path(args.out) / "preview.png", style=style, difficulty=args.difficulty, seed=args.seed)
+        info: dict[str, Any] = {"preview": str(path), "style": style}
+    else:
+        info = synthfer.export(args.format, args.out, size=args.size, seed=args.seed, noise=args.noise,
+                               difficulty=args.difficulty, force=args.force, noise_mode=args.noise_mode)
+        info["out"] = str(args.out)
+    info["seconds"] = round(time.perf_counter() - t0, 2)
+    print(json.dumps(info))
+    return info
+
+
+def cli(argv: Sequence[str] | None = None, prog: str = "python -m nas.data.synthfer") -> None:
+    run(main, get_args_parser(prog), argv)

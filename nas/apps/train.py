@@ -1,0 +1,59 @@
+"""``fernas train`` (``python train_searched.py``): retrain a genotype or baseline from scratch,
+with honest model selection (PublicTest selects, PrivateTest is the result)."""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Sequence
+
+from nas.runtime.cli import ArgumentParser, run
+
+__all__ = ["get_args_parser", "main", "cli"]
+
+
+def get_args_parser(prog: str = "train_searched.py") -> ArgumentParser:
+    from nas.data import add_data_args
+    from nas.engine.session import add_session_args
+    from nas.engine.trainer import add_train_args
+
+    p = ArgumentParser(prog=prog, description="Train a genotype or baseline network from scratch (auxiliary head, "
+                                              "drop-path, cutout); select on PublicTest, report PrivateTest.")
+    p.add_argument("--config", default=None, help="YAML file of flag values (command-line flags override it)")
+    p.add_argument("--arch", default="FER_V1", help="genotype name, genotype .json file, or baseline name")
+    p.add_argument("--init_channels", type=int, default=36)
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--auxiliary", dest="auxiliary", action="store_true", default=True,
+                   help="auxiliary head (default on)")
+    p.add_argument("--no_auxiliary", dest="auxiliary", action="store_false", help="no auxiliary head")
+    add_data_args(p)
+    add_train_args(p)
+    add_session_args(p)
+    return p
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    from nas.data import open_data_from_args
+    from nas.engine.session import open_session, safe_name
+    from nas.engine.trainer import Trainer, config_from_args, write_run_report
+    from nas.models import build_model
+    from nas.runtime.errors import FerNasError
+
+    with open_session(args, get_args_parser(), stage="train", default_name=f"train-{safe_name(args.arch)}") as s:
+        args = s.args
+        if args.labels != "fer" and not args.ferplus:
+            raise FerNasError(f"--labels {args.labels} needs --ferplus PATH (the FER+ votes file fer2013new.csv)")
+        data = open_data_from_args(args)
+        model = build_model(args.arch, num_classes=len(data.classes), init_channels=args.init_channels,
+                            layers=args.layers, auxiliary=args.auxiliary, in_channels=int(data.images.shape[1]),
+                            drop_path_prob=args.drop_path_prob)
+        trainer = Trainer(model, data, config_from_args(args), s.run, dist=s.dist, args=vars(args), stage="train")
+        if s.state is not None:
+            trainer.loop.load_state_dict(s.state)
+        results = trainer.fit()
+        if s.dist.is_main and args.plots:
+            for p in write_run_report(s.run, data, device=s.device):
+                s.run.log(f"  wrote {p.name}", echo=False)
+        return results
+
+
+def cli(argv: Sequence[str] | None = None, prog: str = "train_searched.py") -> None:
+    run(main, get_args_parser(prog), argv)

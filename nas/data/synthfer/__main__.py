@@ -1,0 +1,4 @@
+"""``python -m nas.data.synthfer``: the entry point (``fernas synthfer``)."""
+from nas.apps.synthfer import cli
+
+cli()

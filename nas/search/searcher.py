@@ -1,0 +1,445 @@
+"""Architecture search as an objective of the one loop: the bilevel step, the strategy, the run.
+
+Data protocol: only the Training split is used, split (stratified, seeded) into a part
+for the weights (``--train_portion``) and a part for the architecture parameters. Each
+step (:func:`search_step`) first updates the architecture on a batch of the second part
+(:class:`~nas.search.architect.Architect`), then the weights on a batch of the first (SGD,
+cosine schedule, gradient clipping); each update is applied only when it is finite.
+
+Strategies: ``--strategy sgas`` (default): the :class:`~nas.search.sgas.SGAS` controller
+decides one edge per cell type at each decision epoch and owns the batch size, which grows
+after each decision; ``--strategy darts``: every epoch trains every edge and the genotype
+comes from DARTS's rule.
+
+Every epoch writes, in the run directory: a metrics row and ``last.pt`` (the loop), the
+architecture weights (``alphas.csv``) and the current genotype (``genotype.json``)
+(:class:`SearchRecorder`). Resume, signals, the NaN policy and the DDP reductions are the
+loop's (:mod:`nas.engine.loop`); the weights' and architecture's gradients are averaged
+over ranks in one flat all-reduce each, so decisions are identical on every rank.
+"""
+from __future__ import annotations
+
+import argparse
+from contextlib import nullcontext
+from itertools import chain, repeat
+from typing import Any, Callable, ContextManager, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from nas.data.dataset import FERData
+from nas.engine.loop import Callback, Loop, StepContext, StepResult, UpdateGuard
+from nas.engine.session import Session
+from nas.models.genotypes import Genotype, check_export_name, export_genotype, genotype_to_dict, genotype_to_json
+from nas.models.ops import SEARCH_SPACES, search_space
+from nas.runtime.checkpoint import atomic_write_text, read_csv_rows, write_csv
+from nas.runtime.device import autocast, memory_layout
+from nas.runtime.distributed import DistInfo, all_reduce_mean_grads, all_reduce_sum, shard_batch
+from nas.runtime.errors import FerNasError
+from nas.search.architect import Architect
+from nas.search.sgas import CELL_TYPES, SGAS
+from nas.search.supernet import PRUNED, UNDECIDED, SearchNetwork, edge_list
+
+__all__ = ["STRATEGIES", "add_search_args", "check_args", "search_step", "BilevelSearch", "SearchRecorder",
+           "Searcher", "genotype_line"]
+
+STRATEGIES = ("sgas", "darts")
+
+
+def add_search_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of ``search.py``: the reference's names and defaults, plus the toolkit's
+    (the data and run flags come from :mod:`nas.data` and :mod:`nas.engine.session`)."""
+    from nas.runtime.cli import str2bool
+
+    g = parser.add_argument_group("search")
+    g.add_argument("--strategy", default="sgas", choices=STRATEGIES,
+                   help="sgas: greedy edge decisions; darts: train all epochs, DARTS genotype rule")
+    g.add_argument("--search_space", default="auto_fernet",
+                   help=f"candidate operations per edge: {', '.join(SEARCH_SPACES)}, or a comma-separated "
+                        "list of operation names")
+    g.add_argument("--batch_size", type=int, default=24, help="initial batch size (per process)")
+    g.add_argument("--batch_increase", type=int, default=8, help="batch size increase after each decision (0: fixed)")
+    g.add_argument("--learning_rate", type=float, default=0.025, help="initial weight learning rate")
+    g.add_argument("--learning_rate_min", type=float, default=0.001, help="final learning rate (cosine)")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight_decay", type=float, default=3e-4)
+    g.add_argument("--init_channels", type=int, default=16)
+    g.add_argument("--layers", type=int, default=8, help="cells in the supernet")
+    g.add_argument("--seed", type=int, default=2)
+    g.add_argument("--grad_clip", type=float, default=5.0, help="weight gradient norm clip (0: off)")
+    g.add_argument("--train_portion", type=float, default=0.5,
+                   help="fraction of Training for the weights (the rest trains the architecture)")
+    g.add_argument("--unrolled", action="store_true", help="second-order (unrolled) architecture gradient")
+    g.add_argument("--arch_learning_rate", type=float, default=3e-4)
+    g.add_argument("--arch_weight_decay", type=float, default=1e-3)
+    g.add_argument("--complexity_weight", type=float, default=0.0,
+                   help="weight of the expected-parameter-cost regulariser over all edges (0: off)")
+    g.add_argument("--partial_channels", type=int, default=1,
+                   help="PC-DARTS: 1/K of the channels through the mixed ops, edge normalisation (1: off)")
+    g.add_argument("--warmup_dec_epoch", type=int, default=9, help="first decision epoch (sgas)")
+    g.add_argument("--decision_freq", type=int, default=5, help="epochs between decisions (sgas)")
+    g.add_argument("--use_history", action="store_true", help="SGAS criterion 2 (histogram intersection)")
+    g.add_argument("--history_size", type=int, default=4)
+    g.add_argument("--epochs_after_last_decision", type=int, default=5, help="post-train epochs (sgas)")
+    g.add_argument("--epochs", type=int, default=None,
+                   help="epochs for --strategy darts (default 50); sgas derives its own count")
+    g.add_argument("--post_val", action="store_true", help="evaluate on the architecture half after each epoch")
+    g.add_argument("--crop", type=int, default=44, help="random-crop size (images are padded-free crops)")
+    g.add_argument("--cutout", action="store_true", default=False, help="cutout augmentation")
+    g.add_argument("--cutout_length", type=int, default=16, help="cutout square side")
+    g.add_argument("--export", default=None, metavar="NAME", help="also write genotypes/NAME.json")
+    g.add_argument("--plots", type=str2bool, default=True, help="draw cell_normal.png / cell_reduce.png at the end")
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """One-line errors for flag values that cannot work (before any data is read)."""
+    if args.batch_size < 1:
+        raise FerNasError(f"--batch_size {args.batch_size}: must be >= 1")
+    if args.batch_increase < 0:
+        raise FerNasError(f"--batch_increase {args.batch_increase}: must be >= 0")
+    if not 0.0 < args.train_portion < 1.0:
+        raise FerNasError(f"--train_portion {args.train_portion}: must be between 0 and 1")
+    if args.decision_freq < 1:
+        raise FerNasError(f"--decision_freq {args.decision_freq}: must be >= 1")
+    for name in ("warmup_dec_epoch", "epochs_after_last_decision", "history_size", "cutout_length"):
+        if getattr(args, name) < 0:
+            raise FerNasError(f"--{name} {getattr(args, name)}: must be >= 0")
+    search_space(args.search_space)
+    if args.init_channels < 1 or args.layers < 3:
+        raise FerNasError("--init_channels must be >= 1 and --layers >= 3")
+    if args.epochs is not None:
+        if args.strategy == "sgas":
+            raise FerNasError("--epochs applies to --strategy darts; SGAS derives its epochs from "
+                              "--warmup_dec_epoch, --decision_freq and --epochs_after_last_decision")
+        if args.epochs < 1:
+            raise FerNasError(f"--epochs {args.epochs}: must be >= 1")
+    if args.export is not None:
+        check_export_name(args.export, args.force)  # fail now, not after hours of search
+
+
+def search_step(model: SearchNetwork, architect: Architect, w_optimizer: torch.optim.Optimizer,
+                xt: torch.Tensor, yt: torch.Tensor, xa: torch.Tensor, ya: torch.Tensor, lr: float,
+                grad_clip: float = 5.0, amp: Callable[[], ContextManager] | None = None,
+                weights: list[torch.Tensor] | None = None,
+                guard: UpdateGuard | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One search step: the architecture update on ``(xa, ya)``, then the weight update on
+    ``(xt, yt)``, each applied only when finite. ``amp`` is a zero-argument context factory
+    (autocast). Returns ``(train loss, train logits, architecture loss, bad)`` as device
+    tensors (no host sync); ``bad`` is 1 when either update was skipped."""
+    arch_loss, bad_arch = architect.step(xt, yt, xa, ya, lr, w_optimizer, guard=guard)
+    weights = model.weight_parameters() if weights is None else weights
+    w_optimizer.zero_grad(set_to_none=True)
+    with (amp() if amp is not None else nullcontext()):
+        logits = model(xt)
+    loss = F.cross_entropy(logits.float(), yt)
+    loss.backward(inputs=weights)
+    all_reduce_mean_grads(weights)
+    if grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(weights, grad_clip)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in weights if p.grad is not None])
+    bad_w = guard.flag(loss, norm) if guard is not None else (~(torch.isfinite(loss) & torch.isfinite(norm))).float()
+    UpdateGuard.apply(w_optimizer, bad_w)
+    return loss.detach(), logits.detach(), arch_loss, torch.maximum(bad_arch, bad_w)
+
+
+# ----------------------------------------------------------------------------- the objective
+class BilevelSearch:
+    """The supernet, its two optimizers and the strategy's controller, as an
+    :class:`~nas.engine.loop.Objective`. ``data`` is the whole dataset; only its Training
+    split is used."""
+
+    kind = "fer-nas-search"
+    sum_names = ("loss", "correct", "n", "arch_loss", "arch_n")
+
+    def __init__(self, args: argparse.Namespace, data: FERData, *, device: torch.device, dist: DistInfo) -> None:
+        from nas.data.augment import BatchAugment
+        from nas.data.loader import stratified_split
+
+        self.args, self.device, self.dist = args, device, dist
+        train = data.subset("Training")
+        train = train.select(train.labels >= 0)  # formats without labels mark them -1
+        if len(train) == 0:
+            raise FerNasError(f"{args.data or args.dataset}: the data has no Training split to search on")
+        self.classes = list(data.classes)
+        self.arch_idx, self.w_idx = stratified_split(train.labels, args.train_portion, seed=args.seed)
+        if min(len(self.arch_idx), len(self.w_idx)) < 2:
+            raise FerNasError(f"only {len(train)} Training images: too few to split for search")
+        self.images = train.images.to(device)
+        self.labels = train.labels.to(device)
+        self.mean, self.std = 0.5, 0.25
+        self.augment = BatchAugment(crop=args.crop, flip=True, brightness=0.0, contrast=0.0, rotate=0.0,
+                                    translate=0.0, scale=(1.0, 1.0), cutout=args.cutout_length if args.cutout else 0,
+                                    mean=self.mean, std=self.std)
+        self.amp = device.type == "cuda" if args.amp is None else bool(args.amp)
+        self.model_kwargs = dict(C=args.init_channels, num_classes=len(self.classes), layers=args.layers,
+                                 primitives=search_space(args.search_space), steps=4, multiplier=4,
+                                 in_channels=int(self.images.shape[1]), partial_channels=args.partial_channels)
+        model = SearchNetwork(**self.model_kwargs).to(device)
+        # channels_last by default on CUDA only: the CPU supernet was not measured faster in NHWC
+        self.channels_last, self.layout_note = memory_layout(model, device, self.amp, args.channels_last,
+                                                             default=device.type == "cuda")
+        self.model = model.to(memory_format=torch.channels_last) if self.channels_last else model
+        self.weights = self.model.weight_parameters()
+        self.w_optimizer = torch.optim.SGD(self.weights, lr=args.learning_rate, momentum=args.momentum,
+                                           weight_decay=args.weight_decay)
+        self.architect = Architect(self.model, args.arch_learning_rate, args.arch_weight_decay,
+                                   unrolled=args.unrolled, complexity_weight=args.complexity_weight,
+                                   autocast=self._autocast)
+        self.sgas: SGAS | None = None
+        if args.strategy == "sgas":
+            self.sgas = SGAS(self.model, args.warmup_dec_epoch, args.decision_freq, args.use_history,
+                             args.history_size, args.batch_size, args.batch_increase, args.epochs_after_last_decision)
+            self.total_epochs = self.sgas.total_epochs
+        else:
+            self.total_epochs = args.epochs or 50
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, float(self.total_epochs),
+                                                                    eta_min=args.learning_rate_min)
+        self.last_decisions: list[dict[str, Any]] = []
+
+    def _autocast(self) -> ContextManager:
+        return autocast(self.device, self.amp)
+
+    @property
+    def batch_size(self) -> int:
+        """The per-process batch size of the coming epoch: the SGAS controller's (it grows
+        after each decision), else ``--batch_size``."""
+        return self.sgas.batch_size if self.sgas is not None else int(self.args.batch_size)
+
+    def genotype(self) -> Genotype:
+        """The current genotype: SGAS's (forced while edges are open) or DARTS's rule."""
+        return self.sgas.forced_genotype() if self.sgas is not None else self.model.darts_genotype()
+
+    # -- the loop's calls ---------------------------------------------------------------
+    def samplers(self, generator: torch.Generator) -> tuple[Any, Any]:
+        """Batch samplers over the two halves (global batches, sliced per rank)."""
+        from nas.data.loader import BatchSampler
+
+        gb = self.batch_size * self.dist.world_size
+        w = BatchSampler(self.w_idx, gb, shuffle=True, drop_last=True, generator=generator)
+        a = BatchSampler(self.arch_idx, gb, shuffle=True, drop_last=True, generator=generator)
+        if len(w) == 0 or len(a) == 0:
+            raise FerNasError(f"batch size {self.batch_size} (x{self.dist.world_size} ranks) exceeds the "
+                              f"{min(len(self.w_idx), len(self.arch_idx))} images of a search half; lower "
+                              "--batch_size or --batch_increase, or use more data")
+        return w, a
+
+    def epoch_batches(self, epoch: int, generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One pass over the weights half, each batch paired with an architecture batch (that
+        half is cycled through as often as needed, a new order each time)."""
+        self.model.train()
+        w, a = self.samplers(generator)
+        weight_batches = list(w)
+        arch_batches = list(chain.from_iterable(list(a) for _ in repeat(None, -(-len(weight_batches) // len(a)))))
+        return list(zip(weight_batches, arch_batches))
+
+    def _batch(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = shard_batch(idx, self.dist).to(self.device)
+        x = self.augment(self.images[idx], gen)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.labels[idx]
+
+    def step(self, epoch: int, step: int, batch: tuple[torch.Tensor, torch.Tensor], ctx: StepContext) -> StepResult:
+        ctx.guard.begin()
+        xt, yt = self._batch(batch[0], ctx.augment)
+        xa, ya = self._batch(batch[1], ctx.augment)
+        loss, logits, arch_loss, bad = search_step(self.model, self.architect, self.w_optimizer, xt, yt, xa, ya,
+                                                   self.scheduler.get_last_lr()[0], self.args.grad_clip,
+                                                   self._autocast, self.weights, ctx.guard)
+        ctx.guard.end(bad)
+        n = loss.new_full((), float(yt.numel()), dtype=torch.float64)
+        na = loss.new_full((), float(ya.numel()), dtype=torch.float64)
+        sums = torch.stack([torch.nan_to_num(loss.double() * n, 0.0, 0.0, 0.0), (logits.argmax(1) == yt).sum().double(),
+                            n, torch.nan_to_num(arch_loss.double() * na, 0.0, 0.0, 0.0), na])
+        return StepResult(sums, bad)
+
+    def epoch_row(self, epoch: int, sums: Mapping[str, float]) -> dict[str, Any]:
+        return {"lr": self.scheduler.get_last_lr()[0], "batch_size": self.batch_size,
+                "train_loss": sums["loss"] / max(sums["n"], 1), "train_acc": 100.0 * sums["correct"] / max(sums["n"], 1),
+                "arch_loss": sums["arch_loss"] / max(sums["arch_n"], 1)}
+
+    def end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
+        """The schedule moves on, the controller decides, and the row gets the decisions,
+        the architecture half's accuracy (``--post_val``) and the genotype."""
+        self.scheduler.step()
+        self.last_decisions = self.sgas.end_of_epoch(epoch) if self.sgas is not None else []
+        row["valid_acc"] = self.evaluate() if self.args.post_val else ""
+        row["decided"] = " ".join(f"{d['cell']}:{d['node']}<-{d['input']}:{d['op']}" for d in self.last_decisions)
+        row["n_decided"] = sum(s >= 0 for c in CELL_TYPES for s in self.model.edge_state[c])
+        row["genotype"] = genotype_line(self.genotype())
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Accuracy (%) of the supernet on the architecture half (centre crop)."""
+        from nas.data.augment import eval_views
+
+        self.model.eval()
+        correct = torch.zeros((), dtype=torch.float64, device=self.device)
+        idx_all = shard_batch(self.arch_idx, self.dist).to(self.device)
+        bs = max(self.batch_size, 64)
+        for i in range(0, idx_all.numel(), bs):
+            idx = idx_all[i:i + bs]
+            x = eval_views(self.images[idx], "center", self.args.crop, self.mean, self.std)[0]
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self._autocast():
+                logits = self.model(x)
+            correct += (logits.argmax(1) == self.labels[idx]).sum()
+        all_reduce_sum(correct)
+        self.model.train()
+        return 100.0 * float(correct) / self.arch_idx.numel()
+
+    def describe(self) -> str:
+        a = self.args
+        n_w = sum(p.numel() for p in self.weights)
+        return (f"search ({a.strategy}, {a.search_space}, {'second' if a.unrolled else 'first'} order): supernet "
+                f"C={a.init_channels} L={a.layers}, {n_w:,} weights, {len(self.w_idx)} images for weights / "
+                f"{len(self.arch_idx)} for architecture (Training split only), crop {a.crop}, {self.total_epochs} "
+                f"epochs, device {self.device}{' x' + str(self.dist.world_size) if self.dist.enabled else ''}, amp "
+                f"{'bf16' if self.amp else 'off'}, channels_last {self.channels_last}{self.layout_note}"
+                f"{f', partial channels 1/{a.partial_channels}' if a.partial_channels > 1 else ''}"
+                f"{f', complexity weight {a.complexity_weight}' if a.complexity_weight else ''}")
+
+    def epoch_line(self, row: Mapping[str, Any], epochs: int) -> str:
+        parts = [f"epoch {row['epoch']}/{epochs}", f"lr {row['lr']:.5f}", f"bs {row['batch_size']}",
+                 f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}%", f"arch loss {row['arch_loss']:.4f}"]
+        if row["valid_acc"] != "":
+            parts.append(f"valid acc {row['valid_acc']:.2f}%")
+        if row["skipped_batches"]:
+            parts.append(f"skipped {row['skipped_batches']} non-finite step(s)")
+        if self.sgas is not None:
+            parts.append(f"decided {row['n_decided']}/{2 * self.sgas.num_decisions}")
+            for d in self.last_decisions:
+                pruned = f" (pruned {len(d['pruned'])})" if d["pruned"] else ""
+                parts.append(f"+{d['cell']} node {d['node']} <- {d['input']} {d['op']}{pruned}")
+        parts.append(f"{row['time_s']:.1f}s")
+        return " | ".join(parts) + f"\n  genotype {row['genotype']}"
+
+    def progress(self, sums: Mapping[str, float]) -> dict[str, str]:
+        n = max(sums["n"], 1)
+        return {"loss": f"{sums['loss'] / n:.3f}", "acc": f"{100 * sums['correct'] / n:.1f}"}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "model_kwargs": self.model_kwargs,
+                "w_optimizer": self.w_optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "architect": self.architect.state_dict(),
+                "sgas": self.sgas.state_dict() if self.sgas is not None else None,
+                "genotype": genotype_to_dict(self.genotype()), "classes": self.classes}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.w_optimizer.load_state_dict(state["w_optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.architect.load_state_dict(state["architect"])
+        if self.sgas is not None and state.get("sgas") is not None:
+            self.sgas.load_state_dict(state["sgas"])
+
+
+class SearchRecorder(Callback):
+    """Writes, after each epoch, the architecture weights (``alphas.csv``: softmax per
+    edge, with each edge's state) and the current genotype (``genotype.json``)."""
+
+    name = "search_files"
+
+    def __init__(self, objective: BilevelSearch) -> None:
+        self.obj = objective
+
+    def on_save(self, loop: Loop, row: Mapping[str, Any]) -> None:
+        run = loop.run
+        if not run.enabled:
+            return
+        atomic_write_text(genotype_to_json(self.obj.genotype()), run.file("genotype.json"))
+        m = self.obj.model
+        prims = m.primitives
+        header = ["epoch", "cell", "edge", "node", "input", "state"] + prims + (["beta"] if m.partial_channels > 1 else [])
+        rows = []
+        for c in CELL_TYPES:
+            w = F.softmax(m.alphas(c).detach().float(), dim=-1).cpu()
+            betas = m.betas(c)
+            for e, (node, inp) in enumerate(edge_list(m.steps)):
+                st = m.edge_state[c][e]
+                state = "open" if st == UNDECIDED else "pruned" if st == PRUNED else prims[st]
+                r = {"epoch": loop.epoch, "cell": c, "edge": e, "node": node, "input": inp, "state": state}
+                r.update({p: f"{float(w[e, k]):.6g}" for k, p in enumerate(prims)})
+                if betas is not None:
+                    r["beta"] = f"{float(betas[e].detach()):.6g}"
+                rows.append(r)
+        path = run.file("alphas.csv")
+        old = read_csv_rows(path) if path.exists() else []
+        write_csv(path, old + rows, header)
+
+
+def genotype_line(g: Genotype) -> str:
+    """A genotype on one line: ``normal [op@input ...] reduce [...]``."""
+    def cell(pairs):
+        return " ".join(f"{op}@{i}" for op, i in pairs)
+
+    return f"normal [{cell(g.normal)}] reduce [{cell(g.reduce)}]"
+
+
+# ----------------------------------------------------------------------------- the run
+class Searcher:
+    """One search run in a :class:`~nas.engine.session.Session`: the objective, the loop,
+    and at the end the genotype (``genotype.json``, cell PNGs, ``--export``).
+
+    ``data`` may be given (a :class:`~nas.data.FERData`) instead of reading ``--data``;
+    ``stop`` is anything with ``requested`` (and ``signum``)."""
+
+    def __init__(self, session: Session, data: FERData | None = None, *, stop: Any = None) -> None:
+        args = session.args
+        check_args(args)
+        self.args, self.run_dir = args, session.run
+        if data is None:
+            from nas.data import open_data_from_args
+
+            data = open_data_from_args(args)
+        self.objective = BilevelSearch(args, data, device=session.device, dist=session.dist)
+        self.loop = Loop(self.objective, epochs=self.objective.total_epochs, run=session.run, dist=session.dist,
+                         seed=args.seed, device=session.device, callbacks=[SearchRecorder(self.objective)],
+                         nan_policy=args.nan_policy, log_interval=args.log_interval, progress=args.progress,
+                         args=vars(args), stage="search", stop=stop)
+        if session.state is not None:
+            self.loop.load_state_dict(session.state)
+            self.run_dir.truncate_metrics("epoch", self.loop.epoch, name="alphas.csv")
+
+    # the pieces, for callers that look inside
+    model = property(lambda self: self.objective.model)
+    images = property(lambda self: self.objective.images)
+    w_idx = property(lambda self: self.objective.w_idx)
+    arch_idx = property(lambda self: self.objective.arch_idx)
+    total_epochs = property(lambda self: self.objective.total_epochs)
+    global_step = property(lambda self: self.loop.global_step)
+
+    def run(self) -> dict[str, Any]:
+        """Search from the current position to the end; returns the result summary.
+        Raises :class:`~nas.runtime.errors.RunInterrupted` after saving ``last.pt``."""
+        self.loop.fit()
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        """Final genotype: genotype.json, cell PNGs, optional export; returns a summary."""
+        a, run = self.args, self.run_dir
+        g = self.objective.genotype()
+        sgas = self.objective.sgas
+        complete = sgas.complete if sgas is not None else True
+        result = {"genotype": genotype_to_dict(g), "complete": complete, "epochs": self.loop.epoch,
+                  "run_dir": str(run.path), "exported": None}
+        if run.enabled:
+            atomic_write_text(genotype_to_json(g), run.file("genotype.json"))
+            if a.plots:
+                try:
+                    from nas.engine.report import plot_cells
+
+                    plot_cells(g, run.path)
+                except Exception as e:  # noqa: BLE001 - a plotting failure must not lose a finished search
+                    run.log(f"notice: cell plots skipped ({type(e).__name__}: {e})")
+            if a.export:
+                result["exported"] = str(export_genotype(g, a.export, force=a.force))
+        note = "" if complete else " (forced: not every edge was decided)"
+        run.log(f"search done after {self.loop.epoch} epochs; genotype{note}: {genotype_line(g)}")
+        run.log(f"genotype written to {run.file('genotype.json')}"
+                + (f" and {result['exported']} (use --arch {a.export})" if result["exported"] else ""))
+        return result
+

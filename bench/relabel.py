@@ -4,9 +4,7 @@
 
 Prints JSON: for each batch size and with/without the FES gate, microseconds per call of
 
-* ``batched``: ``nas.relabel.relabel`` as called (on CPU float batches its whole-batch
-  ops run through NumPy views of the tensors, the default ``backend="auto"``);
-* ``batched_torch``: the same rule as torch ops (``backend="torch"``: the CUDA path);
+* ``batched``: ``nas.relabel.relabel`` as called (a handful of whole-batch torch ops);
 * ``loop_reference``: the per-sample loop as the Auto-FERNet reference script writes it
   (inside the training step: per sample ``torch.max`` of the row and the target's
   probability, evaluated in each condition, ``topk`` for the prediction, a Python
@@ -16,9 +14,8 @@ Prints JSON: for each batch size and with/without the FES gate, microseconds per
   computed once;
 
 and the ratios loop/batched (``cpu_time_us`` and ``ratio_*_cpu``: the same minima in
-this process's CPU time). All four are asserted to give the same labels first.
-``ratio_batch64`` is loop_reference / batched with FES at batch 64 (``ratio_batch64_torch``
-the same against the torch backend). That baseline is conservative: in the reference
+this process's CPU time). All three are asserted to give the same labels first.
+``ratio_batch64`` is loop_reference / batched with FES at batch 64. That baseline is conservative: in the reference
 script the probabilities carry autograd history, which makes each of its element
 reads dearer still; here they are plain tensors. ``fes_autograd`` (batch 64) times the
 reference loop on probabilities with their history, as in the reference training
@@ -41,7 +38,7 @@ import torch
 
 from nas.runtime.checkpoint import atomic_write_text
 from nas.runtime.cli import ArgumentParser, run as cli_run
-from nas.fes import DEFAULT_FES
+from nas.data.ferplus import DEFAULT_FES
 from nas.relabel.rules import relabel, relabel_loop
 from nas.runtime.device import resolve_device
 
@@ -134,27 +131,23 @@ def _run(dev: torch.device, quick: bool) -> dict:
         row: dict[str, Any] = {"batch": n}
         for label, fes in (("no_fes", None), ("fes", DEFAULT_FES), ("fes_tensor", fes_dev)):
             fast, changed = relabel(probs, targets, THRESHOLD, fes, FES_THRESHOLD, return_mask=True)
-            via_torch = relabel(probs, targets, THRESHOLD, fes, FES_THRESHOLD, backend="torch")
             lean = relabel_loop(probs, targets, THRESHOLD, fes, FES_THRESHOLD)
             ref = reference_loop(probs, targets, THRESHOLD, fes, FES_THRESHOLD)
             assert torch.equal(fast, lean), f"batched and lean loop disagree at batch {n} ({label})"
             assert torch.equal(fast, ref), f"batched and reference loop disagree at batch {n} ({label})"
-            assert torch.equal(fast, via_torch), f"the two batched backends disagree at batch {n} ({label})"
             cpu: list[float] = []
-            t_fast, t_torch, t_lean, t_ref = _time(
+            t_fast, t_lean, t_ref = _time(
                 [lambda: relabel(probs, targets, THRESHOLD, fes, FES_THRESHOLD),
-                 lambda: relabel(probs, targets, THRESHOLD, fes, FES_THRESHOLD, backend="torch"),
                  lambda: relabel_loop(probs, targets, THRESHOLD, fes, FES_THRESHOLD),
                  lambda: reference_loop(probs, targets, THRESHOLD, fes, FES_THRESHOLD)],
                 dev, headline if (n == batches[0] and label == "fes") else min_time, 100000, cpu)
-            row[label] = {"batched_us": round(t_fast * 1e6, 2), "batched_torch_us": round(t_torch * 1e6, 2),
+            row[label] = {"batched_us": round(t_fast * 1e6, 2),
                           "loop_reference_us": round(t_ref * 1e6, 1), "loop_lean_us": round(t_lean * 1e6, 1),
                           "ratio_reference": round(t_ref / t_fast, 1), "ratio_lean": round(t_lean / t_fast, 1),
-                          "ratio_reference_torch": round(t_ref / t_torch, 1), "changed": int(changed.sum()),
-                          "cpu_time_us": {"batched": round(cpu[0] * 1e6, 2), "batched_torch": round(cpu[1] * 1e6, 2),
-                                          "loop_lean": round(cpu[2] * 1e6, 1), "loop_reference": round(cpu[3] * 1e6, 1)},
-                          "ratio_reference_cpu": round(cpu[3] / max(cpu[0], 1e-12), 1),
-                          "ratio_reference_torch_cpu": round(cpu[3] / max(cpu[1], 1e-12), 1)}
+                          "changed": int(changed.sum()),
+                          "cpu_time_us": {"batched": round(cpu[0] * 1e6, 2), "loop_lean": round(cpu[1] * 1e6, 1),
+                                          "loop_reference": round(cpu[2] * 1e6, 1)},
+                          "ratio_reference_cpu": round(cpu[2] / max(cpu[0], 1e-12), 1)}
         if n == batches[0]:
             # As in the reference training step: the probabilities come from the logits
             # with their autograd history, so each element read records graph nodes.
@@ -175,7 +168,6 @@ def _run(dev: torch.device, quick: bool) -> dict:
             "threshold": THRESHOLD, "fes_threshold": FES_THRESHOLD, "quick": quick, "results": results,
             "ratio_batch64": results[0]["fes"]["ratio_reference"],
             "ratio_batch64_lean": results[0]["fes"]["ratio_lean"],
-            "ratio_batch64_torch": results[0]["fes"]["ratio_reference_torch"],
             "ratio_batch64_autograd": results[0]["fes_autograd"]["ratio_reference"],
             "ratio_batch64_cpu_time": results[0]["fes"]["ratio_reference_cpu"]}
 

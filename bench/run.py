@@ -186,8 +186,7 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
         f = b["fes"]
         rows.append(_row("relabel", f"relabelling, batch {b['batch']}, with FES gate", f["batched_us"],
                          f["loop_reference_us"], f["ratio_reference" + sfx], "µs per call (wall)",
-                         TARGETS["relabel"], f"{clock}; wall {f['ratio_reference']}x; torch backend "
-                                             f"{f['batched_torch_us']} µs, {f['ratio_reference_torch' + sfx]}x"))
+                         TARGETS["relabel"], f"{clock}; wall {f['ratio_reference']}x"))
         if "fes_autograd" in b:
             a = b["fes_autograd"]
             rows.append(_row("relabel", f"  batch {b['batch']}, reference loop on probabilities with autograd history "

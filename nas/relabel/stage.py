@@ -98,11 +98,13 @@ class Relabeller(Callback):
         self.device = self.original.device
         self.train_idx = train_idx.to(self.device).long()
         self.threshold, self.fes_threshold = float(threshold), float(fes_threshold)
-        self.fes = None if fes is None else np.ascontiguousarray(fes, dtype=np.float64)
+        # the gate's matrix lives on the labels' device (float64, as compared on the host): a
+        # step compares it there, with no host round trip
+        self.fes = None if fes is None else torch.tensor(np.asarray(fes, dtype=np.float64), device=self.device)
         self.mode, self.warmup = mode, int(warmup)
         self.classes = list(classes) or [str(i) for i in range(int(labels.max()) + 1)]
         self.num_classes = len(self.classes)
-        if self.fes is not None and self.fes.shape != (self.num_classes, self.num_classes):
+        if self.fes is not None and tuple(self.fes.shape) != (self.num_classes, self.num_classes):
             raise FerNasError(f"FES matrix is {self.fes.shape[0]}x{self.fes.shape[1]} but the data has "
                               f"{self.num_classes} classes")
         self.clean = None if clean_labels is None else clean_labels.to(self.device).long()

@@ -14,7 +14,7 @@ from typing import Sequence
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Every script at the repository root that reads a checkpoint, with the flags that make it read one
-#: (``{ckpt}`` is a checkpoint file, ``{run}`` its run directory). Scripts not written yet are skipped.
+#: (``{ckpt}`` is a checkpoint file, ``{run}`` its run directory).
 CHECKPOINT_READERS: dict[str, list[str]] = {
     "search.py": ["--resume", "{run}", "--device", "cpu"],
     "train_searched.py": ["--resume", "{run}", "--device", "cpu"],
@@ -23,10 +23,6 @@ CHECKPOINT_READERS: dict[str, list[str]] = {
     "test_ck48.py": ["--checkpoint", "{ckpt}", "--device", "cpu"],
     "test_jaffe.py": ["--checkpoint", "{ckpt}", "--device", "cpu"],
 }
-
-
-def script_exists(name: str) -> bool:
-    return (ROOT / name).is_file()
 
 
 def child_env(**extra: str) -> dict[str, str]:

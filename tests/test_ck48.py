@@ -257,6 +257,7 @@ def _worker(rank: int, world: int, port: int, ckpt: str, data: str, out: str) ->
                Path(out) / f"rank{rank}.pt")
 
 
+@pytest.mark.slow  # two spawned gloo processes
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
 def test_folds_under_two_gloo_ranks_agree_and_only_rank0_writes(ck, tmp_path):
     root, ckpt, ck_dir, _ = ck

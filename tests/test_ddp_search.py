@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+pytestmark = pytest.mark.slow  # two spawned gloo processes
+
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # the quick demo: about a minute
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["data", "search", "train_found", "train_fer_v1", "relabel", "ensemble", "ck48", "jaffe"]
 

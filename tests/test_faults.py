@@ -26,11 +26,9 @@ import torch
 
 from nas.runtime.checkpoint import RunDir, atomic_save, read_csv_rows, safe_load
 from nas.runtime.errors import FerNasError
-from tests.cli_util import CHECKPOINT_READERS, assert_one_line_error, run_inprocess, script_exists
+from tests.cli_util import CHECKPOINT_READERS, assert_one_line_error, run_inprocess
 from tests.fer_files import small_fer2013, write_fer2013_csv
 
-needs_scripts = pytest.mark.skipif(not (script_exists("search.py") and script_exists("train_searched.py")),
-                                   reason="search.py / train_searched.py not written yet")
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +94,6 @@ def test_rundir_full_disk(tmp_path, monkeypatch):
         RunDir(tmp_path / "run")
 
 
-@needs_scripts
 @pytest.mark.parametrize("script", sorted(ARGS))
 def test_scripts_detect_unwritable_save_dir_before_training(tmp_path, data, script):
     (tmp_path / "file").write_text("x")
@@ -106,7 +103,6 @@ def test_scripts_detect_unwritable_save_dir_before_training(tmp_path, data, scri
     assert "epoch" not in proc.stdout  # no training happened
 
 
-@needs_scripts
 @pytest.mark.parametrize("script", sorted(ARGS))
 def test_scripts_detect_full_disk_before_training(tmp_path, data, script, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda p: DiskUsage(10 * 2**30, 10 * 2**30 - 2**20, 2**20))
@@ -165,7 +161,6 @@ def test_atomic_save_on_full_disk_keeps_the_old_file(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # the temp file is gone
 
 
-@needs_scripts
 def test_disk_filling_during_training(tmp_path, data, monkeypatch):
     """The disk fills after a few files were written: one line, exit 2, and the last.pt on disk
     is a whole checkpoint of an earlier epoch."""
@@ -203,7 +198,6 @@ def test_report_functions_degrade_without_matplotlib(tmp_path, no_plotting, caps
     assert list(tmp_path.iterdir()) == []
 
 
-@needs_scripts
 @pytest.mark.parametrize("script", sorted(ARGS))
 def test_scripts_complete_without_matplotlib_and_graphviz(tmp_path, data, script, no_plotting):
     run = tmp_path / "run"
@@ -234,8 +228,6 @@ def test_resolve_device_errors(monkeypatch, name, fragment):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, data) -> Path:
     """A real one-epoch checkpoint, for the scripts that read one."""
-    if not script_exists("train_searched.py"):
-        pytest.skip("train_searched.py not written yet")
     run = tmp_path_factory.mktemp("ckpt") / "run"
     args = train_args(data, run)
     args[args.index("--epochs") + 1] = "1"
@@ -249,8 +241,6 @@ ALL_SCRIPTS = sorted(set(ARGS) | set(CHECKPOINT_READERS))
 
 def script_argv(script: str, data: Path, save: Path, request) -> list[object]:
     """A small valid command line for any script (the checkpoint readers get a real checkpoint)."""
-    if not script_exists(script):
-        pytest.skip(f"{script} not written yet")
     if script in ARGS:
         return ARGS[script](data, save)
     ckpt = request.getfixturevalue("checkpoint")
@@ -311,7 +301,6 @@ def _poison_inputs(monkeypatch, cls, method: str, when, value: float = float("na
     return hits
 
 
-@needs_scripts
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_nan_loss_stops_naming_epoch_and_step_and_keeps_last_good(tmp_path, data, monkeypatch, value):
     import nas.engine.trainer
@@ -329,7 +318,6 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_last_good(tmp_path, data
     assert safe_load(run / "best.pt")["epoch"] == 1
 
 
-@needs_scripts
 def test_nan_in_first_epoch_says_no_checkpoint_yet(tmp_path, data, monkeypatch):
     import nas.engine.trainer
 
@@ -365,7 +353,6 @@ def _poison_loss(monkeypatch, epoch_step: tuple[int, int], value: float = float(
     return state
 
 
-@needs_scripts
 def test_nan_policy_skip_batch_skips_a_bad_loss(tmp_path, data, monkeypatch):
     """skip_batch: the step whose loss is NaN makes no update; the run goes on to the end."""
     run = tmp_path / "run"
@@ -381,7 +368,6 @@ def test_nan_policy_skip_batch_skips_a_bad_loss(tmp_path, data, monkeypatch):
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
 
 
-@needs_scripts
 def test_nan_policy_skip_batch_continues_after_nan_activations(tmp_path, data, monkeypatch):
     """skip_batch when the activations themselves go non-finite (a diverging forward pass): the
     BatchNorm running statistics that the bad forward pass updated are restored as well."""
@@ -401,7 +387,6 @@ def test_nan_policy_skip_batch_continues_after_nan_activations(tmp_path, data, m
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
 
 
-@needs_scripts
 def test_nan_in_search_stops_naming_epoch_and_step(tmp_path, data, monkeypatch):
     """A diverging search must not go on to derive a genotype from NaN architecture weights."""
     import nas.search.searcher
@@ -423,7 +408,6 @@ def _oom(*args, **kwargs):
                                       "capacity; 13.1 GiB already allocated)\nsee the memory docs")
 
 
-@needs_scripts
 @pytest.mark.parametrize("script,target", [("train_searched.py", "nas.engine.trainer.Classification.step"),
                                            ("search.py", "nas.search.searcher.BilevelSearch.step")])
 def test_cuda_oom_is_one_line(tmp_path, data, monkeypatch, script, target):

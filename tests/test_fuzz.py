@@ -615,10 +615,6 @@ def test_yaml_config_small_parser(doc, junk):
 @pytest.mark.parametrize("script", ["search.py", "train_searched.py"])
 def test_yaml_config_real_parsers(script):
     """The same fuzz through the real script parsers (their own flags as keys)."""
-    from tests.cli_util import script_exists
-
-    if not script_exists(script):
-        pytest.skip(f"{script} not written yet")
     import importlib
 
     mod = importlib.import_module(Path(script).stem)
@@ -637,11 +633,12 @@ def test_yaml_config_real_parsers(script):
 
 
 # ============================================================================== through real processes
+@pytest.mark.slow  # hundreds of CLI cases
 def test_fuzz_cases_through_the_cli(tmp_path):
     """Fuzzed faults through the command line: exit status 2, one stderr line, no traceback.
     Four in real processes (CSV junk, bad JAFFE name, YAML code tag, bad genotype file), the
     rest through the same ``nas.cli.run`` entry in this process (each process costs a torch import)."""
-    from tests.cli_util import run_inprocess, script_exists
+    from tests.cli_util import run_inprocess
 
     csv = tmp_path / "csv" / "fer2013.csv"
     csv.parent.mkdir()
@@ -665,10 +662,8 @@ def test_fuzz_cases_through_the_cli(tmp_path):
     assert_one_line_error(run_inprocess("nas.apps.inspect", [ck]), "S01_a_3.png", "does not parse")
     assert_one_line_error(run_inprocess("nas.apps.inspect", [good_csv.parent, "--format", "jaffe"]),
                           "no JAFFE images")
-    if script_exists("search.py"):
-        assert_one_line_error(run_script("search.py", "--config", cfg, cwd=tmp_path), str(cfg), "invalid YAML")
-    if script_exists("train_searched.py"):
-        assert_one_line_error(run_inprocess("train_searched.py", ["--config", cfg]), str(cfg))
-        assert_one_line_error(run_script("train_searched.py", "--arch", bad, "--data", good_csv, "--device", "cpu",
-                                         "--save", tmp_path / "run"), str(bad))
+    assert_one_line_error(run_script("search.py", "--config", cfg, cwd=tmp_path), str(cfg), "invalid YAML")
+    assert_one_line_error(run_inprocess("train_searched.py", ["--config", cfg]), str(cfg))
+    assert_one_line_error(run_script("train_searched.py", "--arch", bad, "--data", good_csv, "--device", "cpu",
+                                     "--save", tmp_path / "run"), str(bad))
     assert not (tmp_path / "PWNED").exists() and not (Path.cwd() / "PWNED").exists()

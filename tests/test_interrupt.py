@@ -27,12 +27,11 @@ import pytest
 import torch
 
 from nas.runtime.checkpoint import safe_load
-from tests.cli_util import assert_one_line_error, child_env, run_inprocess, script_exists
+from tests.cli_util import assert_one_line_error, child_env, run_inprocess
 from tests.fer_files import small_fer2013, write_fer2013_csv
 from tests.zygote import Zygote
 
-pytestmark = pytest.mark.skipif(not (script_exists("search.py") and script_exists("train_searched.py")),
-                                reason="search.py / train_searched.py not written yet")
+pytestmark = pytest.mark.slow  # real processes killed and resumed many times
 
 SEEDS = (0, 1, 2)
 

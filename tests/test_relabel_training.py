@@ -319,6 +319,7 @@ def _ddp_worker(rank: int, world: int, port: int, flags: list[str], out: str) ->
                Path(out) / f"rank{rank}.pt")
 
 
+@pytest.mark.slow  # two spawned gloo processes
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
 def test_ddp_two_gloo_ranks_agree_and_only_rank0_writes(toy, tmp_path):
     run = tmp_path / "ddp_run"
@@ -340,6 +341,7 @@ def test_ddp_two_gloo_ranks_agree_and_only_rank0_writes(toy, tmp_path):
 
 
 # ----------------------------------------------------------------------------- SynthFER, 30 % noise
+@pytest.mark.slow  # trains on a SynthFER export
 def test_relabelling_restores_more_than_it_harms_on_synthfer_with_30pct_noise(tmp_path):
     """One relabelling epoch on SynthFER with 30 % of the training labels flipped
     (towards similar expressions), from an informative model.

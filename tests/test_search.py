@@ -122,6 +122,7 @@ def _final(run_dir):
 # second-order DARTS stopped in the middle of an epoch (momentum buffers enter the virtual step).
 @pytest.mark.parametrize("stop_at,extra", [(12, SGAS_FLAGS),
                                            (4, ("--strategy", "darts", "--epochs", "3", "--unrolled"))])
+@pytest.mark.slow  # interrupted and resumed searches
 def test_resume_is_bitwise_equivalent(full_sgas, tmp_path, stop_at, extra):
     data = tiny_data()
     if stop_at == 12:
@@ -176,6 +177,7 @@ def test_flag_errors(tmp_path):
         searcher(get_args_parser().parse_args(["--resume", str(tmp_path / "nope")]), data)
 
 
+@pytest.mark.slow  # two search subprocesses
 def test_cli_synthfer_export(tmp_path):
     env = dict(os.environ, FERNAS_GENOTYPES=str(tmp_path / "g"), FERNAS_CACHE=str(tmp_path / "cache"),
                MPLBACKEND="Agg", OMP_NUM_THREADS="1")
@@ -222,3 +224,72 @@ def test_non_finite_loss_stops_without_saving_bad_state(tmp_path, monkeypatch):
     ck = torch.load(run / "last.pt", weights_only=True)
     assert ck["epoch"] == 1
     assert all(torch.isfinite(t).all() for t in ck["model"].values() if t.is_floating_point())
+
+
+def test_nan_policy_skip_batch_search_goes_on_and_ends_finite(tmp_path, monkeypatch):
+    """--nan_policy skip_batch in search: the non-finite step changes neither weights nor
+    architecture nor batch-norm statistics; it is counted and the search ends with a genotype."""
+    hits = _nan_batches_at(monkeypatch, {(1, 1)})
+    run = tmp_path / "skip"
+    res = searcher(tiny_args(run, "--strategy", "darts", "--epochs", "3", "--nan_policy", "skip_batch"), tiny_data(),
+                   stop=StopAfter(10**9)).run()
+    assert hits == [(1, 1)] and res["epochs"] == 3
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [int(r["skipped_batches"]) for r in rows] == [0, 1, 0]
+    assert all(float(r["train_loss"]) == float(r["train_loss"]) for r in rows)  # no NaN in the sums
+    ck = torch.load(run / "last.pt", weights_only=True)
+    assert all(torch.isfinite(t).all() for t in ck["model"].values() if t.is_floating_point())
+    load_genotype(str(run / "genotype.json"))
+    # the skipped step itself: everything the step could change is as it was
+    monkeypatch.undo()
+    s = searcher(tiny_args(tmp_path / "one", "--nan_policy", "skip_batch"), tiny_data(), stop=StopAfter(10**9))
+    obj, loop = s.objective, s.loop
+    batch = obj.epoch_batches(0, torch.Generator().manual_seed(0))[0]
+    before = {k: v.clone() for k, v in obj.model.state_dict().items()}
+    adam = {k: v.clone() for k, v in obj.architect.optimizer.state_dict()["state"].get(0, {}).items()
+            if isinstance(v, torch.Tensor)}
+    _nan_batches_at(monkeypatch, {(0, 0)})
+    out = loop.run_step(0, 0, batch)
+    assert float(out.bad) == 1.0 and float(loop.sums[-1]) == 1.0 and float(loop.sums[2]) == 0.0
+    after = obj.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), [k for k in before if not torch.equal(before[k], after[k])]
+    assert not adam or all(torch.equal(v, obj.architect.optimizer.state_dict()["state"][0][k]) for k, v in adam.items())
+
+
+@pytest.mark.slow  # two searches
+def test_resumed_search_given_data_again_reads_it_there(tmp_path):
+    """--resume RUN --data NEW: the data moved after the interruption; the resumed search reads it
+    at the new place (a flag resume may change) and ends as the uninterrupted one. Any other flag
+    given with --resume is the run's, not the command line's."""
+    import shutil
+
+    from tests.test_train import write_fer_csv
+
+    data = tiny_data()
+    data.images = torch.nn.functional.interpolate(data.images.float(), size=48).to(torch.uint8)
+    (tmp_path / "old").mkdir()
+    old = write_fer_csv(tmp_path / "old" / "fer2013.csv", data)
+    flags = ("--data", str(old), "--crop", "40")
+    full = tmp_path / "full"
+    run_search(tiny_args(full, *flags), stop=StopAfter(10**9))
+    stop = StopAfter(5)
+    s = searcher(tiny_args(tmp_path / "cut", *flags), None, stop=stop)
+    stop.searcher = s
+    with pytest.raises(RunInterrupted):
+        s.run()
+    new = tmp_path / "moved"
+    shutil.move(str(old.parent), str(new))
+    args = get_args_parser().parse_args(["--resume", str(tmp_path / "cut"), "--data", str(new / "fer2013.csv"),
+                                         "--learning_rate", "9.0", "--progress", "False"])
+    res = run_search(args, stop=StopAfter(10**9))
+    assert res["complete"]
+    an, ar, g, _ = _final(full)
+    bn, br, g2, _ = _final(tmp_path / "cut")
+    assert torch.equal(an, bn) and torch.equal(ar, br) and g == g2
+    ck = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert ck["args"]["data"] == str(new / "fer2013.csv") and ck["args"]["learning_rate"] == 0.025
+    # a checkpoint of another stage is refused with one line
+    with pytest.raises(FerNasError, match="written by the search stage"):
+        from nas.apps import train
+
+        train.main(train.get_args_parser().parse_args(["--resume", str(tmp_path / "cut")]))

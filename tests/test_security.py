@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from nas.runtime.checkpoint import atomic_save, safe_load
 from nas.runtime.errors import FerNasError
 from nas.models.genotypes import export_genotype, is_genotype_name, load_genotype
-from tests.cli_util import CHECKPOINT_READERS, ROOT, assert_one_line_error, run_inprocess, run_script, script_exists
+from tests.cli_util import CHECKPOINT_READERS, ROOT, assert_one_line_error, run_inprocess, run_script
 
 
 # ------------------------------------------------------------------------------------------ payloads
@@ -159,8 +159,6 @@ def _cli_args(script: str, ckpt: Path, run: Path) -> list[str]:
 def test_scripts_refuse_payload_checkpoint(tmp_path, script):
     """Every checkpoint-reading script: exit 2, one line naming the file, the payload never runs.
     (In-process through the script's own ``nas.cli.run`` entry; one subprocess case below.)"""
-    if not script_exists(script):
-        pytest.skip(f"{script} not written yet")
     marker = tmp_path / "pwned"
     run = tmp_path / "run"
     ckpt = write_payload(run / "last.pt", marker, "zip")
@@ -172,7 +170,7 @@ def test_scripts_refuse_payload_checkpoint(tmp_path, script):
 
 def test_script_refuses_payload_subprocess(tmp_path):
     """The same through a real process: status 2, one stderr line, no traceback, no marker."""
-    script = next(s for s in ("train_searched.py", "search.py", "ensemble.py") if script_exists(s))
+    script = "train_searched.py"
     marker = tmp_path / "pwned"
     run = tmp_path / "run"
     ckpt = write_payload(run / "last.pt", marker, "system")
@@ -334,8 +332,6 @@ def test_any_export_name_outside_the_pattern_is_refused(gdir, name):
 
 def test_search_export_escape_refused_through_cli(tmp_path, gdir):
     """search.py --export ../EVIL: one line, status 2, before any work, nothing written."""
-    if not script_exists("search.py"):
-        pytest.skip("search.py not written yet")
     before = _all_files(tmp_path)
     for name in ("../EVIL", "/tmp/EVIL", "EV IL", "EVIL.json"):
         proc = run_inprocess("search.py", ["--export", name, "--save", tmp_path / "run", "--device", "cpu"])
@@ -347,8 +343,6 @@ def test_search_export_escape_refused_through_cli(tmp_path, gdir):
 def test_train_arch_escape_refused_through_cli(tmp_path, gdir):
     """train_searched.py --arch with a non-name: one line, status 2; the name is never looked
     up outside genotypes/ (OUTSIDE.json one level up is not found by name)."""
-    if not script_exists("train_searched.py"):
-        pytest.skip("train_searched.py not written yet")
     from tests.fer_files import small_fer2013, write_fer2013_csv
 
     data = write_fer2013_csv(tmp_path / "fer2013.csv", *small_fer2013())

@@ -109,6 +109,7 @@ def test_every_parameter_gets_a_gradient_and_moves(arch, kw):
 
 
 # ----------------------------------------------------------------------------- a full run
+@pytest.mark.slow  # a whole run plus an evaluate subprocess
 def test_two_epoch_cli_run_writes_everything_and_evaluate_agrees(tmp_path):
     """train_searched.py end to end on a tiny fer2013.csv (the real reader), then the
     checkpoint alone through ``python -m nas evaluate`` gives the run's accuracy."""
@@ -164,6 +165,7 @@ def test_two_epoch_cli_run_writes_everything_and_evaluate_agrees(tmp_path):
     assert out.returncode == 2 and "already holds a run" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # real processes killed and resumed
 def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path):
     """SIGKILL (no chance to save) at random moments after the first epoch's last.pt:
     --resume continues from the last atomic checkpoint and ends where an uninterrupted
@@ -371,6 +373,7 @@ def test_soft_targets_train_against_vote_distributions(tmp_path):
         Trainer(tiny_model(), data, cfg(soft_targets=True), RunDir("unused", enabled=False))
 
 
+@pytest.mark.slow  # a training subprocess with two threads
 def test_cpu_channels_last_guard_for_narrow_strided_1x1_convs(tmp_path):
     """torch 2.14.1's multi-threaded CPU backward of a stride-2 1x1 conv with < 16 input
     channels in channels_last corrupts the heap at odd batch sizes. A cell with skip_connect

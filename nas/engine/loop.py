@@ -148,7 +148,7 @@ class UpdateGuard:
         # The forward pass updates batch-norm running statistics before the loss is known;
         # for a skipped step they are put back, else its NaN activations stay in them.
         self.buffers = [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                        for b in m.buffers(recurse=False) if b.is_floating_point()] if keep_batchnorm else []
+                        for b in m.buffers(recurse=False)] if keep_batchnorm else []
         self._saved: list[torch.Tensor] = []
 
     def begin(self) -> None:

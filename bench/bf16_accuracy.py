@@ -3,7 +3,7 @@
     python bench/bf16_accuracy.py [--device cpu|cuda|auto] [--arch FER_V1] [--init_channels 8] [--layers 5]
                                   [--epochs 8] [--n_train 3000] [--n_test 1000] [--seeds 0,1] [--threads 1]
 
-Trains the same model twice per seed with ``nas.train.Trainer`` (the toolkit's loop:
+Trains the same model twice per seed with ``nas.engine.trainer.Trainer`` (the toolkit's loop:
 batched augmentation, cosine schedule, auxiliary head), once in fp32 and once under
 bf16 autocast (``--amp True``; on a CPU, ``torch.autocast("cpu", torch.bfloat16)``),
 and reports PrivateTest accuracy at the epoch chosen on PublicTest, the last epoch's

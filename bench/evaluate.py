@@ -4,7 +4,7 @@
 
 Both score the same ``n`` uint8 48×48 test images with the same model (eval mode):
 
-* ``fast``: ``nas.evaluate.predict(..., tta="tencrop")`` as the evaluation scripts call it:
+* ``fast``: ``nas.engine.evaluate.predict(..., tta="tencrop")`` as the evaluation scripts call it:
   the uint8 tensor on the device, the ten 44×44 views of a whole batch cut and
   normalised by tensor slicing (``eval_views``), one forward over the B·10 views, in
   channels_last (the trainer's default) and, on CUDA, bf16 autocast;

@@ -5,7 +5,7 @@
                                 [--memory_batch 96]
 
 One step = the architecture update on one batch plus the weight update on another
-(:func:`nas.search.search_step`), on the SGAS supernet (Auto-FERNet space) at three
+(:func:`nas.search.searcher.search_step`), on the SGAS supernet (Auto-FERNet space) at three
 points of a search: ``start`` (no edge decided), ``mid`` (4 of 8 decisions per cell
 type made, the nodes concerned pruned) and ``late`` (all decisions made).
 

@@ -4,7 +4,7 @@
 
 Both run in the same process on the same model, batch and data:
 
-* fast — ``nas.train.Trainer.train_step`` as the trainer runs it: uint8 data resident on
+* fast — ``nas.engine.trainer.Classification.step`` as the trainer runs it: uint8 data resident on
   the device, batched on-device augmentation, bf16 autocast and channels_last on CUDA,
   fused optimizer, non-finite check on the device, no host sync per step.
 * naive — the reference implementation's habits: the dataset as float32 on the host,
@@ -69,7 +69,8 @@ def _reset_peak(device: torch.device) -> None:
 
 def make_fast(arch: str, device: torch.device, batch_size: int, *, init_channels: int, layers: int,
               channels_last: bool | None = None, amp: bool | None = None, compile: bool = False):
-    """The trainer's own step as a closure ``step(i)`` plus its settings."""
+    """The trainer's own step (the loop's ``run_step`` of the classification objective) as a
+    closure ``step(i)`` plus its settings."""
     from nas.runtime.checkpoint import RunDir
     from nas.engine.trainer import TrainConfig, Trainer
 
@@ -77,12 +78,11 @@ def make_fast(arch: str, device: torch.device, batch_size: int, *, init_channels
     cfg = TrainConfig(epochs=1, batch_size=batch_size, cutout=True, channels_last=channels_last, amp=amp,
                       compile=compile, progress=False)
     trainer = Trainer(_model(arch, init_channels, layers), data, cfg, RunDir("unused", enabled=False), device=device)
-    trainer.model.train()
+    batches = trainer.objective.epoch_batches(0, torch.Generator().manual_seed(0))[:4]
     trainer.model.drop_path_prob = 0.1
-    batches = list(trainer.sampler.iter_from(0))[:4]
 
     def step(i: int) -> None:
-        trainer.train_step(0, i, batches[i % len(batches)])
+        trainer.loop.run_step(0, i, batches[i % len(batches)])
 
     return step, {"amp": trainer.amp, "channels_last": trainer.channels_last, "compile": compile}
 

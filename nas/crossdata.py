@@ -3,7 +3,7 @@
 Two modes, one loop (:func:`cross_validate`):
 
 * **fine-tune** (default): for each fold a fresh copy of the checkpoint is trained
-  on the fold's training part with the engine (:class:`nas.train.Trainer`) and
+  on the fold's training part with the engine (:class:`nas.engine.trainer.Trainer`) and
   tested on the held-out part. The held-out part is never used for model
   selection: the fold's figure is the last epoch's (the fold dataset has a
   Training and a PrivateTest split and no PublicTest).
@@ -503,6 +503,7 @@ def add_crossdata_args(parser: argparse.ArgumentParser, *, kind: str) -> argpars
     checkpoint, the data, the fine-tuning recipe (the reference's defaults: 60 epochs,
     learning rate 0.01794073, batch 64) and the engine's training flags."""
     from nas.data import add_data_args
+    from nas.data.source import name_list
     from nas.engine.session import add_session_args
     from nas.engine.trainer import add_train_args
     from nas.runtime.cli import int_list
@@ -523,7 +524,7 @@ def add_crossdata_args(parser: argparse.ArgumentParser, *, kind: str) -> argpars
     else:
         parser.add_argument("--finetune", default="none", choices=["none", "loso"],
                             help="none: direct test (default); loso: leave-one-subject-out fine-tuning")
-        parser.add_argument("--subjects", default=None, type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+        parser.add_argument("--subjects", default=None, type=name_list,
                             help="hold out only these subjects (comma-separated codes, e.g. KA,KL); default all")
     parser.add_argument("--head", default="keep", choices=HEADS,
                         help="keep: fine-tune the whole network, the checkpoint's class i becomes the data's class i "

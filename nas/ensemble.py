@@ -122,7 +122,7 @@ def load_member(name: str, device: torch.device | str = "cpu", layers: int | Non
 def member_outputs(member: Member, images: torch.Tensor, *, tta: str = "center", batch_size: int = 256,
                    amp: bool = False) -> Outputs:
     """Logits and probabilities of ``member`` on uint8 ``images`` (N×1×H×W), each averaged
-    over the views of ``tta`` (the probabilities equal :func:`nas.evaluate.predict`'s)."""
+    over the views of ``tta`` (the probabilities equal :func:`nas.engine.evaluate.predict`'s)."""
     from nas.data.augment import eval_views
     from nas.engine.evaluate import TTA_MODES
     from nas.runtime.device import autocast
@@ -269,7 +269,7 @@ def run_ensemble(names: Sequence[str], data: FERData, run: RunDir, *, method: st
                  members: Sequence[Member] | None = None) -> dict[str, Any]:
     """Load the members, predict PublicTest and PrivateTest once each, combine, print the
     table and write ``ensemble.csv``, ``methods.csv``, ``confusion.csv``/``.png``,
-    ``predictions.pt`` and ``results.json`` into ``run`` (a :class:`nas.checkpoint.RunDir`).
+    ``predictions.pt`` and ``results.json`` into ``run`` (a :class:`nas.runtime.checkpoint.RunDir`).
     Returns the results dict."""
     from nas.runtime.checkpoint import atomic_save, atomic_write_text, json_safe, write_csv
     from nas.data.dataset import SPLITS

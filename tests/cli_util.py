@@ -44,7 +44,7 @@ def run_script(script: str, *args: object, timeout: float = 120, cwd: Path | Non
 
 
 def run_inprocess(script: str, argv: Sequence[object]) -> subprocess.CompletedProcess:
-    """The script's own entry (``nas.cli.run(main, get_args_parser(), argv)``) in this process:
+    """The script's own entry (``nas.runtime.cli.run(main, get_args_parser(), argv)``) in this process:
     the same code path as the command line without paying a torch import per case. ``script``
     is a file at the repository root (``search.py``) or a module with ``main``/``get_args_parser``
     (``nas.apps.inspect``)."""

@@ -209,7 +209,7 @@ def test_overwrite_policy(quick, capsys):
 
 
 def test_bad_input_is_one_line_and_touches_nothing(tmp_path, capsys):
-    """In-process (``nas.demo.cli``, what ``python -m nas demo`` calls): every fault is
+    """In-process (``nas.apps.demo.cli``, what ``python -m nas demo`` calls): every fault is
     detected before any work, one line on stderr, exit status 2."""
     from nas.apps.demo import cli
 

@@ -118,7 +118,7 @@ def test_ensemble_cli_writes_the_table_and_figures_that_recompute_from_saved_out
             "config.yaml", "log.txt"} <= {p.name for p in out.iterdir()}
     pred = safe_load(out / "predictions.pt")
     val, test = pred["splits"]["PublicTest"], pred["splits"]["PrivateTest"]
-    # each member predicted with its own crop and normalisation (checked against nas.evaluate.predict)
+    # each member predicted with its own crop and normalisation (checked against nas.engine.evaluate.predict)
     for k, ck in enumerate((a, b)):
         model, state = load_model_from_checkpoint(ck)
         mean, std, crop = checkpoint_norm(state)

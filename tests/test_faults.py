@@ -9,7 +9,7 @@ and never loses the last good checkpoint.
   checkpoint; ``skip_batch`` drops that update and goes on;
 * CUDA out of memory: one line suggesting a smaller ``--batch_size`` / ``--partial_channels``.
 
-The scripts run in this process through their own ``nas.cli.run`` entry (same code path as the
+The scripts run in this process through their own ``nas.runtime.cli.run`` entry (same code path as the
 command line), which lets a fault be injected with monkeypatch.
 """
 from __future__ import annotations

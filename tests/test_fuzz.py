@@ -637,7 +637,7 @@ def test_yaml_config_real_parsers(script):
 def test_fuzz_cases_through_the_cli(tmp_path):
     """Fuzzed faults through the command line: exit status 2, one stderr line, no traceback.
     Four in real processes (CSV junk, bad JAFFE name, YAML code tag, bad genotype file), the
-    rest through the same ``nas.cli.run`` entry in this process (each process costs a torch import)."""
+    rest through the same ``nas.runtime.cli.run`` entry in this process (each process costs a torch import)."""
     from tests.cli_util import run_inprocess
 
     csv = tmp_path / "csv" / "fer2013.csv"

@@ -348,7 +348,7 @@ def test_relabelling_restores_more_than_it_harms_on_synthfer_with_30pct_noise(tm
 
     The informative model is a cnn_shallow trained on the *clean* labels of these
     faces: a stand-in for a model trained long enough on plenty of data, which on this
-    CPU takes minutes (README, Relabelling, has that measurement, from a model trained
+    CPU takes minutes (docs/relabelling.md has that measurement, from a model trained
     on the noisy labels only). What this test checks is the machinery on real SynthFER
     files: the hook sees the right samples' labels and the training forward's logits,
     applies the FES gate, and the counts of restored and harmed labels come out right;

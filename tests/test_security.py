@@ -1,7 +1,7 @@
 """Untrusted files never run code.
 
 * A checkpoint carrying a pickled payload (an object whose ``__reduce__`` creates a file) is
-  refused by ``nas.checkpoint.safe_load`` and by every script that reads checkpoints: one line,
+  refused by ``nas.runtime.checkpoint.safe_load`` and by every script that reads checkpoints: one line,
   exit status 2, and the marker file is never created.
 * No ``eval``/``exec``, unsafe ``torch.load``/``pickle``/``yaml.load`` anywhere in the package,
   the scripts or the benchmarks (checked on the syntax tree, so ``model.eval()`` and
@@ -141,7 +141,7 @@ def test_safe_load_corrupt_checkpoint_is_one_line(tmp_path, cut):
 
 
 def test_model_loader_refuses_payload(tmp_path):
-    """nas.evaluate.load_model_from_checkpoint (ensemble, cross-dataset scripts) goes through safe_load."""
+    """nas.engine.evaluate.load_model_from_checkpoint (ensemble, cross-dataset scripts) goes through safe_load."""
     from nas.engine.evaluate import load_model_from_checkpoint
 
     marker = tmp_path / "pwned"
@@ -158,7 +158,7 @@ def _cli_args(script: str, ckpt: Path, run: Path) -> list[str]:
 @pytest.mark.parametrize("script", sorted(CHECKPOINT_READERS))
 def test_scripts_refuse_payload_checkpoint(tmp_path, script):
     """Every checkpoint-reading script: exit 2, one line naming the file, the payload never runs.
-    (In-process through the script's own ``nas.cli.run`` entry; one subprocess case below.)"""
+    (In-process through the script's own ``nas.runtime.cli.run`` entry; one subprocess case below.)"""
     marker = tmp_path / "pwned"
     run = tmp_path / "run"
     ckpt = write_payload(run / "last.pt", marker, "zip")

@@ -614,7 +614,7 @@ def write_report(out: Path, state: Mapping[str, Any]) -> Path:
                   f"Started from `{rl.get('start_checkpoint')}`. Over the run: {rl.get('changed')} label changes, "
                   f"{rl.get('restored')} restored to the clean label, {rl.get('harmed')} clean labels harmed; "
                   f"precision {_pct(rl.get('precision'))} (restored / changed), recall {_pct(rl.get('recall'))} and "
-                  f"harm {_pct(rl.get('harm'))} (means per relabelling epoch; see README, Relabelling)."]
+                  f"harm {_pct(rl.get('harm'))} (means per relabelling epoch; see docs/relabelling.md)."]
     lines += ["", "## Figures", ""]
     any_png = False
     for name, heading, figs in FIGURES:

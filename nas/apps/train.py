@@ -19,10 +19,10 @@ def get_args_parser(prog: str = "train_searched.py") -> ArgumentParser:
                                               "drop-path, cutout); select on PublicTest, report PrivateTest.")
     p.add_argument("--config", default=None, help="YAML file of flag values (command-line flags override it)")
     p.add_argument("--arch", default="FER_V1", help="genotype name, genotype .json file, or baseline name")
-    p.add_argument("--init_channels", type=int, default=36)
-    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--init_channels", type=int, default=36, help="channels of the first cells (genotype networks)")
+    p.add_argument("--layers", type=int, default=12, help="cells (genotype networks; reductions at L/3 and 2L/3)")
     p.add_argument("--auxiliary", dest="auxiliary", action="store_true", default=True,
-                   help="auxiliary head (default on)")
+                   help="auxiliary head after the second reduction (genotype networks; default on)")
     p.add_argument("--no_auxiliary", dest="auxiliary", action="store_false", help="no auxiliary head")
     add_data_args(p)
     add_train_args(p)

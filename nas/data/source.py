@@ -71,7 +71,7 @@ def add_data_args(parser: argparse.ArgumentParser, *, dataset: str = "auto", syn
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", default=dataset, choices=DATASETS,
                    help="kind of data; auto: detect the format of --data, or SynthFER without --data")
-    g.add_argument("--data", default=None, help="file or folder to read (see python -m nas.data inspect)")
+    g.add_argument("--data", default=None, help="file or folder to read (see fernas inspect)")
     g.add_argument("--skip_bad_rows", action="store_true", help="skip and count malformed rows/images")
     g.add_argument("--ferplus", default=None, help="FER+ fer2013new.csv to join with fer2013.csv")
     g.add_argument("--labels", default="fer", choices=LABEL_MODES, help="FER labels or FER+ majority/soft labels")

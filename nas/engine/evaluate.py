@@ -12,10 +12,6 @@ matrix and per-class CSVs).
 """
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,8 +22,8 @@ from nas.runtime.errors import FerNasError
 
 __all__ = [
     "TTA_MODES", "predict", "evaluate_split", "accuracy", "topk_accuracy", "confusion_matrix",
-    "per_class_metrics", "bootstrap_ci", "summarize", "load_model_from_checkpoint", "evaluate_checkpoint",
-    "get_args_parser", "main",
+    "per_class_metrics", "bootstrap_ci", "summarize", "load_model_from_checkpoint", "checkpoint_norm",
+    "evaluate_checkpoint", "write_csvs",
 ]
 
 TTA_MODES = ("none", "center", "tencrop")

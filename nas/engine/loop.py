@@ -52,7 +52,7 @@ from nas.runtime.errors import FerNasError, RunInterrupted
 from nas.runtime.seeds import get_rng_state, reseed_global, set_rng_state, stream_generator
 
 __all__ = ["NAN_POLICIES", "Objective", "Callback", "StepResult", "StepContext", "UpdateGuard", "Loop",
-           "GracefulStop", "weights_finite"]
+           "GracefulStop", "nonfinite", "weights_finite"]
 
 NAN_POLICIES = ("stop", "skip_batch")
 
@@ -156,8 +156,7 @@ class UpdateGuard:
 
     def flag(self, *values: torch.Tensor) -> torch.Tensor:
         """1.0 when any of ``values`` is not finite on any rank, else 0.0 (a device tensor)."""
-        ok = torch.stack([torch.isfinite(v.detach().float()).all() for v in values]).all()
-        bad = (~ok).float()
+        bad = nonfinite(*values)
         if self.dist.enabled:
             all_reduce_max(bad)  # one rank's bad step is skipped everywhere: weights stay equal
         return bad
@@ -177,6 +176,12 @@ class UpdateGuard:
         for b, old in zip(self.buffers, self._saved):
             b.copy_(torch.where(bad > 0, old, b))
         self._saved = []
+
+
+def nonfinite(first: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+    """1.0 (a 0-dim float device tensor) when any of the tensors holds a NaN or an infinity, else 0.0."""
+    ok = torch.stack([torch.isfinite(v.detach()).all() for v in (first, *rest)]).all()
+    return (~ok).float()
 
 
 def weights_finite(model: nn.Module) -> bool:

@@ -1,6 +1,6 @@
 """One entry point for every network of the toolkit: searched genotypes and baselines.
 
-``build_model(arch, ...)`` takes a baseline name (:data:`nas.baselines.BASELINES`), a
+``build_model(arch, ...)`` takes a baseline name (:data:`nas.models.baselines.BASELINES`), a
 genotype name (a file in ``genotypes/``), a path to a genotype JSON file, a
 :class:`~nas.genotypes.Genotype` or a genotype dict. Baseline names win over a genotype
 file of the same name.

@@ -190,7 +190,7 @@ DEFAULT_SEARCH_SPACE = "auto_fernet"
 def search_space(spec: str) -> list[str]:
     """The primitive names of a search space: a name in :data:`SEARCH_SPACES`, or a
     comma-separated list of op names (e.g. ``none,skip_connect,sep_conv_3x3``).
-    Anything else is a :class:`~nas.errors.FerNasError` listing the choices."""
+    Anything else is a :class:`~nas.runtime.errors.FerNasError` listing the choices."""
     from nas.runtime.errors import FerNasError
 
     if spec in SEARCH_SPACES:

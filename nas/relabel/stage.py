@@ -79,7 +79,7 @@ class Relabeller(Callback):
         clean_labels: int64 N true labels when known (SynthFER), for precision,
             recall and harm.
         classes: class names (transitions CSV, log).
-        dist: :class:`nas.distributed.DistInfo` (merge of ranks' changes).
+        dist: :class:`nas.runtime.distributed.DistInfo` (merge of ranks' changes).
     """
 
     name = "relabel"

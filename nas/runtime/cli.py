@@ -1,7 +1,7 @@
 """Shared command-line plumbing: one-line errors, YAML configs, booleans.
 
 Every script is ``get_args_parser()`` + ``main(args)`` and ends with
-``nas.cli.run(main, get_args_parser())``, which turns :class:`FerNasError`
+``nas.runtime.cli.run(main, get_args_parser())``, which turns :class:`FerNasError`
 into one line on stderr and exit status 2.
 """
 from __future__ import annotations
@@ -131,7 +131,7 @@ def run(main: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentPars
         argv: Sequence[str] | None = None) -> None:
     """Parse flags, call ``main(args)``; turn user faults into one line and exit 2.
 
-    Training loops catch SIGINT/SIGTERM themselves (:class:`nas.utils.GracefulStop`),
+    Training loops catch SIGINT/SIGTERM themselves (:class:`nas.engine.loop.GracefulStop`),
     save ``last.pt`` at a step boundary and raise :class:`RunInterrupted`.
     """
     args = parse_args(parser, argv)

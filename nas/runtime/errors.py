@@ -2,7 +2,7 @@
 
 Anything a user can cause with a bad file, flag or environment is raised as
 :class:`FerNasError` with a one-line message naming the file/row/image and the
-fault. The command-line wrapper (:func:`nas.cli.run`) prints it and exits with
+fault. The command-line wrapper (:func:`nas.runtime.cli.run`) prints it and exits with
 status 2; library callers can catch it.
 """
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from nas.engine.loop import UpdateGuard
+from nas.engine.loop import UpdateGuard, nonfinite
 from nas.models.ops import op_param_count
 from nas.runtime.distributed import all_reduce_mean_grads
 from nas.search.supernet import SearchNetwork
@@ -102,10 +102,7 @@ class Architect:
         params = self.model.arch_parameters()
         all_reduce_mean_grads(params)  # every rank keeps identical architecture weights
         grads = [p.grad for p in params if p.grad is not None]
-        if guard is None:
-            bad = (~(torch.isfinite(loss.detach()) & torch.stack([torch.isfinite(g).all() for g in grads]).all())).float()
-        else:
-            bad = guard.flag(loss, *grads)
+        bad = guard.flag(loss, *grads) if guard is not None else nonfinite(loss, *grads)
         self._masked_step(bad)
         return loss.detach(), bad
 

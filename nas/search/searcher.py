@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from nas.data.dataset import FERData
-from nas.engine.loop import Callback, Loop, StepContext, StepResult, UpdateGuard
+from nas.engine.loop import Callback, Loop, StepContext, StepResult, UpdateGuard, nonfinite
 from nas.engine.session import Session
 from nas.models.genotypes import Genotype, check_export_name, export_genotype, genotype_to_dict, genotype_to_json
 from nas.models.ops import SEARCH_SPACES, search_space
@@ -61,17 +61,18 @@ def add_search_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--batch_increase", type=int, default=8, help="batch size increase after each decision (0: fixed)")
     g.add_argument("--learning_rate", type=float, default=0.025, help="initial weight learning rate")
     g.add_argument("--learning_rate_min", type=float, default=0.001, help="final learning rate (cosine)")
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight_decay", type=float, default=3e-4)
-    g.add_argument("--init_channels", type=int, default=16)
-    g.add_argument("--layers", type=int, default=8, help="cells in the supernet")
-    g.add_argument("--seed", type=int, default=2)
+    g.add_argument("--momentum", type=float, default=0.9, help="weight optimizer (SGD) momentum")
+    g.add_argument("--weight_decay", type=float, default=3e-4, help="weight decay of the weights")
+    g.add_argument("--init_channels", type=int, default=16, help="supernet channels")
+    g.add_argument("--layers", type=int, default=8, help="cells in the supernet (reductions at L/3 and 2L/3)")
+    g.add_argument("--seed", type=int, default=2,
+                   help="seed of the halves, the supernet and every random stream (reference: 2)")
     g.add_argument("--grad_clip", type=float, default=5.0, help="weight gradient norm clip (0: off)")
     g.add_argument("--train_portion", type=float, default=0.5,
                    help="fraction of Training for the weights (the rest trains the architecture)")
     g.add_argument("--unrolled", action="store_true", help="second-order (unrolled) architecture gradient")
-    g.add_argument("--arch_learning_rate", type=float, default=3e-4)
-    g.add_argument("--arch_weight_decay", type=float, default=1e-3)
+    g.add_argument("--arch_learning_rate", type=float, default=3e-4, help="architecture optimizer (Adam) learning rate")
+    g.add_argument("--arch_weight_decay", type=float, default=1e-3, help="architecture weight decay")
     g.add_argument("--complexity_weight", type=float, default=0.0,
                    help="weight of the expected-parameter-cost regulariser over all edges (0: off)")
     g.add_argument("--partial_channels", type=int, default=1,
@@ -79,7 +80,7 @@ def add_search_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--warmup_dec_epoch", type=int, default=9, help="first decision epoch (sgas)")
     g.add_argument("--decision_freq", type=int, default=5, help="epochs between decisions (sgas)")
     g.add_argument("--use_history", action="store_true", help="SGAS criterion 2 (histogram intersection)")
-    g.add_argument("--history_size", type=int, default=4)
+    g.add_argument("--history_size", type=int, default=4, help="epochs of history for criterion 2 (sgas)")
     g.add_argument("--epochs_after_last_decision", type=int, default=5, help="post-train epochs (sgas)")
     g.add_argument("--epochs", type=int, default=None,
                    help="epochs for --strategy darts (default 50); sgas derives its own count")
@@ -139,7 +140,7 @@ def search_step(model: SearchNetwork, architect: Architect, w_optimizer: torch.o
         norm = torch.nn.utils.clip_grad_norm_(weights, grad_clip)
     else:
         norm = torch.nn.utils.get_total_norm([p.grad for p in weights if p.grad is not None])
-    bad_w = guard.flag(loss, norm) if guard is not None else (~(torch.isfinite(loss) & torch.isfinite(norm))).float()
+    bad_w = guard.flag(loss, norm) if guard is not None else nonfinite(loss, norm)
     UpdateGuard.apply(w_optimizer, bad_w)
     return loss.detach(), logits.detach(), arch_loss, torch.maximum(bad_arch, bad_w)
 

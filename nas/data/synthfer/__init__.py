@@ -35,9 +35,7 @@ Command line (``fernas synthfer`` is the same)::
 """
 from __future__ import annotations
 
-import argparse
 import csv
-import json
 import os
 import shutil
 import tempfile

@@ -1,0 +1,52 @@
+"""The docs stay true to the code: the flag tables are the parsers', README's code map names
+every module, links point at files that exist, and README stays short."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+
+
+def test_flag_tables_are_the_parsers():
+    out = subprocess.run([sys.executable, str(ROOT / "docs" / "make_flags.py"), "--check"], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    text = (ROOT / "docs" / "training.md").read_text()
+    assert "<!-- flags: train -->\n| flag | default | meaning |" in text and "`--patience`" in text
+
+
+def test_every_command_has_a_flag_table():
+    from nas.apps import COMMANDS
+
+    blocks = {m for p in DOCS for m in re.findall(r"<!-- flags: ([a-z0-9_]+) -->", p.read_text())}
+    assert set(COMMANDS) <= blocks, sorted(set(COMMANDS) - blocks)
+
+
+def test_readme_is_short_and_its_code_map_names_every_module():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 250
+    code_map = text.split("## Code map", 1)[1].split("```", 2)[1]
+    missing = []
+    for p in sorted((ROOT / "nas").rglob("*.py")):
+        rel = p.relative_to(ROOT / "nas")
+        name = rel.name
+        if name == "__init__.py" and rel.parent != Path("apps"):
+            name = f"{rel.parent.name}/" if rel.parent.parts else "nas/"
+        if not re.search(rf"(?<![\w/]){re.escape(name)}", code_map):
+            missing.append(str(rel))
+    assert not missing, missing
+
+
+def test_links_point_at_files_that_exist():
+    broken = []
+    for page in [ROOT / "README.md", *DOCS]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if target.startswith(("http://", "https://")):
+                continue
+            if not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert not broken, broken

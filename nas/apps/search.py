@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from nas.runtime.cli import ArgumentParser, run
+
+if TYPE_CHECKING:  # the names of the contracts, without importing torch at import time
+    from nas.data.dataset import FERData
+    from nas.engine.loop import StopRequest
 
 __all__ = ["get_args_parser", "main", "run_search", "cli"]
 
@@ -23,7 +27,7 @@ def get_args_parser(prog: str = "search.py") -> ArgumentParser:
     return p
 
 
-def run_search(args: argparse.Namespace, data: Any = None, stop: Any = None) -> dict[str, Any]:
+def run_search(args: argparse.Namespace, data: FERData | None = None, stop: StopRequest | None = None) -> dict[str, Any]:
     """Search with ``args`` (``data``: a FERData instead of reading ``--data``); under
     ``torchrun`` the ranks join one process group for the run."""
     from nas.engine.session import open_session

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from nas.data.dataset import FERData
 from nas.runtime.errors import FerNasError
 
 __all__ = [
@@ -220,7 +221,7 @@ def checkpoint_norm(ckpt: dict) -> tuple[float, float, int]:
         raise FerNasError(f"{ckpt.get('path', 'checkpoint')}: missing normalisation or input size") from None
 
 
-def evaluate_checkpoint(path: str | Path, data: Any, *, split: str = "PrivateTest", tta: Sequence[str] = TTA_MODES,
+def evaluate_checkpoint(path: str | Path, data: FERData, *, split: str = "PrivateTest", tta: Sequence[str] = TTA_MODES,
                         device: torch.device | str = "cpu", batch_size: int = 256, n_boot: int = 1000,
                         seed: int = 0, amp: bool = False) -> dict[str, Any]:
     """Score a checkpoint on one split of ``data`` (a :class:`FERData`) with each

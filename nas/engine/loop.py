@@ -45,14 +45,14 @@ import torch
 from torch import nn
 
 from nas import __version__
-from nas.runtime.checkpoint import RunDir
+from nas.runtime.checkpoint import RunDir, plain
 from nas.runtime.distributed import DistInfo, all_gather_objects, all_reduce_max, all_reduce_sum, \
     average_batchnorm_stats
 from nas.runtime.errors import FerNasError, RunInterrupted
 from nas.runtime.seeds import get_rng_state, reseed_global, set_rng_state, stream_generator
 
 __all__ = ["NAN_POLICIES", "Objective", "Callback", "StepResult", "StepContext", "UpdateGuard", "Loop",
-           "GracefulStop", "nonfinite", "weights_finite"]
+           "GracefulStop", "StopRequest", "nonfinite", "weights_finite"]
 
 NAN_POLICIES = ("stop", "skip_batch")
 
@@ -111,6 +111,14 @@ class Objective(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+class StopRequest(Protocol):
+    """What the loop polls for a stop: ``requested`` (a :class:`GracefulStop`, or a test's flag);
+    ``signum``, when present, is the signal the interruption reports."""
+
+    @property
+    def requested(self) -> bool: ...
 
 
 class Callback:
@@ -247,7 +255,7 @@ class Loop:
     def __init__(self, objective: Objective, *, epochs: int, run: RunDir, dist: DistInfo, seed: int,
                  device: torch.device | str = "cpu", callbacks: Sequence[Callback] = (), nan_policy: str = "stop",
                  log_interval: int = 50, progress: bool | None = None, args: Mapping[str, Any] | None = None,
-                 stage: str = "", stop: Any = None) -> None:
+                 stage: str = "", stop: StopRequest | None = None) -> None:
         if nan_policy not in NAN_POLICIES:
             raise FerNasError(f"--nan_policy {nan_policy!r}: choose from {', '.join(NAN_POLICIES)}")
         if int(epochs) < 1 or int(log_interval) < 1:
@@ -448,7 +456,7 @@ class Loop:
             "callbacks": {cb.name: cb.state_dict() for cb in self.callbacks},
             "metrics": dict(self.last_row),
             "world_size": self.dist.world_size,
-            "args": _plain(self.args),
+            "args": plain(self.args),
             "stage": self.stage,
             "toolkit_version": __version__,
         }
@@ -488,15 +496,3 @@ class Loop:
         # rows written after this checkpoint belong to a future that did not happen
         self.run.truncate_metrics("epoch", self.epoch)
 
-
-def _plain(v: Any) -> Any:
-    """Flags as plain values (safe for weights-only checkpoints)."""
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, Mapping):
-        return {str(k): _plain(x) for k, x in v.items() if not str(k).startswith("_")}
-    if isinstance(v, torch.Tensor) and v.numel() == 1:
-        return v.item()
-    return str(v)

@@ -22,7 +22,7 @@ import torch
 
 from nas.runtime.checkpoint import RunDir, safe_load
 from nas.runtime.device import resolve_device
-from nas.runtime.distributed import DistInfo, broadcast_object, cleanup, init_distributed
+from nas.runtime.distributed import DistInfo, broadcast_object, cleanup, init_distributed, is_initialized
 from nas.runtime.errors import FerNasError
 from nas.runtime.seeds import seed_everything
 
@@ -123,7 +123,7 @@ def open_session(args: argparse.Namespace, parser: argparse.ArgumentParser, *, s
                  default_name: str | None = None) -> Iterator[Session]:
     """:func:`start_session` for the duration of a ``with`` block; a process group it
     joined is left at the end."""
-    joined = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    joined = not is_initialized()
     try:
         yield start_session(args, parser, stage=stage, default_name=default_name)
     finally:

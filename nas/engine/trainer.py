@@ -35,9 +35,9 @@ from torch import nn
 from nas import __version__
 from nas.data.dataset import SPLITS, FERData
 from nas.engine.evaluate import TTA_MODES, evaluate_split, load_model_from_checkpoint, predict
-from nas.engine.loop import NAN_POLICIES, Callback, Loop, StepContext, StepResult
+from nas.engine.loop import NAN_POLICIES, Callback, Loop, StepContext, StepResult, StopRequest
 from nas.engine.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler, current_lr
-from nas.runtime.checkpoint import RunDir, atomic_write_text, read_csv_rows
+from nas.runtime.checkpoint import RunDir, atomic_write_text, plain, read_csv_rows
 from nas.runtime.device import autocast, memory_layout
 from nas.runtime.distributed import DistInfo, shard_batch, single_process
 from nas.runtime.errors import FerNasError
@@ -374,7 +374,7 @@ class Classification:
             "scheduler": self.scheduler.state_dict(),
             "drop_path": {"prob": float(self.cfg.drop_path_prob), "offset": self.drop_path_offset,
                           "total": self.drop_path_total, "current": float(getattr(self.model, "drop_path_prob", 0.0))},
-            "config": _plain(asdict(self.cfg)),
+            "config": plain(asdict(self.cfg)),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -484,7 +484,7 @@ class Trainer:
                  norm: tuple[float, float] | None = None, target_hook: TargetHook | None = None,
                  callbacks: Sequence[Callback] = (), drop_path_offset: float = 0.0,
                  drop_path_total: float | None = None, args: Mapping[str, Any] | None = None,
-                 stage: str = "train", stop: Any = None) -> None:
+                 stage: str = "train", stop: StopRequest | None = None) -> None:
         self.dist = dist or single_process(device or "cpu")
         dev = self.dist.device if self.dist.enabled or device is None else torch.device(device)
         self.cfg, self.run, self.args = cfg, run, dict(args or {})
@@ -551,7 +551,7 @@ class Trainer:
             "toolkit_version": __version__,
         }
         if self.run.enabled:
-            atomic_write_text(json.dumps(_plain(res), indent=2) + "\n", self.run.file("results.json"))
+            atomic_write_text(json.dumps(plain(res), indent=2) + "\n", self.run.file("results.json"))
         self.run.log(summary_line(res))
         return res
 
@@ -570,17 +570,6 @@ def summary_line(res: Mapping[str, Any]) -> str:
                  f"{res['best_test_epoch_for_reference_only']} (for reference only, not a result)")
     return line + f"; {res['params']:,} parameters, seed {res['seed']}"
 
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, Mapping):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, torch.Tensor) and v.numel() == 1:
-        return v.item()
-    return str(v)
 
 
 # ----------------------------------------------------------------------------- reports

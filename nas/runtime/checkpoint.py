@@ -25,7 +25,8 @@ import torch
 from nas import __version__
 from nas.runtime.errors import FerNasError
 
-__all__ = ["atomic_save", "atomic_write_text", "safe_load", "RunDir", "RUN_MARKERS", "read_csv_rows", "write_csv"]
+__all__ = ["atomic_save", "atomic_write_text", "safe_load", "RunDir", "RUN_MARKERS", "read_csv_rows", "write_csv", "plain",
+           "json_safe"]
 
 # Files whose presence means "a run lives here" (guards against silent overwrite).
 RUN_MARKERS = ("config.yaml", "last.pt", "metrics.csv")
@@ -183,7 +184,7 @@ class RunDir:
         import yaml
 
         d = vars(config) if isinstance(config, argparse.Namespace) else dict(config)
-        clean = {k: _plain(v) for k, v in d.items() if not k.startswith("_")}
+        clean = plain(d)
         atomic_write_text(yaml.safe_dump(clean, sort_keys=True), self.path / "config.yaml")
 
     def log(self, message: str, echo: bool = True) -> None:
@@ -264,13 +265,18 @@ def _fmt(v: Any) -> Any:
     return v
 
 
-def _plain(v: Any) -> Any:
+def plain(v: Any) -> Any:
+    """``v`` as plain values (str, int, float, bool, None, lists, dicts with str keys), safe for
+    weights-only checkpoints, YAML and JSON: one-element tensors become numbers, paths strings,
+    anything else its ``str``; mapping keys starting with ``_`` (private attributes) are left out."""
     if isinstance(v, (str, int, float, bool)) or v is None:
         return v
     if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
+        return [plain(x) for x in v]
+    if isinstance(v, Mapping):
+        return {str(k): plain(x) for k, x in v.items() if not str(k).startswith("_")}
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        return v.item()
     if isinstance(v, os.PathLike):
         return os.fspath(v)
     return str(v)

@@ -82,6 +82,11 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+def is_initialized() -> bool:
+    """Whether this process has joined a process group (torchrun, or a test's own group)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def _active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from nas.data.dataset import FERData
-from nas.engine.loop import Callback, Loop, StepContext, StepResult, UpdateGuard, nonfinite
+from nas.engine.loop import Callback, Loop, StepContext, StepResult, StopRequest, UpdateGuard, nonfinite
 from nas.engine.session import Session
 from nas.models.genotypes import Genotype, check_export_name, export_genotype, genotype_to_dict, genotype_to_json
 from nas.models.ops import SEARCH_SPACES, search_space
@@ -388,7 +388,7 @@ class Searcher:
     ``data`` may be given (a :class:`~nas.data.FERData`) instead of reading ``--data``;
     ``stop`` is anything with ``requested`` (and ``signum``)."""
 
-    def __init__(self, session: Session, data: FERData | None = None, *, stop: Any = None) -> None:
+    def __init__(self, session: Session, data: FERData | None = None, *, stop: StopRequest | None = None) -> None:
         args = session.args
         check_args(args)
         self.args, self.run_dir = args, session.run

@@ -1,5 +1,6 @@
 """``fernas ck48`` (``python test_ck48.py``): 10-fold cross-validation of a checkpoint on CK+48,
-subject-independent by default."""
+subject-independent by default. :func:`parser_for` and :func:`run_kind` serve ``fernas jaffe``
+too."""
 from __future__ import annotations
 
 import argparse
@@ -7,25 +8,35 @@ from typing import Any, Sequence
 
 from nas.runtime.cli import ArgumentParser, run
 
-__all__ = ["get_args_parser", "main", "cli"]
+__all__ = ["get_args_parser", "main", "cli", "parser_for", "run_kind"]
 
-KIND = "ck48"
+DESCRIPTION = ("10-fold cross-validation of a checkpoint on CK+48 (fine-tuning per fold, or a direct test); "
+               "subject-independent folds by default.")
 
 
-def get_args_parser(prog: str = "test_ck48.py") -> ArgumentParser:
+def parser_for(kind: str, prog: str, description: str) -> ArgumentParser:
+    """The parser of a cross-dataset command (``kind``: ``ck48`` or ``jaffe``)."""
     from nas.crossdata import add_crossdata_args
 
-    p = ArgumentParser(prog=prog, description="10-fold cross-validation of a checkpoint on CK+48 (fine-tuning per fold, or a direct test); subject-independent folds by default.")
-    return add_crossdata_args(p, kind=KIND)
+    return add_crossdata_args(ArgumentParser(prog=prog, description=description), kind=kind)
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
+def run_kind(args: argparse.Namespace, kind: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """A cross-dataset run: the checkpoint checked first, then the session and the folds."""
     from nas.crossdata import checked_checkpoint, run_crossdata
     from nas.engine.session import open_session
 
-    ckpt = checked_checkpoint(args, KIND)  # a bad checkpoint fails in one line before any folder or data work
-    with open_session(args, get_args_parser(), stage=KIND) as s:
-        return run_crossdata(s, KIND, ckpt)
+    ckpt = checked_checkpoint(args, kind)  # a bad checkpoint fails in one line before any folder or data work
+    with open_session(args, parser, stage=kind) as s:
+        return run_crossdata(s, kind, ckpt)
+
+
+def get_args_parser(prog: str = "test_ck48.py") -> ArgumentParser:
+    return parser_for("ck48", prog, DESCRIPTION)
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    return run_kind(args, "ck48", get_args_parser())
 
 
 def cli(argv: Sequence[str] | None = None, prog: str = "test_ck48.py") -> None:

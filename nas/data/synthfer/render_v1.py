@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AUS", "EXPRESSIONS", "PROTOTYPES", "sample_identity", "sample_params", "draw", "Params"]
+__all__ = ["AUS", "EXPRESSIONS", "PROTOTYPES", "sample_identity", "sample_params", "sample_nuisances", "draw",
+           "draw_occluders", "Params"]
 
 #: Action units, in the column order of :data:`PROTOTYPES`.
 AUS: tuple[str, ...] = (
@@ -169,7 +170,14 @@ def sample_params(rng: np.random.Generator, expressions: np.ndarray, *, difficul
     p["gaze_x"] = 0.12 * rng.standard_normal(n)
     p["gaze_y"] = 0.08 * rng.standard_normal(n) + 0.12 * au[:, _A["au43"]]
 
-    # --- nuisances
+    sample_nuisances(rng, p, n, style, d)
+    return {k: np.asarray(v, dtype=np.float32) for k, v in p.items()}
+
+
+def sample_nuisances(rng: np.random.Generator, p: Params, n: int, style: str, d: float) -> None:
+    """Pose, light, camera and occluders, drawn independently of the expression, into ``p``
+    (``style`` fer: in-the-wild ranges scaled by the difficulty ``d``; ck/jaffe: lab
+    conditions). Shared by the renderers; the draws' order is part of the output."""
     if style == "fer":
         s = d
         p["roll"] = np.clip(rng.standard_normal(n) * math.radians(7.0) * s, -0.45, 0.45)
@@ -213,7 +221,6 @@ def sample_params(rng: np.random.Generator, expressions: np.ndarray, *, difficul
     p["hand_tone"] = rng.uniform(0.85, 1.1, n)
     p["strand_u"] = rng.uniform(-0.5, 0.5, n)
     p["strand_phase"] = rng.uniform(0, 2 * math.pi, n)
-    return {k: np.asarray(v, dtype=np.float32) for k, v in p.items()}
 
 
 # --------------------------------------------------------------------------- drawing
@@ -464,7 +471,15 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     d = torch.maximum((dy - ob - ll - 0.07).abs_().sub_(0.012), (xm.abs() - 0.55) * mw)
     sub.mul_(1 - _alpha(d, ipx).mul_(0.12 + 0.3 * au17))
 
-    # --- occluders, drawn only into the images that have them
+    draw_occluders(img, P, fr, U, V, ua, ex, ey, ew, skin)
+    return img
+
+
+def draw_occluders(img: torch.Tensor, P: dict[str, torch.Tensor], fr: _Frame, U: torch.Tensor, V: torch.Tensor,
+                   ua: torch.Tensor, ex: torch.Tensor, ey: torch.Tensor, ew: torch.Tensor, skin: torch.Tensor) -> None:
+    """Glasses, a hand, hair strands, drawn in place only into the images that have them
+    (``ua``: the mirrored column coordinate; ``ex, ey, ew``: eye centre and width)."""
+    ipx = 1.0 / fr.px
     sel = P["glasses"].view(-1).nonzero().view(-1)
     if sel.numel():
         e_x, e_y, e_w = ex[sel], ey[sel], ew[sel]
@@ -507,7 +522,6 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
             d = torch.maximum((U - su - wave - 0.15 * vv).abs_().sub_(0.013), vv - 0.15 * j)
             sub.lerp_(hair_s, _alpha(d, ipx).mul_(0.9))
         img[sel] = part
-    return img
 
 
 def _pose(canvas: torch.Tensor, P: dict[str, torch.Tensor], fr: _Frame) -> torch.Tensor:

@@ -6,7 +6,7 @@ ordering must be (a) < (b) < (c) with (c) between 55 % and 90 %: the classes are
 learnable, need spatial features, and leave room for better architectures.
 Also reports the renderer's speed on one core. Prints one JSON object.
 
-    python bench/synthfer_difficulty.py [--difficulty 1.0] [--seed 0] [--threads 1]
+    python bench/synthfer_difficulty.py [--renderer v2] [--difficulty 1.0] [--seed 0] [--threads 1]
 """
 from __future__ import annotations
 
@@ -101,15 +101,15 @@ def cnn(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_te
     return curve[-1], curve, pred
 
 
-def render_speed(n: int = 4000, difficulty: float = 1.0) -> dict[str, float]:
+def render_speed(n: int = 4000, difficulty: float = 1.0, renderer: str = "v2") -> dict[str, float]:
     """Images per second of :func:`render` on one core: by the wall clock, and by this
     process's CPU time (what a free core would give when other jobs share the machine)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        render(64, 123, difficulty=difficulty)  # warm-up
+        render(64, 123, difficulty=difficulty, renderer=renderer)  # warm-up
         t, c = time.perf_counter(), time.process_time()
-        render(n, 124, difficulty=difficulty)
+        render(n, 124, difficulty=difficulty, renderer=renderer)
         wall, cpu = time.perf_counter() - t, time.process_time() - c
     finally:
         torch.set_num_threads(threads)
@@ -118,6 +118,7 @@ def render_speed(n: int = 4000, difficulty: float = 1.0) -> dict[str, float]:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="bench/synthfer_difficulty.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--renderer", default="v2", help="SynthFER renderer (v1 or v2)")
     p.add_argument("--difficulty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n_train", type=int, default=10000)
@@ -132,10 +133,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    speed = None if args.skip_speed else render_speed(difficulty=args.difficulty)
+    speed = None if args.skip_speed else render_speed(difficulty=args.difficulty, renderer=args.renderer)
     # train and test are two independent renders with FER2013's Training balance
-    x_tr, y_tr, _ = render(args.n_train, args.seed, difficulty=args.difficulty)
-    x_te, y_te, _ = render(args.n_test, args.seed + 10_000, difficulty=args.difficulty)
+    x_tr, y_tr, _ = render(args.n_train, args.seed, difficulty=args.difficulty, renderer=args.renderer)
+    x_te, y_te, _ = render(args.n_test, args.seed + 10_000, difficulty=args.difficulty, renderer=args.renderer)
     t_render = time.perf_counter() - t0
     x_tr, x_te = torch.from_numpy(x_tr).unsqueeze(1), torch.from_numpy(x_te).unsqueeze(1)
     y_tr, y_te = torch.from_numpy(y_tr), torch.from_numpy(y_te)
@@ -151,7 +152,7 @@ def main(args: argparse.Namespace) -> dict:
     off = conf.clone().fill_diagonal_(-1)
     confused = {FER_CLASSES[i]: FER_CLASSES[int(off[i].argmax())] for i in range(7)}
     out = {
-        "difficulty": args.difficulty, "seed": args.seed, "n_train": args.n_train, "n_test": args.n_test,
+        "renderer": args.renderer, "difficulty": args.difficulty, "seed": args.seed, "n_train": args.n_train, "n_test": args.n_test,
         "class_balance": [round(c / sum(FER_TRAIN_COUNTS), 4) for c in FER_TRAIN_COUNTS],
         "majority_acc": round(acc_major, 4), "linear_acc": round(acc_lin, 4), "cnn_acc": round(acc_cnn, 4),
         "cnn_curve": curve, "cnn_per_class": {c: round(a, 3) for c, a in zip(FER_CLASSES, per_class)},

@@ -13,7 +13,7 @@ __all__ = ["get_args_parser", "main", "cli"]
 
 
 def get_args_parser(prog: str = "python -m nas.data.synthfer") -> ArgumentParser:
-    from nas.data.synthfer import FORMATS, NOISE_MODES
+    from nas.data.synthfer import DEFAULT_RENDERER, FORMATS, NOISE_MODES, RENDERERS
 
     p = ArgumentParser(prog=prog, description="Export SynthFER, the synthetic facial-expression benchmark, in a "
                                               "real file format.")
@@ -28,6 +28,8 @@ def get_args_parser(prog: str = "python -m nas.data.synthfer") -> ArgumentParser
                         "following FER+ single-tagger disagreement)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--difficulty", type=float, default=1.0, help="0 clean prototypes, 1 default, 2 hard")
+    p.add_argument("--renderer", default=DEFAULT_RENDERER, choices=tuple(RENDERERS),
+                   help="v2: shaded faces; v1: the flat drawings earlier figures were measured on (byte-identical)")
     p.add_argument("--preview", action="store_true",
                    help="write only OUT/preview.png, a labelled grid with a row per class, instead of the data")
     p.add_argument("--force", action="store_true", help="replace an earlier SynthFER export in --out")
@@ -39,13 +41,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     if args.preview:
-        synthfer.check_export(args.format, args.size, args.noise, args.difficulty, args.noise_mode)
+        synthfer.check_export(args.format, args.size, args.noise, args.difficulty, args.noise_mode, args.renderer)
         style = {"ck48": "ck", "jaffe": "jaffe"}.get(args.format, "fer")
-        path = synthfer.preview(Path(args.out) / "preview.png", style=style, difficulty=args.difficulty, seed=args.seed)
+        path = synthfer.preview(Path(args.out) / "preview.png", style=style, difficulty=args.difficulty, seed=args.seed,
+                                renderer=args.renderer)
         info: dict[str, Any] = {"preview": str(path), "style": style}
     else:
         info = synthfer.export(args.format, args.out, size=args.size, seed=args.seed, noise=args.noise,
-                               difficulty=args.difficulty, force=args.force, noise_mode=args.noise_mode)
+                               difficulty=args.difficulty, force=args.force, noise_mode=args.noise_mode,
+                               renderer=args.renderer)
         info["out"] = str(args.out)
     info["seconds"] = round(time.perf_counter() - t0, 2)
     print(json.dumps(info))

@@ -19,10 +19,10 @@ SYNTH_FORMATS = {"fer2013": "fer2013_csv", "folder": "fer2013_folders", "ck48": 
 
 def open_data(dataset: str = "auto", data: str | Path | None = None, *, size: int | None = None, seed: int = 0,
               noise: float = 0.1, difficulty: float = 1.0, synth_format: str = "fer2013",
-              noise_mode: str = "uniform", **reader_opts: Any) -> FERData:
+              noise_mode: str = "uniform", renderer: str | None = None, **reader_opts: Any) -> FERData:
     """Open a dataset by kind. ``auto`` reads ``data`` in its detected format, or SynthFER
     when there is no ``data``; ``synthfer`` without ``data`` exports SynthFER
-    (``size``, ``seed``, ``noise``, ``noise_mode``, ``difficulty``) in ``synth_format`` to a cached folder and
+    (``size``, ``seed``, ``noise``, ``noise_mode``, ``difficulty``, ``renderer``) in ``synth_format`` to a cached folder and
     reads it back with the real reader; ``fer2013`` accepts either FER2013 format;
     ``ck48``/``jaffe``/``folder`` read that format. ``reader_opts`` go to :func:`load_dataset`
     (``skip_bad_rows``, ``ferplus``, ``labels``, ``classes``, ``jaffe_crop``, ``val_fraction``)."""
@@ -37,7 +37,7 @@ def open_data(dataset: str = "auto", data: str | Path | None = None, *, size: in
         from nas.data import synthfer  # lazy: only SynthFER users pay for the renderer
 
         folder = synthfer.export_cached(synth_format, size=size, seed=seed, noise=noise, difficulty=difficulty,
-                                        noise_mode=noise_mode)
+                                        noise_mode=noise_mode, renderer=renderer or synthfer.DEFAULT_RENDERER)
         return load_dataset(folder, SYNTH_FORMATS[synth_format], **reader_opts)
     if data is None:
         raise FerNasError(f"--dataset {dataset} needs --data PATH")
@@ -87,6 +87,8 @@ def add_data_args(parser: argparse.ArgumentParser, *, dataset: str = "auto", syn
                    help="which SynthFER labels are flipped: uniform (at random) or ambiguous (weak expressions "
                         "more often, following FER+ single-tagger disagreement)")
     g.add_argument("--synth_difficulty", default=1.0, type=float, help="SynthFER nuisance strength")
+    g.add_argument("--synth_renderer", default=None, choices=("v1", "v2"),
+                   help="SynthFER renderer: v2 shaded faces, v1 the flat drawings of earlier figures (default: v2)")
     parser.set_defaults(synth_format=synth_format)
 
 
@@ -95,5 +97,6 @@ def open_data_from_args(args: argparse.Namespace) -> FERData:
     return open_data(args.dataset, args.data, size=args.synth_size, seed=args.data_seed, noise=args.synth_noise,
                      difficulty=args.synth_difficulty, synth_format=getattr(args, "synth_format", "fer2013"),
                      noise_mode=getattr(args, "synth_noise_mode", "uniform"),
+                     renderer=getattr(args, "synth_renderer", None),
                      skip_bad_rows=args.skip_bad_rows, ferplus=args.ferplus, labels=args.labels,
                      classes=args.classes, jaffe_crop=args.jaffe_crop, val_fraction=args.val_fraction)

@@ -46,12 +46,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from nas.data.dataset import FER_CLASSES, SPLITS
-from nas.data.synthfer.render_v1 import AUS, EXPRESSIONS, draw, sample_identity, sample_params
+from nas.data.synthfer import render_v1, render_v2
 from nas.runtime.errors import FerNasError
 from nas.data.ferplus import DEFAULT_FES, FERPLUS_DISAGREEMENT_DECILES
 
 __all__ = [
-    "RENDER_VERSION", "FORMATS", "STYLES", "FER_TRAIN_COUNTS", "FER_SPLIT_SIZES", "CK_COUNTS", "CK_CLASSES",
+    "RENDERERS", "DEFAULT_RENDERER", "RENDER_VERSION", "FORMATS", "STYLES", "FER_TRAIN_COUNTS", "FER_SPLIT_SIZES", "CK_COUNTS", "CK_CLASSES",
     "JAFFE_COUNTS", "JAFFE_CODES", "JAFFE_SUBJECTS", "fes_matrix", "class_counts",
     "NOISE_MODES", "render", "ambiguity_score", "flip_labels", "export", "export_cached", "cache_root", "preview",
     "check_export",
@@ -59,6 +59,18 @@ __all__ = [
 
 #: Bumped whenever the pictures change, so cached exports are rebuilt.
 RENDER_VERSION = "1"
+#: The renderers by name: ``v1`` (flat shapes, line features; byte-identical to the exports
+#: earlier figures came from) and ``v2`` (shaded faces; see :mod:`nas.data.synthfer.render_v2`).
+#: Cache names carry the renderer, so the two never mix.
+RENDERERS = {"v1": render_v1, "v2": render_v2}
+DEFAULT_RENDERER = "v2"
+
+
+def renderer_module(name: str):
+    """The renderer module called ``name`` (a one-line error for an unknown one)."""
+    if name not in RENDERERS:
+        raise FerNasError(f"--renderer {name!r}: choose from {', '.join(RENDERERS)}")
+    return RENDERERS[name]
 FORMATS: tuple[str, ...] = ("fer2013", "ck48", "jaffe", "folder")
 #: Which Training labels get flipped: at random, or weak expressions more often.
 NOISE_MODES: tuple[str, ...] = ("uniform", "ambiguous")
@@ -221,7 +233,7 @@ def _frame(style: str) -> dict[str, Any]:
 
 
 def render(n: int, seed: int = 0, *, labels: Sequence[int] | np.ndarray | None = None, difficulty: float = 1.0,
-           style: str = "fer") -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+           style: str = "fer", renderer: str = DEFAULT_RENDERER) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Render ``n`` faces.
 
     Args:
@@ -234,6 +246,7 @@ def render(n: int, seed: int = 0, *, labels: Sequence[int] | np.ndarray | None =
         style: ``fer`` (in-the-wild nuisances, 48×48), ``ck`` (lab conditions,
             apex expressions, 48×48) or ``jaffe`` (lab conditions, 256×256 with
             the face in rows/cols 48..208).
+        renderer: ``v1`` or ``v2`` (:data:`RENDERERS`).
 
     For a given ``n`` and ``seed`` the people, poses and light do not depend on
     ``labels``: rendering the same seed with other labels shows the same faces
@@ -245,6 +258,7 @@ def render(n: int, seed: int = 0, *, labels: Sequence[int] | np.ndarray | None =
         all render ``params``.
     """
     _check(difficulty, style)
+    R = renderer_module(renderer)
     n = int(n)
     if n < 0:
         raise FerNasError(f"n={n}: must be >= 0")
@@ -259,18 +273,18 @@ def render(n: int, seed: int = 0, *, labels: Sequence[int] | np.ndarray | None =
         raise FerNasError("labels: classes must be in 0..6")
     expr = labels.copy()
     if style == "ck":
-        expr[labels == 6] = EXPRESSIONS.index("contempt")
-    params = sample_params(_rng(seed, 2), expr, difficulty=difficulty, style=style)
-    images = draw(params, seed=int(_rng(seed, 3).integers(2**62)), **_frame(style))
+        expr[labels == 6] = R.EXPRESSIONS.index("contempt")
+    params = R.sample_params(_rng(seed, 2), expr, difficulty=difficulty, style=style)
+    images = R.draw(params, seed=int(_rng(seed, 3).integers(2**62)), **_frame(style))
     classes = list(CK_CLASSES if style == "ck" else FER_CLASSES)
-    extra = {"classes": classes, "au": np.stack([params[a] for a in AUS], 1), "intensity": params["intensity"],
+    extra = {"classes": classes, "au": np.stack([params[a] for a in R.AUS], 1), "intensity": params["intensity"],
              "params": params}
     return images, labels, extra
 
 
 # --------------------------------------------------------------------------- exports
 def _fer_rows(size: int | None, seed: int, noise: float, difficulty: float,
-              noise_mode: str = "uniform") -> dict[str, Any]:
+              noise_mode: str = "uniform", renderer: str = DEFAULT_RENDERER) -> dict[str, Any]:
     """The FER2013-style rows shared by the ``fer2013`` and ``folder`` exports."""
     total = _DEFAULT_FER_TOTAL if size is None else int(size)
     if total < 10:
@@ -285,7 +299,7 @@ def _fer_rows(size: int | None, seed: int, noise: float, difficulty: float,
         usage.append(np.full(int(m), code))
     clean = np.concatenate(labels)
     usage_a = np.concatenate(usage)
-    images, _, extra = render(total, seed, labels=clean, difficulty=difficulty, style="fer")
+    images, _, extra = render(total, seed, labels=clean, difficulty=difficulty, style="fer", renderer=renderer)
     ambiguity = ambiguity_score(clean, extra["intensity"], extra["au"])
     noisy = flip_labels(clean, noise, _rng(seed, 4), mask=usage_a == 0, mode=noise_mode, ambiguity=ambiguity)
     return {"images": images, "clean": clean, "labels": noisy, "usage": usage_a,
@@ -306,8 +320,8 @@ def _save_png(path: Path, img: np.ndarray, fmt: str = "PNG") -> None:
 
 
 def _export_fer2013(out: Path, size: int | None, seed: int, noise: float, difficulty: float,
-                    noise_mode: str = "uniform") -> dict[str, Any]:
-    rows = _fer_rows(size, seed, noise, difficulty, noise_mode)
+                    noise_mode: str = "uniform", renderer: str = DEFAULT_RENDERER) -> dict[str, Any]:
+    rows = _fer_rows(size, seed, noise, difficulty, noise_mode, renderer)
     lut = [str(i) for i in range(256)]
     flat = rows["images"].reshape(len(rows["images"]), -1)
     with open(out / "fer2013.csv", "w", newline="") as f:
@@ -319,8 +333,8 @@ def _export_fer2013(out: Path, size: int | None, seed: int, noise: float, diffic
 
 
 def _export_folder(out: Path, size: int | None, seed: int, noise: float, difficulty: float,
-                   noise_mode: str = "uniform") -> dict[str, Any]:
-    rows = _fer_rows(size, seed, noise, difficulty, noise_mode)
+                   noise_mode: str = "uniform", renderer: str = DEFAULT_RENDERER) -> dict[str, Any]:
+    rows = _fer_rows(size, seed, noise, difficulty, noise_mode, renderer)
     for top in ("train", "test"):
         for c in FER_CLASSES:
             (out / top / c).mkdir(parents=True, exist_ok=True)
@@ -358,8 +372,8 @@ def _scaled(counts: Sequence[int], size: int | None, full: int, unit: int = 1) -
     return np.maximum(unit, np.round(np.asarray(counts) * int(size) / full / unit).astype(np.int64) * unit)
 
 
-def _subject_params(rng: np.random.Generator, n_subjects: int, style: str) -> dict[str, np.ndarray]:
-    ident = sample_identity(rng, n_subjects)
+def _subject_params(rng: np.random.Generator, n_subjects: int, style: str, R: Any) -> dict[str, np.ndarray]:
+    ident = R.sample_identity(rng, n_subjects)
     if style == "jaffe":
         # JAFFE's posers: dark hair, mostly long
         ident["hair"] = rng.uniform(0.03, 0.15, n_subjects)
@@ -367,7 +381,9 @@ def _subject_params(rng: np.random.Generator, n_subjects: int, style: str) -> di
     return ident
 
 
-def _export_ck48(out: Path, size: int | None, seed: int, difficulty: float) -> dict[str, Any]:
+def _export_ck48(out: Path, size: int | None, seed: int, difficulty: float,
+                 renderer: str = DEFAULT_RENDERER) -> dict[str, Any]:
+    R = renderer_module(renderer)
     rng = _rng(seed, 5)
     n_img = _scaled(CK_COUNTS, size, sum(CK_COUNTS), CK_FRAMES)
     n_seq = n_img // CK_FRAMES
@@ -384,21 +400,21 @@ def _export_ck48(out: Path, size: int | None, seed: int, difficulty: float) -> d
     for i in order.tolist():
         seen[int(seq_subj[i])] = seen.get(int(seq_subj[i]), 0) + 1
         seq_no[i] = seen[int(seq_subj[i])]
-    ident = _subject_params(rng, n_subj, "ck")
+    ident = _subject_params(rng, n_subj, "ck", R)
     expr = seq_label.copy()
-    expr[seq_label == 6] = EXPRESSIONS.index("contempt")
-    p_seq = sample_params(rng, expr, difficulty=difficulty, style="ck",
+    expr[seq_label == 6] = R.EXPRESSIONS.index("contempt")
+    p_seq = R.sample_params(rng, expr, difficulty=difficulty, style="ck",
                           identity={k: v[seq_subj] for k, v in ident.items()})
     # the last CK_FRAMES frames of each sequence: same person and pose, expression
     # still rising towards the apex
     rep = np.repeat(np.arange(len(seq_label)), CK_FRAMES)
     ramp = np.tile(np.linspace(0.9, 1.0, CK_FRAMES), len(seq_label)).astype(np.float32)
     params = {k: v[rep].copy() for k, v in p_seq.items()}
-    for a in AUS:
+    for a in R.AUS:
         params[a] *= ramp
     params["tx"] += rng.normal(0, 0.004, len(rep)).astype(np.float32)
     params["ty"] += rng.normal(0, 0.004, len(rep)).astype(np.float32)
-    images = draw(params, seed=int(rng.integers(2**62)))
+    images = R.draw(params, seed=int(rng.integers(2**62)))
     n_frames = rng.integers(10, 45, len(seq_label))
     labels = seq_label[rep]
     files = []
@@ -414,7 +430,9 @@ def _export_ck48(out: Path, size: int | None, seed: int, difficulty: float) -> d
     return {"images": images, "clean": labels, "labels": labels, "subjects": subj_ids[seq_subj[rep]]}
 
 
-def _export_jaffe(out: Path, size: int | None, seed: int, difficulty: float) -> dict[str, Any]:
+def _export_jaffe(out: Path, size: int | None, seed: int, difficulty: float,
+                  renderer: str = DEFAULT_RENDERER) -> dict[str, Any]:
+    R = renderer_module(renderer)
     rng = _rng(seed, 6)
     counts = _scaled(JAFFE_COUNTS, size, sum(JAFFE_COUNTS))
     n_subj = len(JAFFE_SUBJECTS)
@@ -435,10 +453,10 @@ def _export_jaffe(out: Path, size: int | None, seed: int, difficulty: float) -> 
                 lab.append(c)
                 rank.append(r + 1)
     subj_a, lab_a = np.array(subj), np.array(lab)
-    ident = _subject_params(rng, n_subj, "jaffe")
-    params = sample_params(rng, lab_a, difficulty=difficulty, style="jaffe",
+    ident = _subject_params(rng, n_subj, "jaffe", R)
+    params = R.sample_params(rng, lab_a, difficulty=difficulty, style="jaffe",
                            identity={k: v[subj_a] for k, v in ident.items()})
-    images = draw(params, seed=int(rng.integers(2**62)), size=JAFFE_SIZE, box=JAFFE_BOX)
+    images = R.draw(params, seed=int(rng.integers(2**62)), size=JAFFE_SIZE, box=JAFFE_BOX)
     files = []
     for i, img in enumerate(images):
         rel = f"{JAFFE_SUBJECTS[subj[i]]}.{JAFFE_CODES[lab[i]]}{rank[i]}.{i + 1}.tiff"
@@ -449,7 +467,9 @@ def _export_jaffe(out: Path, size: int | None, seed: int, difficulty: float) -> 
             "subjects": np.array([JAFFE_SUBJECTS[s] for s in subj])}
 
 
-def check_export(fmt: str, size: int | None, noise: float, difficulty: float, noise_mode: str = "uniform") -> None:
+def check_export(fmt: str, size: int | None, noise: float, difficulty: float, noise_mode: str = "uniform",
+                 renderer: str = DEFAULT_RENDERER) -> None:
+    renderer_module(renderer)
     if fmt not in FORMATS:
         raise FerNasError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
     if noise_mode not in NOISE_MODES:
@@ -462,25 +482,23 @@ def check_export(fmt: str, size: int | None, noise: float, difficulty: float, no
 
 
 def _write_into(out: Path, fmt: str, size: int | None, seed: int, noise: float, difficulty: float,
-                noise_mode: str = "uniform") -> dict[str, Any]:
+                noise_mode: str = "uniform", renderer: str = DEFAULT_RENDERER) -> dict[str, Any]:
     if fmt == "fer2013":
-        rows = _export_fer2013(out, size, seed, noise, difficulty, noise_mode)
-    elif fmt == "folder":
-        rows = _export_folder(out, size, seed, noise, difficulty, noise_mode)
-    elif fmt == "ck48":
-        rows = _export_ck48(out, size, seed, difficulty)
-    else:
-        rows = _export_jaffe(out, size, seed, difficulty)
-    return rows
+        return _export_fer2013(out, size, seed, noise, difficulty, noise_mode, renderer)
+    if fmt == "folder":
+        return _export_folder(out, size, seed, noise, difficulty, noise_mode, renderer)
+    if fmt == "ck48":
+        return _export_ck48(out, size, seed, difficulty, renderer)
+    return _export_jaffe(out, size, seed, difficulty, renderer)
 
 
 def _manifest(fmt: str, size: int | None, seed: int, noise: float, difficulty: float, rows: dict[str, Any],
-              noise_mode: str = "uniform") -> dict[str, Any]:
+              noise_mode: str = "uniform", renderer: str = DEFAULT_RENDERER) -> dict[str, Any]:
     noisy_fmt = fmt in ("fer2013", "folder")
     info = {"format": fmt, "size": None if size is None else int(size), "n_images": int(len(rows["clean"])),
             "seed": int(seed), "noise": float(noise) if noisy_fmt else 0.0,
             "noise_mode": noise_mode if noisy_fmt else "uniform",
-            "difficulty": float(difficulty), "render_version": RENDER_VERSION,
+            "difficulty": float(difficulty), "renderer": renderer,
             "flipped": int((rows["labels"] != rows["clean"]).sum())}
     if noisy_fmt and info["flipped"]:
         # how strongly the flips sit on weak expressions (lower = weaker)
@@ -493,14 +511,14 @@ def _manifest(fmt: str, size: int | None, seed: int, noise: float, difficulty: f
 
 
 def _export_atomic(final: Path, fmt: str, size: int | None, seed: int, noise: float, difficulty: float,
-                   noise_mode: str = "uniform") -> dict[str, Any]:
+                   noise_mode: str = "uniform", renderer: str = DEFAULT_RENDERER) -> dict[str, Any]:
     """Write into a temporary sibling folder, then rename it to ``final``: a crash
     never leaves a half export under the final name."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
-        rows = _write_into(tmp, fmt, size, seed, noise, difficulty, noise_mode)
-        info = _manifest(fmt, size, seed, noise, difficulty, rows, noise_mode)
+        rows = _write_into(tmp, fmt, size, seed, noise, difficulty, noise_mode, renderer)
+        info = _manifest(fmt, size, seed, noise, difficulty, rows, noise_mode, renderer)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -520,7 +538,8 @@ def _is_export(folder: Path) -> bool:
 
 
 def export(fmt: str, out: str | os.PathLike, *, size: int | None = None, seed: int = 0, noise: float = 0.1,
-           difficulty: float = 1.0, force: bool = False, noise_mode: str = "uniform") -> dict[str, Any]:
+           difficulty: float = 1.0, force: bool = False, noise_mode: str = "uniform",
+           renderer: str = DEFAULT_RENDERER) -> dict[str, Any]:
     """Write a SynthFER export in format ``fmt`` to the folder ``out`` (created;
     it must not exist, or be empty, or with ``force`` be an earlier SynthFER
     export, which is replaced). Returns a summary: format, image count, seed,
@@ -528,9 +547,10 @@ def export(fmt: str, out: str | os.PathLike, *, size: int | None = None, seed: i
 
     ``size``: total images (default: 35887 rows for ``fer2013``/``folder``, 981
     for ``ck48``, 213 for ``jaffe``; smaller sizes keep the proportions).
-    ``noise_mode``: which Training labels are flipped (:func:`flip_labels`).
+    ``noise_mode``: which Training labels are flipped (:func:`flip_labels`); ``renderer``:
+    ``v1`` or ``v2``.
     """
-    check_export(fmt, size, noise, difficulty, noise_mode)
+    check_export(fmt, size, noise, difficulty, noise_mode, renderer)
     out = Path(out)
     if out.exists():
         if not out.is_dir():
@@ -543,7 +563,7 @@ def export(fmt: str, out: str | os.PathLike, *, size: int | None = None, seed: i
             shutil.rmtree(out)
         else:
             out.rmdir()
-    return _export_atomic(out, fmt, size, seed, noise, difficulty, noise_mode)
+    return _export_atomic(out, fmt, size, seed, noise, difficulty, noise_mode, renderer)
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -570,11 +590,12 @@ def _remove_stale_temps(final: Path, max_age_s: float = 6 * 3600) -> None:
 
 
 def export_cached(fmt: str, *, size: int | None = None, seed: int = 0, noise: float = 0.1, difficulty: float = 1.0,
-                  cache_dir: str | os.PathLike | None = None, noise_mode: str = "uniform") -> Path:
+                  cache_dir: str | os.PathLike | None = None, noise_mode: str = "uniform",
+                  renderer: str = DEFAULT_RENDERER) -> Path:
     """The folder of a SynthFER export, rendered on first use and cached by
     (format, size, seed, noise, noise mode, difficulty, renderer version). Concurrent
     callers may both render; the first rename wins, the other result is dropped."""
-    check_export(fmt, size, noise, difficulty, noise_mode)
+    check_export(fmt, size, noise, difficulty, noise_mode, renderer)
     if fmt in ("ck48", "jaffe"):
         noise = 0.0  # test-set formats carry no label noise
     if noise == 0.0:
@@ -582,14 +603,16 @@ def export_cached(fmt: str, *, size: int | None = None, seed: int = 0, noise: fl
     size_key = "full" if size is None else str(int(size))
     # the default mode keeps the names that exports had before modes existed
     mode_key = "" if noise_mode == "uniform" else f"-{noise_mode}"
+    # v1's names are those its exports always had
+    version = RENDER_VERSION if renderer == "v1" else renderer[1:]
     name = (f"{fmt}-n{size_key}-seed{int(seed)}-noise{float(noise):.6g}{mode_key}-diff{float(difficulty):.6g}"
-            f"-v{RENDER_VERSION}")
+            f"-v{version}")
     final = cache_root(cache_dir) / name
     if _is_export(final):
         return final
     _remove_stale_temps(final)
     try:
-        _export_atomic(final, fmt, size, seed, noise, difficulty, noise_mode)
+        _export_atomic(final, fmt, size, seed, noise, difficulty, noise_mode, renderer)
     except OSError:
         if not _is_export(final):  # lost a race to another process: use its result
             raise
@@ -598,7 +621,7 @@ def export_cached(fmt: str, *, size: int | None = None, seed: int = 0, noise: fl
 
 # --------------------------------------------------------------------------- preview
 def preview(path: str | os.PathLike, *, style: str = "fer", difficulty: float = 1.0, seed: int = 0,
-            n_cols: int = 10, zoom: int = 3) -> Path:
+            n_cols: int = 10, zoom: int = 3, renderer: str = DEFAULT_RENDERER) -> Path:
     """Write a PNG grid: a row per class, labelled. The first two columns are
     clean prototypes (difficulty 0), the rest are random samples at
     ``difficulty`` from weak to strong expression."""
@@ -608,8 +631,9 @@ def preview(path: str | os.PathLike, *, style: str = "fer", difficulty: float = 
     n_clean = 2
     classes = CK_CLASSES if style == "ck" else FER_CLASSES
     labels = np.repeat(np.arange(7), n_cols)
-    img_d, _, ex = render(len(labels), seed, labels=labels, difficulty=difficulty, style=style)
-    img_0, _, _ = render(7 * n_clean, seed + 1, labels=np.repeat(np.arange(7), n_clean), difficulty=0.0, style=style)
+    img_d, _, ex = render(len(labels), seed, labels=labels, difficulty=difficulty, style=style, renderer=renderer)
+    img_0, _, _ = render(7 * n_clean, seed + 1, labels=np.repeat(np.arange(7), n_clean), difficulty=0.0, style=style,
+                         renderer=renderer)
     tile = 48 * zoom
 
     def fit(a: np.ndarray) -> Image.Image:

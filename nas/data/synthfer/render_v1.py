@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AUS", "EXPRESSIONS", "PROTOTYPES", "sample_identity", "sample_params", "sample_nuisances", "draw",
+__all__ = ["AUS", "EXPRESSIONS", "PROTOTYPES", "sample_identity", "sample_params", "sample_expression", "sample_nuisances", "draw",
            "draw_occluders", "Params"]
 
 #: Action units, in the column order of :data:`PROTOTYPES`.
@@ -142,25 +142,7 @@ def sample_params(rng: np.random.Generator, expressions: np.ndarray, *, difficul
     d = max(float(difficulty), 0.0)
     ident = sample_identity(rng, n) if identity is None else {k: np.asarray(v, dtype=np.float64) for k, v in identity.items()}
 
-    # --- expression: prototype × intensity × per-unit jitter/dropout + resting face
-    if style == "ck":
-        inten = rng.uniform(0.8, 1.05, n)  # CK+48 frames are the sequence's apex
-        jit, drop, rest = 0.1, 0.0, 0.05
-    elif style == "jaffe":
-        inten = 0.25 + 0.75 * _beta_mean(rng, 0.7, 8.0, n)  # posed but often mild
-        jit, drop, rest = 0.15, 0.05, 0.08
-    else:
-        mean = np.clip(0.92 - 0.2 * d, 0.25, 0.97)
-        inten = 0.08 + 0.97 * _beta_mean(rng, mean, 5.0 + 3.0 / (0.2 + d), n)
-        jit, drop, rest = 0.3 * min(d, 2.0), min(0.2 * d, 0.45), 0.13 * d
-    au = PROTOTYPES[expressions] * inten[:, None]
-    au = au * np.clip(1.0 + jit * rng.standard_normal(au.shape), 0.2, 1.8)
-    if drop > 0:
-        dropped = rng.random(au.shape) < drop
-        au = np.where(dropped, au * rng.uniform(0.0, 0.5, au.shape), au)
-    rest_au = np.zeros_like(au)
-    rest_au[:, _REST_AUS] = np.abs(rest * rng.standard_normal((n, len(_REST_AUS))))
-    au = np.clip(au + rest_au, 0.0, 1.3)
+    au, inten = sample_expression(rng, PROTOTYPES[expressions], _REST_AUS, style, d)
 
     p: Params = dict(ident)
     for i, name in enumerate(AUS):
@@ -172,6 +154,35 @@ def sample_params(rng: np.random.Generator, expressions: np.ndarray, *, difficul
 
     sample_nuisances(rng, p, n, style, d)
     return {k: np.asarray(v, dtype=np.float32) for k, v in p.items()}
+
+
+def sample_expression(rng: np.random.Generator, prototypes: np.ndarray, rest_units: np.ndarray, style: str,
+                      d: float, spread: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+    """``(au, intensity)``: each face's prototype (N×units) scaled by an intensity drawn for the
+    style (CK+ apex frames, JAFFE's mild posed faces, or FER's spread widening with the
+    difficulty ``d``), per-unit jitter and drop-out, plus a little of the ``rest_units`` a
+    resting face shows; ``spread`` scales the FER style's jitter, drop-out and resting face.
+    Shared by the renderers; the draws' order is part of the output."""
+    n = len(prototypes)
+    if style == "ck":
+        inten = rng.uniform(0.8, 1.05, n)  # CK+48 frames are the sequence's apex
+        jit, drop, rest = 0.1, 0.0, 0.05
+    elif style == "jaffe":
+        inten = 0.25 + 0.75 * _beta_mean(rng, 0.7, 8.0, n)  # posed but often mild
+        jit, drop, rest = 0.15, 0.05, 0.08
+    else:
+        mean = np.clip(0.92 - 0.2 * d, 0.25, 0.97)
+        inten = 0.08 + 0.97 * _beta_mean(rng, mean, 5.0 + 3.0 / (0.2 + d), n)
+        jit, drop, rest = (0.3 * min(d, 2.0) * spread[0], min(0.2 * d, 0.45) * spread[1], 0.13 * d * spread[2])
+    au = prototypes * inten[:, None]
+    au = au * np.clip(1.0 + jit * rng.standard_normal(au.shape), 0.2, 1.8)
+    if drop > 0:
+        dropped = rng.random(au.shape) < drop
+        au = np.where(dropped, au * rng.uniform(0.0, 0.5, au.shape), au)
+    rest_au = np.zeros_like(au)
+    rest_au[:, rest_units] = np.abs(rest * rng.standard_normal((n, len(rest_units))))
+    au = np.clip(au + rest_au, 0.0, 1.3)
+    return au, inten
 
 
 def sample_nuisances(rng: np.random.Generator, p: Params, n: int, style: str, d: float) -> None:
@@ -524,9 +535,9 @@ def draw_occluders(img: torch.Tensor, P: dict[str, torch.Tensor], fr: _Frame, U:
         img[sel] = part
 
 
-def _pose(canvas: torch.Tensor, P: dict[str, torch.Tensor], fr: _Frame) -> torch.Tensor:
+def _pose(canvas: torch.Tensor, P: dict[str, torch.Tensor], fr: _Frame, mode: str = "bilinear") -> torch.Tensor:
     """Resample upright canvases into the output frame at each image's roll,
-    scale and shift (one batched bilinear warp)."""
+    scale and shift (one batched warp; ``mode`` of ``grid_sample``)."""
     n = canvas.shape[0]
     cr, sr = torch.cos(P["roll"]).view(n), torch.sin(P["roll"]).view(n)
     s = P["scale"].view(n) * fr.half
@@ -538,7 +549,7 @@ def _pose(canvas: torch.Tensor, P: dict[str, torch.Tensor], fr: _Frame) -> torch
         torch.stack([-sr * a / s, cr * a / s, (cr * oy - sr * ox - fr.c_v * P["scale"].view(n)) / s], 1),
     ], 1)
     grid = F.affine_grid(theta, [n, 1, fr.size, fr.size], align_corners=False)
-    return F.grid_sample(canvas.unsqueeze(1), grid, mode="bilinear", padding_mode="border",
+    return F.grid_sample(canvas.unsqueeze(1), grid, mode=mode, padding_mode="border",
                          align_corners=False).view(n, fr.size, fr.size)
 
 

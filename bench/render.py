@@ -1,9 +1,10 @@
 """SynthFER rendering speed: batched drawing against drawing one face at a time.
 
-    python bench/render.py [--quick] [--n 1024] [--threads 1]
+    python bench/render.py [--quick] [--n 1024] [--renderer v2|v1]
 
-Both draw the same faces (the same sampled parameters) with the same code
-(``nas.data.synthfer_render.draw``), on one CPU thread (the renderer's own setting):
+Both draw the same faces (the same sampled parameters) with the same code (the renderer's
+``draw``, ``nas.data.synthfer.render_v2`` by default), on one CPU thread (the renderer's own
+setting):
 
 * ``batched``: ``draw(params)`` with its default chunk of 128 faces per tensor op;
 * ``per_sample``: ``draw`` on one face at a time (``chunk=1``), i.e. a per-sample
@@ -21,6 +22,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 if __package__ in (None, ""):
@@ -29,42 +31,41 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
+from nas.data.synthfer import DEFAULT_RENDERER, RENDERERS, renderer_module
 from nas.runtime.cli import ArgumentParser, run as cli_run
 
 
-def _params(n: int, seed: int = 0) -> dict[str, np.ndarray]:
-    from nas.data.synthfer.render_v1 import sample_params
-
+def _params(mod: ModuleType, n: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return sample_params(rng, rng.integers(0, 7, n), difficulty=1.0, style="fer")
+    return mod.sample_params(rng, rng.integers(0, 7, n), difficulty=1.0, style="fer")
 
 
-def _rate(params: dict[str, np.ndarray], chunk: int) -> float:
-    from nas.data.synthfer.render_v1 import draw
-
+def _rate(mod: ModuleType, params: dict[str, np.ndarray], chunk: int) -> float:
     n = len(params["skin"])
     t0 = time.perf_counter()
-    out = draw(params, seed=1, chunk=chunk)
+    out = mod.draw(params, seed=1, chunk=chunk)
     dt = time.perf_counter() - t0
     assert out.shape == (n, 48, 48) and out.dtype == np.uint8
     return n / dt
 
 
-def run(device: str = "cpu", quick: bool = False, *, n: int | None = None, rounds: int | None = None) -> dict[str, Any]:
+def run(device: str = "cpu", quick: bool = False, *, n: int | None = None, rounds: int | None = None,
+        renderer: str = DEFAULT_RENDERER) -> dict[str, Any]:
     """Measure and return the figures as a dict. ``device`` is accepted for the suite's
     sake: the renderer runs on the CPU (SynthFER is rendered once and cached)."""
+    mod = renderer_module(renderer)
     n = n or (256 if quick else 2048)
     rounds = rounds or (2 if quick else 3)
     n_slow = max(32, n // 8)
-    batched_params, slow_params = _params(n, 0), _params(n_slow, 1)
-    _rate(_params(16, 2), 128)  # warm-up
-    _rate(_params(4, 3), 1)
+    batched_params, slow_params = _params(mod, n, 0), _params(mod, n_slow, 1)
+    _rate(mod, _params(mod, 16, 2), 128)  # warm-up
+    _rate(mod, _params(mod, 4, 3), 1)
     best = {"batched": 0.0, "per_sample": 0.0}
     for _ in range(rounds):
-        best["batched"] = max(best["batched"], _rate(batched_params, 128))
-        best["per_sample"] = max(best["per_sample"], _rate(slow_params, 1))
+        best["batched"] = max(best["batched"], _rate(mod, batched_params, 128))
+        best["per_sample"] = max(best["per_sample"], _rate(mod, slow_params, 1))
     return {"bench": "synthfer_render", "device": "cpu", "torch": torch.__version__, "threads": 1,
-            "settings": {"images_batched": n, "images_per_sample": n_slow, "rounds": rounds, "size": 48,
+            "renderer": renderer, "settings": {"images_batched": n, "images_per_sample": n_slow, "rounds": rounds, "size": 48,
                          "batched": "draw(), 128 faces per chunk", "per_sample": "draw(chunk=1), one face at a time"},
             "images_per_s": {"batched": round(best["batched"], 1), "per_sample": round(best["per_sample"], 1)},
             "ratio": round(best["batched"] / best["per_sample"], 1)}
@@ -74,11 +75,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="bench/render.py", description="SynthFER rendering: batched vs one face at a time.")
     p.add_argument("--quick", action="store_true", help="256 faces, two rounds")
     p.add_argument("--n", type=int, default=None, help="faces drawn batched (default 2048)")
+    p.add_argument("--renderer", default=DEFAULT_RENDERER, choices=sorted(RENDERERS), help="SynthFER renderer")
     return p
 
 
 def main(args: argparse.Namespace) -> None:
-    print(json.dumps(run("cpu", args.quick, n=args.n), indent=1))
+    print(json.dumps(run("cpu", args.quick, n=args.n, renderer=args.renderer), indent=1))
 
 
 if __name__ == "__main__":

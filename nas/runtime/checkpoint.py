@@ -25,7 +25,7 @@ import torch
 from nas import __version__
 from nas.runtime.errors import FerNasError
 
-__all__ = ["atomic_save", "atomic_write_text", "safe_load", "RunDir", "RUN_MARKERS", "read_csv_rows", "write_csv", "plain",
+__all__ = ["atomic_save", "atomic_write_text", "atomic_write_bytes", "safe_load", "RunDir", "RUN_MARKERS", "read_csv_rows", "write_csv", "plain",
            "json_safe"]
 
 # Files whose presence means "a run lives here" (guards against silent overwrite).
@@ -97,8 +97,13 @@ def json_safe(v: Any) -> Any:
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     """Write a small text file atomically (configs, genotypes, CSV summaries)."""
+    atomic_write_bytes(text.encode("utf-8"), path)
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    """Write a file atomically (a temp file, fsync, rename), with a one-line error."""
     try:
-        _atomic_write_bytes(text.encode("utf-8"), Path(path))
+        _atomic_write_bytes(data, Path(path))
     except OSError as e:
         raise FerNasError(f"{path}: cannot write ({e.strerror or e})") from None
 

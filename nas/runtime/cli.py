@@ -146,6 +146,10 @@ def run(main: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentPars
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:
+        # the reader of stdout went away (``| head``): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     except _oom_types() as e:  # noqa: B030 - computed tuple of exception classes
         print(f"{parser.prog}: error: out of GPU memory ({' '.join(str(e).split())[:120]}); "
               "try a smaller --batch_size or --partial_channels", file=sys.stderr)

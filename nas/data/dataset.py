@@ -11,12 +11,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["FER_CLASSES", "SPLITS", "FERData"]
+__all__ = ["FER_CLASSES", "SPLITS", "PER_SAMPLE_META", "FERData"]
 
 #: FER2013 label order, used everywhere inside the toolkit.
 FER_CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 #: Split codes stored in ``FERData.split`` index into this tuple.
 SPLITS: tuple[str, ...] = ("Training", "PublicTest", "PrivateTest")
+#: ``FERData.meta`` entries that are lists with one value per sample (sliced by ``select``).
+PER_SAMPLE_META: tuple[str, ...] = ("files", "native_labels", "valence", "arousal")
 
 
 @dataclass
@@ -61,10 +63,11 @@ class FERData:
         if index.dtype == torch.bool:
             index = index.nonzero().flatten()
         index = index.to(self.labels.device)
-        idx_list = index.tolist() if self.subjects is not None or self.meta.get("files") else None
+        per_sample = [k for k in PER_SAMPLE_META if isinstance(self.meta.get(k), list)]
+        idx_list = index.tolist() if self.subjects is not None or per_sample else None
         meta = dict(self.meta)
-        if isinstance(meta.get("files"), list):
-            meta["files"] = [meta["files"][i] for i in idx_list]  # type: ignore[index]
+        for k in per_sample:
+            meta[k] = [meta[k][i] for i in idx_list]  # type: ignore[union-attr]
         return replace(
             self,
             images=self.images[index.to(self.images.device)],
@@ -123,7 +126,8 @@ class FERData:
             "soft_labels": self.soft_labels is not None,
             "clean_labels": self.clean_labels is not None,
         }
-        for key in ("variant", "split_from", "holdout", "ferplus", "crop"):
+        for key in ("variant", "split_from", "holdout", "ferplus", "crop", "label_map", "dropped_classes",
+                    "preprocess", "cache"):
             if key in self.meta:
                 out[key] = self.meta[key]
         return out

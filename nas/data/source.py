@@ -12,9 +12,10 @@ from nas.runtime.errors import FerNasError
 
 __all__ = ["DATASETS", "SYNTH_FORMATS", "open_data", "add_data_args", "open_data_from_args"]
 
-DATASETS = ("auto", "synthfer", "fer2013", "ck48", "jaffe", "folder")
+DATASETS = ("auto", "synthfer", "fer2013", "rafdb", "affectnet", "ck48", "jaffe", "folder")
 #: SynthFER export format -> the reader format that reads it back.
-SYNTH_FORMATS = {"fer2013": "fer2013_csv", "folder": "fer2013_folders", "ck48": "ck48", "jaffe": "jaffe"}
+SYNTH_FORMATS = {"fer2013": "fer2013_csv", "folder": "fer2013_folders", "ck48": "ck48", "jaffe": "jaffe",
+                 "rafdb": "rafdb", "affectnet": "affectnet"}
 
 
 def open_data(dataset: str = "auto", data: str | Path | None = None, *, size: int | None = None, seed: int = 0,
@@ -25,7 +26,8 @@ def open_data(dataset: str = "auto", data: str | Path | None = None, *, size: in
     (``size``, ``seed``, ``noise``, ``noise_mode``, ``difficulty``, ``renderer``) in ``synth_format`` to a cached folder and
     reads it back with the real reader; ``fer2013`` accepts either FER2013 format;
     ``ck48``/``jaffe``/``folder`` read that format. ``reader_opts`` go to :func:`load_dataset`
-    (``skip_bad_rows``, ``ferplus``, ``labels``, ``classes``, ``jaffe_crop``, ``val_fraction``)."""
+    (``skip_bad_rows``, ``ferplus``, ``labels``, ``classes``, ``jaffe_crop``, ``val_fraction``,
+    ``image_size``, ``cache_dir``)."""
     if dataset not in DATASETS:
         raise FerNasError(f"--dataset {dataset!r}: unknown (choose from {', '.join(DATASETS)})")
     reader_opts.setdefault("seed", seed)
@@ -76,7 +78,12 @@ def add_data_args(parser: argparse.ArgumentParser, *, dataset: str = "auto", syn
     g.add_argument("--ferplus", default=None, help="FER+ fer2013new.csv to join with fer2013.csv")
     g.add_argument("--labels", default="fer", choices=LABEL_MODES, help="FER labels or FER+ majority/soft labels")
     g.add_argument("--classes", default=None, type=name_list,
-                   help="class order for a generic root/<class>/ folder, comma-separated")
+                   help="class order for a generic root/<class>/ folder, comma-separated; AffectNet: 7 "
+                        "(contempt folded out, the default) or 8 (contempt kept as class 7)")
+    g.add_argument("--image_size", default=48, type=int,
+                   help="RAF-DB/AffectNet: side the grey faces are resized to (antialiased)")
+    g.add_argument("--cache_dir", default=None,
+                   help="RAF-DB/AffectNet: folder of the decoded-face cache (default: PATH/.fernas_cache; off: none)")
     g.add_argument("--jaffe_crop", default=None, type=crop_box, help="JAFFE face box top,left,height,width")
     g.add_argument("--val_fraction", default=0.1, type=float,
                    help="held-out PublicTest fraction of Training where a format has no PublicTest")
@@ -99,4 +106,5 @@ def open_data_from_args(args: argparse.Namespace) -> FERData:
                      noise_mode=getattr(args, "synth_noise_mode", "uniform"),
                      renderer=getattr(args, "synth_renderer", None),
                      skip_bad_rows=args.skip_bad_rows, ferplus=args.ferplus, labels=args.labels,
-                     classes=args.classes, jaffe_crop=args.jaffe_crop, val_fraction=args.val_fraction)
+                     classes=args.classes, jaffe_crop=args.jaffe_crop, val_fraction=args.val_fraction,
+                     image_size=getattr(args, "image_size", 48), cache_dir=getattr(args, "cache_dir", None))

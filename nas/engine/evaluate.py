@@ -221,6 +221,15 @@ def checkpoint_norm(ckpt: dict) -> tuple[float, float, int]:
         raise FerNasError(f"{ckpt.get('path', 'checkpoint')}: missing normalisation or input size") from None
 
 
+def checkpoint_image_size(ckpt: dict) -> int:
+    """The side of the faces a checkpoint was trained on (48 when it predates the record)."""
+    pre = ckpt.get("preprocess")
+    try:
+        return int(pre["image_size"]) if isinstance(pre, dict) and "image_size" in pre else 48
+    except (TypeError, ValueError):
+        raise FerNasError(f"{ckpt.get('path', 'checkpoint')}: preprocess.image_size is not a number") from None
+
+
 def evaluate_checkpoint(path: str | Path, data: FERData, *, split: str = "PrivateTest", tta: Sequence[str] = TTA_MODES,
                         device: torch.device | str = "cpu", batch_size: int = 256, n_boot: int = 1000,
                         seed: int = 0, amp: bool = False) -> dict[str, Any]:

@@ -369,6 +369,8 @@ class Classification:
             "classes": self.classes,
             "normalization": {"mean": float(self.mean), "std": float(self.std)},
             "input_size": self.crop,
+            # how the data's faces were made (grey conversion, resize), so predict makes them the same way
+            "preprocess": plain(self.data.meta.get("preprocess") or {"image_size": self.data.image_size[0]}),
             "num_params": count_parameters(self.model),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),

@@ -47,15 +47,16 @@ def deployable(checkpoint: str | Path) -> tuple[Deployable, dict[str, Any]]:
     """The checkpoint's model as a :class:`Deployable` on the CPU, and its metadata."""
     import nas
     from nas.data.dataset import FER_CLASSES
-    from nas.engine.evaluate import checkpoint_norm, load_model_from_checkpoint
+    from nas.engine.evaluate import checkpoint_image_size, checkpoint_norm, load_model_from_checkpoint
     from nas.models import count_parameters
 
     model, ckpt = load_model_from_checkpoint(checkpoint, "cpu")
     mean, std, size = checkpoint_norm(ckpt)
+    side = checkpoint_image_size(ckpt)
     spec = ckpt.get("model_spec") or {}
     meta = {"fernas_version": nas.__version__, "arch": str(spec.get("arch", spec.get("name", "?"))),
-            "classes": list(ckpt.get("classes") or FER_CLASSES), "input_size": int(size), "image_size": 48,
-            "input": "float32 N x 1 x input_size x input_size, pixel / 255 (a centre crop of the 48x48 face); "
+            "classes": list(ckpt.get("classes") or FER_CLASSES), "input_size": int(size), "image_size": side,
+            "input": f"float32 N x 1 x input_size x input_size, pixel / 255 (a centre crop of the {side}x{side} face); "
                      "normalisation folded in", "mean": mean, "std": std,
             "parameters": count_parameters(model)}
     return Deployable(model, mean, std).eval(), meta

@@ -42,12 +42,12 @@ class TorchClassifier:
 
     def __init__(self, checkpoint: str | Path, device: torch.device | str = "cpu", batch_size: int = 256) -> None:
         from nas.data.dataset import FER_CLASSES
-        from nas.engine.evaluate import checkpoint_norm, load_model_from_checkpoint
+        from nas.engine.evaluate import checkpoint_image_size, checkpoint_norm, load_model_from_checkpoint
 
         self.model, ckpt = load_model_from_checkpoint(checkpoint, device)
         self.mean, self.std, self.crop = checkpoint_norm(ckpt)
         self.classes = list(ckpt.get("classes") or FER_CLASSES)
-        self.image_size = 48
+        self.image_size = checkpoint_image_size(ckpt)
         self.batch_size = int(batch_size)
 
     def __call__(self, faces: torch.Tensor, tta: str = "center") -> torch.Tensor:
@@ -144,7 +144,8 @@ def run_predict(frames: Iterable[Frame], classifier: Classifier, *, detector: Fa
 
     for frame in frames:
         if frame.error:
-            pending.append((frame, np.zeros((0, 4), np.int64), torch.zeros(0, 1, 48, 48, dtype=torch.uint8)))
+            pending.append((frame, np.zeros((0, 4), np.int64), torch.zeros(0, 1, classifier.image_size, classifier.image_size,
+                                                                            dtype=torch.uint8)))
         else:
             bx = _boxes_for(frame, boxes, detector)
             whole = detector is None and boxes is None

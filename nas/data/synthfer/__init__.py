@@ -74,7 +74,7 @@ def renderer_module(name: str) -> ModuleType:
     return RENDERERS[name]
 
 
-FORMATS: tuple[str, ...] = ("fer2013", "ck48", "jaffe", "folder")
+FORMATS: tuple[str, ...] = ("fer2013", "ck48", "jaffe", "folder", "rafdb", "affectnet")
 #: Which Training labels get flipped: at random, or weak expressions more often.
 NOISE_MODES: tuple[str, ...] = ("uniform", "ambiguous")
 STYLES: tuple[str, ...] = ("fer", "ck", "jaffe")
@@ -350,6 +350,61 @@ def _export_folder(out: Path, size: int | None, seed: int, noise: float, difficu
     return rows
 
 
+def _colour_photo(img: np.ndarray, side: int, pad: int = 0) -> np.ndarray:
+    """A grey face as a warm-tinted RGB photo of ``side`` px (the face), in a mid-grey frame of
+    ``pad`` px: what RAF-DB's aligned JPEGs and AffectNet's photos look like to a reader."""
+    from PIL import Image
+
+    face = np.asarray(Image.fromarray(img).resize((side, side), Image.Resampling.BICUBIC), dtype=np.float64)
+    rgb = np.stack([face, face * 0.92, face * 0.82], axis=-1)
+    out = np.full((side + 2 * pad, side + 2 * pad, 3), 128.0)
+    out[pad:pad + side, pad:pad + side] = rgb
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _export_wild(out: Path, fmt: str, size: int | None, seed: int, noise: float, difficulty: float,
+                 noise_mode: str = "uniform", renderer: str = DEFAULT_RENDERER) -> dict[str, Any]:
+    """FER2013-style SynthFER rows in RAF-DB's official layout (aligned 100x100 colour JPEGs and
+    list_patition_label.txt) or AffectNet's (photos with a face box in training.csv and
+    validation.csv). Training is the dataset's training part; PublicTest and PrivateTest its
+    test part (RAF-DB test, AffectNet validation). Labels go through each dataset's own numbering."""
+    from nas.data.labelmap import NATIVE, canonical
+
+    rows = _fer_rows(size, seed, noise, difficulty, noise_mode, renderer)
+    to_native = {FER_CLASSES.index(canonical(v)): k for k, v in NATIVE[fmt].items() if canonical(v) in FER_CLASSES}
+    rng = _rng(seed, 9)
+    files, lines = [], []
+    for i, (img, lab, use) in enumerate(zip(rows["images"], rows["labels"].tolist(), rows["usage"].tolist())):
+        part = "train" if use == 0 else "test"
+        if fmt == "rafdb":
+            name = f"{part}_{i + 1:05d}.jpg"
+            rel = f"basic/Image/aligned/{part}_{i + 1:05d}_aligned.jpg"
+            photo = _colour_photo(img, 100)
+            lines.append(f"{name} {to_native[lab]}")
+        else:
+            side, pad = int(rng.integers(64, 129)), int(rng.integers(8, 40))
+            sub = f"{i % 97}"
+            rel = f"Manually_Annotated_Images/{sub}/{part}_{i:06d}.jpg"
+            photo = _colour_photo(img, side, pad)
+            lines.append((part, [f"{sub}/{part}_{i:06d}.jpg", pad, pad, side, side, "", to_native[lab], "0.0", "0.0"]))
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        _save_png(out / rel, photo, "JPEG")
+        files.append(rel)
+    if fmt == "rafdb":
+        (out / "basic" / "EmoLabel").mkdir(parents=True, exist_ok=True)
+        (out / "basic" / "EmoLabel" / "list_patition_label.txt").write_text("\n".join(lines) + "\n")
+    else:
+        header = ["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks",
+                  "expression", "valence", "arousal"]
+        for part, name in (("train", "training.csv"), ("test", "validation.csv")):
+            with open(out / name, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(header)
+                w.writerows(r for p, r in lines if p == part)
+    _write_clean(out / "clean_labels.csv", files, rows["clean"])
+    return rows
+
+
 def _balanced_assign(rng: np.random.Generator, n_owners: int, wants: Sequence[int]) -> list[np.ndarray]:
     """For each request of ``k`` distinct owners (subjects), pick the ``k`` owners
     holding the fewest items so far, ties at random: every owner gets some."""
@@ -490,6 +545,8 @@ def _write_into(out: Path, fmt: str, size: int | None, seed: int, noise: float, 
         return _export_fer2013(out, size, seed, noise, difficulty, noise_mode, renderer)
     if fmt == "folder":
         return _export_folder(out, size, seed, noise, difficulty, noise_mode, renderer)
+    if fmt in ("rafdb", "affectnet"):
+        return _export_wild(out, fmt, size, seed, noise, difficulty, noise_mode, renderer)
     if fmt == "ck48":
         return _export_ck48(out, size, seed, difficulty, renderer)
     return _export_jaffe(out, size, seed, difficulty, renderer)
@@ -497,7 +554,7 @@ def _write_into(out: Path, fmt: str, size: int | None, seed: int, noise: float, 
 
 def _manifest(fmt: str, size: int | None, seed: int, noise: float, difficulty: float, rows: dict[str, Any],
               noise_mode: str = "uniform", renderer: str = DEFAULT_RENDERER) -> dict[str, Any]:
-    noisy_fmt = fmt in ("fer2013", "folder")
+    noisy_fmt = fmt in ("fer2013", "folder", "rafdb", "affectnet")
     info = {"format": fmt, "size": None if size is None else int(size), "n_images": int(len(rows["clean"])),
             "seed": int(seed), "noise": float(noise) if noisy_fmt else 0.0,
             "noise_mode": noise_mode if noisy_fmt else "uniform",

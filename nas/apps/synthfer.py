@@ -19,10 +19,11 @@ def get_args_parser(prog: str = "python -m nas.data.synthfer") -> ArgumentParser
                                               "real file format.")
     p.add_argument("--out", required=True, help="output folder (created; must be new or empty unless --force)")
     p.add_argument("--format", required=True, choices=FORMATS,
-                   help="fer2013: fer2013.csv; folder: train/ test/ image folders; ck48: CK+48 folders; jaffe: JAFFE tiffs")
+                   help="fer2013: fer2013.csv; folder: train/ test/ image folders; ck48: CK+48 folders; jaffe: JAFFE tiffs; "
+                        "rafdb: RAF-DB basic (list file, aligned colour JPEGs); affectnet: AffectNet lists with face boxes")
     p.add_argument("--size", type=int, default=None,
-                   help="number of images (default: 35887 for fer2013/folder, 981 for ck48, 213 for jaffe)")
-    p.add_argument("--noise", type=float, default=0.1, help="fraction of Training labels flipped along FES (fer2013/folder)")
+                   help="number of images (default: 35887 for fer2013/folder/rafdb/affectnet, 981 for ck48, 213 for jaffe)")
+    p.add_argument("--noise", type=float, default=0.1, help="fraction of Training labels flipped along FES (fer2013/folder/rafdb/affectnet)")
     p.add_argument("--noise_mode", default="uniform", choices=NOISE_MODES,
                    help="which labels are flipped: uniform (at random) or ambiguous (weak expressions more often, "
                         "following FER+ single-tagger disagreement)")

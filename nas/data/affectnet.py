@@ -18,9 +18,9 @@ import csv
 from pathlib import Path
 
 from nas.data.dataset import FER_CLASSES, FERData
-from nas.data.files import is_hidden, list_images, require_path, warn
+from nas.data.files import require_path, warn
 from nas.data.labelmap import CANONICAL, NATIVE, canonical
-from nas.data.wild import Samples, build_wild
+from nas.data.wild import Samples, build_wild, scan_part_folders
 from nas.runtime.errors import FerNasError
 
 __all__ = ["COLUMNS", "NON_EXPRESSIONS", "affectnet_lists", "is_affectnet_folders", "read_affectnet"]
@@ -94,25 +94,6 @@ def _read_lists(root: Path, lists: tuple[Path, Path], skip_bad_rows: bool) -> tu
     return s, skipped, non_expr
 
 
-def _read_folders(root: Path) -> tuple[Samples, int]:
-    s, skipped = Samples(), 0
-    for part in ("train", "val"):
-        for sub in sorted((root / part).iterdir()):
-            if is_hidden(sub) or not sub.is_dir():
-                warn(f"{sub}: skipping (expected one folder per class)")
-                skipped += 1
-                continue
-            native = _native_of_folder(sub.name)
-            if native is None:
-                raise FerNasError(f"{sub}: unknown class folder {sub.name!r} (expected an AffectNet class name "
-                                  "or index 0-7)")
-            files, n_skip = list_images(sub)
-            skipped += n_skip
-            for p in files:
-                s.add(p, native, part == "val", str(p))
-    return s, skipped
-
-
 def read_affectnet(path: str | Path, *, classes: int = 7, image_size: int = 48, skip_bad_rows: bool = False,
                    seed: int = 0, val_fraction: float = 0.1, cache_dir: str | Path | None = None) -> FERData:
     """Read AffectNet in either layout (see the module docstring)."""
@@ -125,7 +106,8 @@ def read_affectnet(path: str | Path, *, classes: int = 7, image_size: int = 48, 
         samples, skipped, non_expr = _read_lists(root, lists, skip_bad_rows)
         meta.update(layout="training.csv + validation.csv (face boxes)", non_expressions=non_expr)
     elif is_affectnet_folders(root):
-        samples, skipped = _read_folders(root)
+        samples, skipped = scan_part_folders(root, "train", "val", _native_of_folder,
+                                             "an AffectNet class name or index 0-7")
         meta["layout"] = "train/<class>/ and val/<class>/ folders"
     else:
         raise FerNasError(f"{root}: not AffectNet (no training.csv + validation.csv and no train/ + val/ folders)")

@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from nas.data.dataset import FER_CLASSES, FERData
-from nas.data.files import is_hidden, list_images, require_path, warn
+from nas.data.files import is_hidden, require_path, warn
 from nas.data.labelmap import NATIVE
-from nas.data.wild import Samples, build_wild
+from nas.data.wild import Samples, build_wild, scan_part_folders
 from nas.runtime.errors import FerNasError
 
 __all__ = ["LIST_FILE", "rafdb_label_file", "is_rafdb_folders", "read_rafdb"]
@@ -74,21 +74,6 @@ def _read_list(label_file: Path, skip_bad_rows: bool) -> tuple[Samples, int]:
     return s, skipped
 
 
-def _read_folders(root: Path) -> tuple[Samples, int]:
-    s, skipped = Samples(), 0
-    for part in ("train", "test"):
-        for sub in sorted((root / part).iterdir()):
-            if is_hidden(sub) or not sub.is_dir():
-                warn(f"{sub}: skipping (expected one folder per RAF-DB label 1-7)")
-                skipped += 1
-                continue
-            files, n_skip = list_images(sub)
-            skipped += n_skip
-            for p in files:
-                s.add(p, int(sub.name), part == "test", str(p))
-    return s, skipped
-
-
 def read_rafdb(path: str | Path, *, image_size: int = 48, skip_bad_rows: bool = False, seed: int = 0,
                val_fraction: float = 0.1, cache_dir: str | Path | None = None) -> FERData:
     """Read RAF-DB basic in either layout (see the module docstring)."""
@@ -99,7 +84,9 @@ def read_rafdb(path: str | Path, *, image_size: int = 48, skip_bad_rows: bool = 
         layout = "official list " + str(LIST_FILE) + (" + aligned images" if (label_file.parent.parent / "Image" /
                                                                                "aligned").is_dir() else " + original images")
     elif is_rafdb_folders(root):
-        samples, skipped = _read_folders(root)
+        samples, skipped = scan_part_folders(root, "train", "test",
+                                             lambda n: int(n) if n in {str(k) for k in NATIVE["rafdb"]} else None,
+                                             "RAF-DB's labels 1-7")
         layout = "train/<1..7>/ and test/<1..7>/ folders"
     else:
         raise FerNasError(f"{root}: not RAF-DB (no {LIST_FILE} and no train/1..7 + test/1..7 folders)")

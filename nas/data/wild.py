@@ -10,17 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from nas.data.crops import Box, cached_faces, preprocess_record
 from nas.data.dataset import SPLITS, FERData
-from nas.data.files import read_clean_labels
+from nas.data.files import is_hidden, list_images, read_clean_labels, warn
 from nas.data.labelmap import NATIVE, native_lookup
 from nas.data.loader import stratified_split
 from nas.runtime.errors import FerNasError
 
-__all__ = ["Samples", "build_wild"]
+__all__ = ["Samples", "scan_part_folders", "build_wild"]
 
 
 @dataclass
@@ -42,6 +43,27 @@ class Samples:
         self.where.append(where)
         for k, v in extra.items():
             self.extra.setdefault(k, []).append(v)
+
+
+def scan_part_folders(root: Path, train: str, test: str, native_of: Callable[[str], int | None],
+                      expected: str) -> tuple[Samples, int]:
+    """Samples of the ``root/<train|test>/<class>/`` re-packagings; ``native_of`` turns a
+    folder name into the dataset's native index (None: an unknown folder, an error)."""
+    s, skipped = Samples(), 0
+    for part in (train, test):
+        for sub in sorted((root / part).iterdir()):
+            if is_hidden(sub) or not sub.is_dir():
+                warn(f"{sub}: skipping (expected one folder per class)")
+                skipped += 1
+                continue
+            native = native_of(sub.name)
+            if native is None:
+                raise FerNasError(f"{sub}: unknown class folder {sub.name!r} (expected {expected})")
+            files, n_skip = list_images(sub)
+            skipped += n_skip
+            for p in files:
+                s.add(p, native, part == test, str(p))
+    return s, skipped
 
 
 def build_wild(samples: Samples, *, dataset: str, fmt: str, root: Path, classes: list[str], image_size: int,

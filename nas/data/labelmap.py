@@ -10,6 +10,7 @@ toolkit's. ``contempt`` is not a FER2013 class; it keeps the index after the sev
 """
 from __future__ import annotations
 
+from nas.data.ck48 import CK48_FOLDERS
 from nas.data.dataset import FER_CLASSES
 from nas.runtime.errors import FerNasError
 
@@ -36,7 +37,7 @@ NATIVE: dict[str, dict[int, str]] = {
     "affectnet": {0: "neutral", 1: "happy", 2: "sad", 3: "surprise", 4: "fear", 5: "disgust", 6: "anger",
                   7: "contempt"},
     "expw": dict(enumerate(("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"))),
-    "ck48": dict(enumerate(("anger", "disgust", "fear", "happy", "sadness", "surprise", "contempt"))),
+    "ck48": {i: name for name, i in CK48_FOLDERS.items()},
 }
 
 

@@ -20,6 +20,8 @@ from nas.runtime.errors import FerNasError
 __all__ = ["LIST_FILE", "rafdb_label_file", "is_rafdb_folders", "read_rafdb"]
 
 LIST_FILE = Path("EmoLabel") / "list_patition_label.txt"
+#: The re-packaging's folder names: RAF-DB's label numbers.
+_FOLDERS = frozenset(str(k) for k in NATIVE["rafdb"])
 
 
 def rafdb_label_file(root: Path) -> Path | None:
@@ -36,7 +38,7 @@ def is_rafdb_folders(root: Path) -> bool:
     if not all(p.is_dir() for p in parts):
         return False
     names = {d.name for p in parts for d in p.iterdir() if d.is_dir() and not is_hidden(d)}
-    return bool(names) and names <= {str(k) for k in NATIVE["rafdb"]}
+    return bool(names) and names <= _FOLDERS
 
 
 def _read_list(label_file: Path, skip_bad_rows: bool) -> tuple[Samples, int]:
@@ -85,7 +87,7 @@ def read_rafdb(path: str | Path, *, image_size: int = 48, skip_bad_rows: bool = 
                                                                                "aligned").is_dir() else " + original images")
     elif is_rafdb_folders(root):
         samples, skipped = scan_part_folders(root, "train", "test",
-                                             lambda n: int(n) if n in {str(k) for k in NATIVE["rafdb"]} else None,
+                                             lambda n: int(n) if n in _FOLDERS else None,
                                              "RAF-DB's labels 1-7")
         layout = "train/<1..7>/ and test/<1..7>/ folders"
     else:

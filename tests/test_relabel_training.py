@@ -308,29 +308,39 @@ def _ddp_worker(rank: int, world: int, port: int, flags: list[str], out: str) ->
         seen.append(idx.tolist())
         return orig_call(self, epoch, step, idx, logits, targets)
 
+    avgs: list[torch.Tensor] = []
+
     def end(self, epoch):
         r = orig_end(self, epoch)
         bases.append(self.base.clone())
+        avgs.append(self.avg.clone())
         return r
 
     rt.Relabeller.__call__, rt.Relabeller.end_epoch = call, end
     res = CLI.main(cli_args(*flags))
-    torch.save({"seen": seen, "bases": bases, "res": {k: v for k, v in res.items() if k != "relabel"}},
+    torch.save({"seen": seen, "bases": bases, "avgs": avgs, "res": {k: v for k, v in res.items() if k != "relabel"}},
                Path(out) / f"rank{rank}.pt")
 
 
 @pytest.mark.slow  # two spawned gloo processes
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
-def test_ddp_two_gloo_ranks_agree_and_only_rank0_writes(toy, tmp_path):
+@pytest.mark.parametrize("rule", [("--relabel_threshold", "1.0", "--relabel_mode", "persistent"),
+                                  ("--rule", "consensus", "--relabel_threshold", "0.1", "--consensus_epochs", "1",
+                                   "--relabel_warmup", "0")], ids=["autofernet-persistent", "consensus"])
+def test_ddp_two_gloo_ranks_agree_and_only_rank0_writes(toy, tmp_path, rule):
     run = tmp_path / "ddp_run"
-    flags = [str(f) for f in _flags(toy, run, "--relabel_threshold", "1.0", "--fes", "False", "--relabel_mode",
-                                   "persistent", "--epochs", "2", "--batch_size", "8", "--device", "cpu")]
+    flags = [str(f) for f in _flags(toy, run, *rule, "--fes", "False", "--epochs", "2", "--batch_size", "8",
+                                   "--device", "cpu")]
     mp.spawn(_ddp_worker, args=(2, _free_port(), flags, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     # disjoint shards, and the merged label tensors agree on both ranks every epoch
     for a, b in zip(r0["seen"], r1["seen"]):
         assert not set(a) & set(b)
     assert len(r0["bases"]) == 2 and all(torch.equal(a, b) for a, b in zip(r0["bases"], r1["bases"]))
+    # the averaging rules' per-sample state is merged too: both ranks hold every training sample's average
+    assert all(torch.equal(a, b) for a, b in zip(r0["avgs"], r1["avgs"]))
+    if "consensus" in rule:
+        assert int((r0["avgs"][-1].sum(1) > 0).sum()) == 96   # each rank saw only its shards
     assert r0["res"]["test_acc"] == r1["res"]["test_acc"] and r0["res"]["world_size"] == 2
     rows = read_csv_rows(run / "metrics.csv")
     last = safe_load(run / "last.pt")

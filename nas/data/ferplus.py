@@ -20,6 +20,7 @@ import csv
 import json
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from nas.runtime.errors import FerNasError
 
 __all__ = ["FERPLUS_COLUMNS", "FERPLUS_TO_FER", "FES_CLASSES", "DEFAULT_FES", "FERPLUS_DISAGREEMENT_DECILES",
            "read_ferplus", "fer_votes", "majority_labels", "soft_labels", "fes_from_votes", "fes_from_ferplus",
-           "disagreement_from_votes", "format_fes", "format_disagreement", "fes_to_json", "load_fes"]
+           "disagreement_from_votes", "format_fes", "format_disagreement", "fes_to_json", "load_fes", "fes_for_classes", "fes_offlabel", "fes_smoothing"]
 
 #: Vote columns of fer2013new.csv, in the published file's order.
 FERPLUS_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
@@ -267,3 +268,36 @@ def load_fes(path: str | os.PathLike) -> np.ndarray:
     if not np.isfinite(m).all() or (m < 0).any():
         raise FerNasError(f"{p}: FES matrix entries must be finite and non-negative")
     return m
+
+
+def fes_for_classes(path: str | os.PathLike | None, classes: Sequence[str]) -> np.ndarray:
+    """The FES matrix for data with ``classes``: ``path`` (:func:`load_fes`) or, without one,
+    :data:`DEFAULT_FES`, which is in FER2013 order and so refused for other class lists."""
+    if path:
+        m = load_fes(path)
+    else:
+        if list(classes) != list(FES_CLASSES):
+            raise FerNasError(f"the default FES matrix is in FER2013 class order; these data's classes are "
+                              f"{', '.join(classes)}: pass --fes_matrix FILE")
+        m = np.array(DEFAULT_FES)
+    if m.shape != (len(classes), len(classes)):
+        raise FerNasError(f"{path}: FES matrix is {m.shape[0]}x{m.shape[1]} but the data has {len(classes)} classes")
+    return m
+
+
+def fes_offlabel(fes: torch.Tensor) -> torch.Tensor:
+    """Each FES row without its diagonal, normalised to sum 1: where the mass that leaves a
+    label goes under the FES prior (K x K, float)."""
+    off = fes.clone().float()
+    off.fill_diagonal_(0.0)
+    return off / off.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def fes_smoothing(targets: torch.Tensor, eps: float, fes_off: torch.Tensor) -> torch.Tensor:
+    """Label smoothing along the FES rows: ``(1 - eps) * y + eps * (y @ fes_off)``, with ``y``
+    the one-hot of hard ``targets`` (or soft targets as given) and ``fes_off`` from
+    :func:`fes_offlabel`. For a hard label ``t`` the off-label mass ``eps`` is spread as
+    ``FES[t]`` without its diagonal instead of uniformly."""
+    y = targets.float() if targets.is_floating_point() else \
+        torch.nn.functional.one_hot(targets.long(), fes_off.shape[0]).float()
+    return (1.0 - eps) * y + eps * (y @ fes_off.to(y.device))

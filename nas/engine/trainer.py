@@ -72,6 +72,8 @@ class TrainConfig:
     auxiliary_weight: float = 0.4
     drop_path_prob: float = 0.2
     label_smoothing: float = 0.0
+    fes_smoothing: float = 0.0        # label smoothing whose off-label mass follows the FES row
+    fes_matrix: str | None = None     # FES matrix file (None: DEFAULT_FES, FER2013 class order)
     cutout: bool = False
     cutout_length: int = 16
     crop: int | None = None           # None: model.default_input_size
@@ -105,6 +107,11 @@ class TrainConfig:
             raise FerNasError(f"--patience must be >= 0, got {self.patience}")
         if self.learning_rate <= 0 or not math.isfinite(self.learning_rate):
             raise FerNasError(f"--learning_rate must be positive, got {self.learning_rate}")
+        if not 0.0 <= self.fes_smoothing < 1.0 or not 0.0 <= self.label_smoothing < 1.0:
+            raise FerNasError(f"--label_smoothing and --fes_smoothing must be in [0, 1), got {self.label_smoothing} "
+                              f"and {self.fes_smoothing}")
+        if self.fes_smoothing > 0 and self.label_smoothing > 0:
+            raise FerNasError("--label_smoothing and --fes_smoothing both smooth the targets: choose one")
         if not 0.0 <= self.drop_path_prob < 1.0:
             raise FerNasError(f"--drop_path_prob must be in [0, 1), got {self.drop_path_prob}")
         self.snapshot_at = [float(t) for t in (self.snapshot_at or [])]
@@ -144,6 +151,11 @@ def add_train_args(parser: argparse.ArgumentParser, **defaults: Any) -> argparse
     add("--drop_path_prob", type=float, default=0.2,
         help="drop-path probability reached at the last epoch (rises linearly from 0)")
     add("--label_smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
+    add("--fes_smoothing", type=float, default=0.0,
+        help="label smoothing whose off-label mass follows the label's FES row instead of being uniform")
+    add("--fes_matrix", default=None,
+        help="JSON 7x7 FES matrix (fernas fes --out) or FER+ votes CSV, for --fes_smoothing and relabelling "
+             "(default: nas.fes.DEFAULT_FES)")
     add("--seed", type=int, default=0, help="seed of the weights and of every random stream of the run")
     add("--labels", default="fer", choices=LABEL_MODES,
         help="training targets: FER2013 labels, FER+ majority, or FER+ vote distributions (needs --ferplus)")
@@ -239,6 +251,11 @@ class Classification:
         if int(self.data.labels[self.train_idx.to(device)].min()) < 0:
             raise FerNasError(f"{data.source}: some Training samples have no label")
         self.mean, self.std = norm if norm is not None else training_norm(self.data.images[self.train_idx.to(device)])
+        self.fes_off = None
+        if cfg.fes_smoothing > 0:
+            from nas.data.ferplus import fes_for_classes, fes_offlabel
+
+            self.fes_off = fes_offlabel(torch.from_numpy(fes_for_classes(cfg.fes_matrix, self.classes))).to(device)
 
         # -- model: the raw module (saved, evaluated), and the one the step calls (DDP / compiled)
         self.model = model.to(device)
@@ -295,6 +312,10 @@ class Classification:
         logits = logits.float()
         if self.target_hook is not None:
             y = self.target_hook(epoch, step, idx, logits.detach(), y)
+        if self.fes_off is not None:
+            from nas.data.ferplus import fes_smoothing
+
+            y = fes_smoothing(y, cfg.fes_smoothing, self.fes_off)
         loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         if aux is not None and cfg.auxiliary_weight > 0:
             loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux.float(), y, label_smoothing=cfg.label_smoothing)

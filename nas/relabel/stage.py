@@ -10,7 +10,12 @@ on the device, no host sync) and as a loop callback (once per epoch: statistics,
 transitions CSV, and under DDP the merge of every rank's changes; its label tensors
 are checkpointed with the loop's state).
 
-Modes:
+Rules (``--rule``, :mod:`nas.relabel.rules`): ``autofernet`` (the reference, default),
+``confident``, ``consensus`` (a per-sample running average of the softmax, decided once
+per epoch) and ``soft`` (bootstrapped soft targets). The averaging rules' state (the
+average, the streaks) is checkpointed with the labels and merged across DDP ranks.
+
+Modes (autofernet and confident):
 
 * ``batch`` (the reference): a changed label is used for that step only; every
   epoch starts again from the dataset's labels.
@@ -22,6 +27,10 @@ Per-epoch statistics (columns of metrics.csv; ``epoch`` is 1-based there):
 
 * ``relabel_changed``: samples whose label the rule changed this epoch (each
   training sample is seen once per epoch, so these are distinct samples).
+* ``relabel_agreement``: % of training samples whose prediction (the running average
+  for consensus/soft, the latest one otherwise) is their current label; with the
+  number of changes, what a user without clean labels can watch (it rises as labels
+  follow the model, so a rise alone does not mean the labels got cleaner).
 * With clean labels (SynthFER): ``relabel_restored`` (changed to the clean label),
   ``relabel_harmed`` (the label was clean and was changed, necessarily to a wrong
   one), ``relabel_wrong_to_wrong`` (a wrong label changed to another wrong one),
@@ -80,6 +89,9 @@ class Relabeller(Callback):
             recall and harm.
         classes: class names (transitions CSV, log).
         dist: :class:`nas.runtime.distributed.DistInfo` (merge of ranks' changes).
+        rule: one of :data:`nas.relabel.rules.RULES`; ``threshold`` is its margin
+            (``delta`` for confident/consensus; for soft it only switches the rule on).
+        ema_momentum / consensus_epochs / soft_lambda: the averaging rules' settings.
     """
 
     name = "relabel"
@@ -87,9 +99,23 @@ class Relabeller(Callback):
     def __init__(self, labels: torch.Tensor, train_idx: torch.Tensor, *, threshold: float,
                  fes: np.ndarray | None = None, fes_threshold: float = 0.03, mode: str = "batch", warmup: int = 1,
                  clean_labels: torch.Tensor | None = None, classes: Sequence[str] = (),
-                 dist: DistInfo | None = None, log: bool = True) -> None:
+                 dist: DistInfo | None = None, log: bool = True, rule: str = "autofernet",
+                 ema_momentum: float = 0.7, consensus_epochs: int = 2, soft_lambda: float = 0.5) -> None:
+        from nas.relabel.rules import RULES
+
+        if rule not in RULES:
+            raise FerNasError(f"--rule {rule!r}: choose from {', '.join(RULES)}")
         if mode not in RELABEL_MODES:
             raise FerNasError(f"--relabel_mode {mode!r}: choose from {', '.join(RELABEL_MODES)}")
+        if mode == "persistent" and rule in ("consensus", "soft"):
+            raise FerNasError(f"--relabel_mode persistent is for the autofernet and confident rules: --rule {rule} "
+                              f"keeps its own per-sample state across epochs")
+        if not 0.0 <= ema_momentum < 1.0:
+            raise FerNasError(f"--ema_momentum must be in [0, 1), got {ema_momentum}")
+        if consensus_epochs < 1:
+            raise FerNasError(f"--consensus_epochs must be >= 1, got {consensus_epochs}")
+        if not 0.0 <= soft_lambda <= 1.0:
+            raise FerNasError(f"--soft_lambda must be in [0, 1], got {soft_lambda}")
         if not math.isfinite(threshold) or threshold < 0:
             raise FerNasError(f"--relabel_threshold must be a number >= 0, got {threshold}")
         if warmup < 0:
@@ -112,26 +138,57 @@ class Relabeller(Callback):
             raise FerNasError(f"clean labels ({self.clean.numel()}) do not match the labels ({self.original.numel()})")
         self.dist = dist
         self.log = log
+        self.rule = rule
+        self.ema_momentum, self.consensus_epochs, self.soft_lambda = float(ema_momentum), int(consensus_epochs), \
+            float(soft_lambda)
         # base: each sample's label at the start of the epoch; now: after this epoch's changes
         self.base = self.original.clone()
         self.now = self.original.clone()
+        n = self.original.numel()
+        # per-sample state of the averaging rules: the running softmax, whether a sample has been seen,
+        # the consensus streak and the class it points to; `touched` marks rows a rank updated since the
+        # last DDP merge. `mass`: the target's probability on the clean class (soft rule, clean labels known)
+        self.uses_average = rule in ("consensus", "soft")
+        k = self.num_classes if self.uses_average else 0
+        self.avg = torch.zeros(n, k, dtype=torch.float32, device=self.device)
+        self.seen = torch.zeros(n, dtype=torch.bool, device=self.device)
+        self.touched = torch.zeros(n, dtype=torch.bool, device=self.device)
+        # every rule: each sample's latest prediction (-1: not seen yet), for the agreement column
+        self.pred = torch.full((n,), -1, dtype=torch.long, device=self.device)
+        self.streak = torch.zeros(n, dtype=torch.long, device=self.device)
+        self.last_pred = torch.full((n,), -1, dtype=torch.long, device=self.device)
+        self.mass = torch.ones(n if rule == "soft" else 0, dtype=torch.float32, device=self.device)
+        self._gate = None if self.fes is None else (self.fes > self.fes_threshold)
 
     @property
     def active(self) -> bool:
-        return self.threshold > 0
+        return self.threshold > 0 and (self.rule != "soft" or self.soft_lambda > 0)
 
     # -- per step (on the device, no host sync) -------------------------------------
     def __call__(self, epoch: int, step: int, idx: torch.Tensor, logits: torch.Tensor,
                  targets: torch.Tensor) -> torch.Tensor:
         if targets.is_floating_point():  # soft targets are never relabelled (relabel_main refuses the combination)
             return targets
-        given = self.base[idx]
-        if epoch < self.warmup or not self.active:
-            return given
-        from nas.relabel.rules import relabel
+        from nas.relabel import rules
 
+        given = self.base[idx]
         probs = torch.softmax(logits.float(), dim=1)
-        new = relabel(probs, given, self.threshold, self.fes, self.fes_threshold)
+        self.pred[idx] = probs.argmax(dim=1)
+        self.touched[idx] = True
+        if self.uses_average:  # the average runs from the first epoch, warm-up included
+            rules.ema_update(self.avg, self.seen, idx, probs, self.ema_momentum)
+        if epoch < self.warmup or not self.active or self.rule == "consensus":  # consensus decides per epoch
+            return given
+        if self.rule == "soft":
+            soft = rules.soft_targets(self.avg[idx], given, self.soft_lambda, self.fes)
+            self.now[idx] = soft.argmax(dim=1)
+            if self.clean is not None:
+                self.mass[idx] = soft.gather(1, self.clean[idx, None]).squeeze(1)
+            return soft
+        if self.rule == "confident":
+            new, _ = rules.confident(probs, given, self.threshold, self.fes, self.fes_threshold)
+        else:
+            new = rules.relabel(probs, given, self.threshold, self.fes, self.fes_threshold)
         self.now[idx] = new
         return new
 
@@ -141,12 +198,32 @@ class Relabeller(Callback):
         A changed label is encoded ``label + 1`` (unchanged 0) and reduced with MAX, which
         is also right for entries every rank already holds (after a mid-epoch resume)."""
         if self.dist is None or not self.dist.enabled:
+            self.touched.zero_()
             return
-        from nas.runtime.distributed import all_reduce_max
+        from nas.runtime.distributed import all_reduce_max, all_reduce_sum
 
         enc = torch.where(self.now != self.base, self.now + 1, torch.zeros_like(self.now))
         all_reduce_max(enc)
         self.now = torch.where(enc > 0, enc - 1, self.base)
+        enc = torch.where(self.touched, self.pred + 1, torch.zeros_like(self.pred))
+        all_reduce_max(enc)   # shards are disjoint: one rank touched each row
+        self.pred = torch.where(enc > 0, enc - 1, self.pred)
+        if self.uses_average:
+            # rows a rank updated since the last merge travel as sums over the ranks that touched them
+            # (shards are disjoint, so that is one rank; rows every rank holds were merged before)
+            count = self.touched.float()
+            rows = [torch.where(self.touched[:, None], self.avg, torch.zeros_like(self.avg))]
+            if self.mass.numel():
+                rows.append(torch.where(self.touched, self.mass, torch.zeros_like(self.mass))[:, None])
+            packed = torch.cat([count[:, None], *rows], dim=1)
+            all_reduce_sum(packed)
+            count, hit = packed[:, 0], packed[:, 0] > 0
+            self.avg = torch.where(hit[:, None], packed[:, 1:1 + self.num_classes] / count.clamp_min(1)[:, None],
+                                   self.avg)
+            if self.mass.numel():
+                self.mass = torch.where(hit, packed[:, -1] / count.clamp_min(1), self.mass)
+            self.seen |= hit
+        self.touched.zero_()
 
     def statistics(self) -> tuple[dict[str, Any], torch.Tensor]:
         """This epoch's metrics columns and the K×K transition counts (merged over ranks)."""
@@ -160,7 +237,8 @@ class Relabeller(Callback):
         n_train = int(t.numel())
         n_changed = int(changed.sum())
         row: dict[str, Any] = {"relabel_changed": n_changed,
-                               "relabel_rate": 100.0 * n_changed / n_train if n_train else 0.0}
+                               "relabel_rate": 100.0 * n_changed / n_train if n_train else 0.0,
+                               "relabel_agreement": self._agreement(t)}
         if self.clean is not None:
             clean, orig = self.clean[t], self.original[t]
             noisy = orig != clean
@@ -175,14 +253,39 @@ class Relabeller(Callback):
                 relabel_recall=100.0 * int((noisy & (new == clean)).sum()) / n_noisy if n_noisy else "",
                 relabel_harm=100.0 * int((~noisy & (new != clean)).sum()) / n_clean if n_clean else "",
                 relabel_label_noise=100.0 * int((new != clean).sum()) / n_train if n_train else "",
+                relabel_clean_mass=100.0 * float(self._clean_mass(t, new, clean)),
             )
         return row, trans
 
+    def _agreement(self, t: torch.Tensor) -> float | str:
+        """% of the training samples seen so far whose prediction (the running average for
+        consensus/soft, else the latest one) is their current label: the signal a user without
+        clean labels can watch."""
+        pred = self.avg[t].argmax(dim=1) if self.uses_average else self.pred[t]
+        seen = self.pred[t] >= 0
+        n = int(seen.sum())
+        return 100.0 * int((pred[seen] == self.now[t][seen]).sum()) / n if n else ""
+
+    def _clean_mass(self, t: torch.Tensor, new: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        """Mean probability the training targets put on the clean class (hard rules: the share
+        of clean labels; soft: the targets' mass as last used)."""
+        if self.rule == "soft" and self.active:
+            return self.mass[t].mean()
+        return (new == clean).float().mean()
+
     def end_epoch(self, epoch: int) -> tuple[dict[str, Any], torch.Tensor]:
-        """Statistics of the epoch, then move on: persistent mode keeps the changes,
-        batch mode forgets them."""
+        """Statistics of the epoch, then move on: persistent mode keeps the changes, batch mode
+        forgets them; consensus takes its per-epoch decision first (its changes are the labels
+        of the next epoch) and keeps it."""
+        from nas.relabel.rules import consensus
+
+        self._merge()
+        if self.rule == "consensus" and self.active and epoch >= self.warmup:
+            self.now, self.streak, self.last_pred = consensus(
+                self.avg, self.original, self.streak, self.last_pred, self.threshold, self.consensus_epochs,
+                self._gate)
         row, trans = self.statistics()
-        if self.mode == "persistent":
+        if self.mode == "persistent" or self.rule == "consensus":
             self.base = self.now.clone()
         else:
             self.now = self.base.clone()
@@ -205,8 +308,13 @@ class Relabeller(Callback):
         """Label tensors (CPU). Under DDP this merges the ranks' changes (a collective:
         the trainer builds its state on every rank)."""
         self._merge()
-        return {"kind": "fer-nas-relabeller", "mode": self.mode, "original": self.original.cpu(),
-                "base": self.base.cpu(), "now": self.now.cpu()}
+        state = {"kind": "fer-nas-relabeller", "mode": self.mode, "rule": self.rule,
+                 "original": self.original.cpu(), "base": self.base.cpu(), "now": self.now.cpu(),
+                 "pred": self.pred.cpu()}
+        if self.uses_average:
+            state.update(avg=self.avg.cpu(), seen=self.seen.cpu(), streak=self.streak.cpu(),
+                         last_pred=self.last_pred.cpu(), mass=self.mass.cpu())
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the label tensors; the data's labels must be the run's."""
@@ -218,8 +326,19 @@ class Relabeller(Callback):
                               "(pass the same --dataset/--data flags)")
         if state.get("mode") != self.mode:
             raise FerNasError(f"the run used --relabel_mode {state.get('mode')}, not {self.mode}")
+        if state.get("rule", "autofernet") != self.rule:
+            raise FerNasError(f"the run used --rule {state.get('rule', 'autofernet')}, not {self.rule}")
         self.base = state["base"].to(self.device).long()
         self.now = state["now"].to(self.device).long()
+        if "pred" in state:   # runs of fer-nas 0.2 have no agreement column to continue
+            self.pred = state["pred"].to(self.device).long()
+        if self.uses_average:
+            self.avg = state["avg"].to(self.device).float()
+            self.seen = state["seen"].to(self.device).bool()
+            self.streak = state["streak"].to(self.device).long()
+            self.last_pred = state["last_pred"].to(self.device).long()
+            self.mass = state["mass"].to(self.device).float()
+        self.touched.zero_()
 
 
 def _describe(row: Mapping[str, Any]) -> str:
@@ -236,20 +355,31 @@ def _describe(row: Mapping[str, Any]) -> str:
 # ----------------------------------------------------------------------------- flags
 def add_relabel_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The relabelling flags (the reference's names and defaults)."""
+    from nas.relabel.rules import RULES
     from nas.runtime.cli import str2bool
 
     g = parser.add_argument_group("relabelling")
     g.add_argument("--checkpoint", default=None,
                    help="checkpoint to start from (e.g. runs/train-.../snapshot_train85.pt); the model, "
                         "genotype and layers come from it")
+    g.add_argument("--rule", default="autofernet", choices=RULES,
+                   help="autofernet: the reference's near-tie window; confident: p_pred - p_label > threshold; "
+                        "consensus: the same on an average over epochs, for --consensus_epochs epochs in a row; "
+                        "soft: targets (1-lambda) onehot + lambda p_avg (see docs/relabelling.md)")
     g.add_argument("--relabel_threshold", type=float, default=0.2,
-                   help="change a label to the prediction when 0 < p_pred - p_label < this (0: never)")
+                   help="the rule's margin: autofernet changes a label when 0 < p_pred - p_label < this, "
+                        "confident and consensus when p_pred - p_label > this (0: never relabel, any rule)")
+    g.add_argument("--ema_momentum", type=float, default=0.7,
+                   help="consensus/soft: per-epoch momentum of each sample's averaged softmax")
+    g.add_argument("--consensus_epochs", type=int, default=2,
+                   help="consensus: epochs in a row the average must disagree before a label follows it")
+    g.add_argument("--soft_lambda", type=float, default=0.5,
+                   help="soft: weight of the averaged prediction in the target")
     g.add_argument("--no_relabel", action="store_true", default=False,
                    help="continued training without relabelling (the control run; same as --relabel_threshold 0)")
-    g.add_argument("--fes", type=str2bool, default=True, help="gate changes by the FES matrix (True/False)")
+    g.add_argument("--fes", type=str2bool, default=True,
+                   help="gate changes by the FES matrix (True/False); soft: shape the mass leaving a label by it")
     g.add_argument("--fes_threshold", type=float, default=0.03, help="a change t->p needs FES[t][p] > this")
-    g.add_argument("--fes_matrix", default=None,
-                   help="JSON 7x7 matrix (fernas fes --out) or FER+ votes CSV (default: nas.fes.DEFAULT_FES)")
     g.add_argument("--relabel_mode", default="batch", choices=RELABEL_MODES,
                    help="batch: a changed label lives for that step (reference); persistent: it is kept")
     g.add_argument("--relabel_warmup", type=int, default=1,
@@ -259,22 +389,9 @@ def add_relabel_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 def resolve_fes(args: argparse.Namespace, classes: Sequence[str]) -> np.ndarray | None:
     """The FES gate's matrix, or None with ``--fes False``."""
-    from nas.data.dataset import FER_CLASSES
-    from nas.data.ferplus import DEFAULT_FES, load_fes
+    from nas.data.ferplus import fes_for_classes
 
-    if not args.fes:
-        return None
-    if args.fes_matrix:
-        m = load_fes(args.fes_matrix)
-    else:
-        if list(classes) != list(FER_CLASSES):
-            raise FerNasError(f"the default FES matrix is in FER2013 class order; these data's classes are "
-                              f"{', '.join(classes)}: pass --fes_matrix FILE or --fes False")
-        m = np.array(DEFAULT_FES)
-    if m.shape != (len(classes), len(classes)):
-        raise FerNasError(f"{args.fes_matrix}: FES matrix is {m.shape[0]}x{m.shape[1]} but the data has "
-                          f"{len(classes)} classes")
-    return m
+    return fes_for_classes(args.fes_matrix, classes) if args.fes else None
 
 
 def drop_path_schedule(ckpt: Mapping[str, Any], epochs: int) -> tuple[float, float, float]:
@@ -304,6 +421,14 @@ def check_relabel_args(args: argparse.Namespace) -> None:
                           "continue soft training")
     if not args.resume and not args.checkpoint:
         raise FerNasError("--checkpoint PATH is required (e.g. runs/train-FER_V1-.../snapshot_train85.pt)")
+    if args.relabel_mode == "persistent" and args.rule in ("consensus", "soft"):
+        raise FerNasError(f"--relabel_mode persistent is for the autofernet and confident rules: --rule {args.rule} "
+                          f"keeps its own per-sample state across epochs")
+    for name, ok, want in (("ema_momentum", 0.0 <= args.ema_momentum < 1.0, "in [0, 1)"),
+                           ("consensus_epochs", args.consensus_epochs >= 1, ">= 1"),
+                           ("soft_lambda", 0.0 <= args.soft_lambda <= 1.0, "in [0, 1]")):
+        if not ok:
+            raise FerNasError(f"--{name} must be {want}, got {getattr(args, name)}")
 
 
 def run_relabel(s: Session, start: tuple[nn.Module, dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -341,7 +466,8 @@ def run_relabel(s: Session, start: tuple[nn.Module, dict[str, Any]] | None = Non
         hook = Relabeller(data.labels.to(s.device), (data.split == SPLITS.index("Training")).nonzero().flatten(),
                           threshold=args.relabel_threshold, fes=fes, fes_threshold=args.fes_threshold,
                           mode=args.relabel_mode, warmup=args.relabel_warmup, clean_labels=data.clean_labels,
-                          classes=data.classes, dist=s.dist)
+                          classes=data.classes, dist=s.dist, rule=args.rule, ema_momentum=args.ema_momentum,
+                          consensus_epochs=args.consensus_epochs, soft_lambda=args.soft_lambda)
     trainer = Trainer(model, data, cfg, run, dist=s.dist, norm=(mean, std), target_hook=hook,
                       callbacks=[hook] if hook is not None else [], drop_path_offset=dp_offset,
                       drop_path_total=dp_total, args={**vars(args), "arch": arch}, stage="relabel")
@@ -372,8 +498,13 @@ def run_relabel(s: Session, start: tuple[nn.Module, dict[str, Any]] | None = Non
 def _start_line(args: argparse.Namespace, ckpt: Mapping[str, Any], source: Path, fes: np.ndarray | None,
                 dp_prob: float, dp_offset: float, dp_total: float, data: FERData) -> str:
     gate = "off" if fes is None else f"FES > {args.fes_threshold} ({args.fes_matrix or 'DEFAULT_FES'})"
-    what = (f"relabelling ({args.relabel_mode} mode, threshold {args.relabel_threshold}, gate {gate}, from epoch "
-            f"{args.relabel_warmup + 1})" if args.relabel_threshold > 0 else "continued training without relabelling")
+    extra = {"consensus": f", average momentum {args.ema_momentum}, {args.consensus_epochs} epochs in a row",
+             "soft": f", lambda {args.soft_lambda}, average momentum {args.ema_momentum}"}.get(args.rule, "")
+    if args.rule == "soft":
+        gate = "off" if fes is None else f"FES prior ({args.fes_matrix or 'DEFAULT_FES'})"
+    what = (f"relabelling (rule {args.rule}{extra}, {args.relabel_mode} mode, threshold {args.relabel_threshold}, "
+            f"gate {gate}, from epoch {args.relabel_warmup + 1})" if args.relabel_threshold > 0
+            else "continued training without relabelling")
     line = (f"start from {ckpt.get('path', source)} (epoch {ckpt.get('epoch')}, training accuracy "
             f"{(ckpt.get('metrics') or {}).get('train_acc', 'n/a')}); {what}; drop-path {dp_prob} x (epoch + "
             f"{dp_offset:g}) / {dp_total:g}")
@@ -406,6 +537,7 @@ def summarize_relabel(rows: Sequence[Mapping[str, Any]], warmup: int = 1) -> dic
                    precision=100.0 * restored / out["changed"] if out["changed"] else None,
                    last_recall=num(rel[-1].get("relabel_recall")), last_harm=num(rel[-1].get("relabel_harm")),
                    last_label_noise=num(rel[-1].get("relabel_label_noise")),
+                   last_clean_mass=num(rel[-1].get("relabel_clean_mass")),
                    mean_recall=_mean(num(r.get("relabel_recall")) for r in rel if num(r.get("epoch")) > warmup),
                    mean_harm=_mean(num(r.get("relabel_harm")) for r in rel if num(r.get("epoch")) > warmup))
     return out
@@ -454,7 +586,7 @@ def plot_relabel(rows: Sequence[Mapping[str, Any]], path: str | Path, *,
     epochs = col("epoch")
     have_clean = "relabel_restored" in rows[0]
     have_trans = bool(transitions) and bool(classes)
-    n = 1 + have_clean + have_trans
+    n = 2 + have_trans
     fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4))
     axes = np.atleast_1d(axes)
     ax = axes[0]
@@ -468,19 +600,22 @@ def plot_relabel(rows: Sequence[Mapping[str, Any]], path: str | Path, *,
     ax.set_title("label changes")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    ax = axes[1]
+    curves = [("relabel_agreement", "prediction agrees with the label", "black")]
     if have_clean:
-        ax = axes[1]
-        for key, label, color in (("relabel_precision", "precision (restored / changed)", "tab:blue"),
-                                  ("relabel_recall", "recall (noisy labels trained as clean)", "tab:green"),
-                                  ("relabel_harm", "harm (clean labels trained as wrong)", "tab:red"),
-                                  ("relabel_label_noise", "noise of the labels trained on", "tab:gray")):
+        curves += [("relabel_precision", "precision (restored / changed)", "tab:blue"),
+                   ("relabel_recall", "recall (noisy labels trained as clean)", "tab:green"),
+                   ("relabel_harm", "harm (clean labels trained as wrong)", "tab:red"),
+                   ("relabel_label_noise", "noise of the labels trained on", "tab:gray")]
+    for key, label, color in curves:
+        if key in rows[0]:
             ax.plot(epochs, col(key), "-o", ms=3, color=color, label=label)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("%")
-        ax.set_ylim(0, 100)
-        ax.set_title("relabelling quality (clean labels known)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    ax.set_title("relabelling quality" + (" (clean labels known)" if have_clean else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     if have_trans:
         k = len(classes)
         m = np.zeros((k, k))

@@ -1,4 +1,5 @@
-"""Cross-dataset tests of a trained checkpoint: CK+ folds, JAFFE subjects.
+"""Cross-dataset tests of a trained checkpoint: CK+ folds, JAFFE subjects, and any dataset
+the readers know (``fernas crosstest``, :func:`crosstest_folds`).
 
 Two modes, one loop (:func:`cross_validate`):
 
@@ -187,6 +188,47 @@ def loso_folds(subjects: Sequence[str], only: Sequence[str] | None = None) -> li
         names = [s for s in names if s in wanted]
     n = len(subjects)
     return [_fold(s, [i for i in range(n) if subjects[i] == s], n, subjects) for s in names]
+
+
+def crosstest_folds(data: FERData, how: str, *, k: int = 10, seed: int = 0, split: str = "auto",
+                    only: Sequence[str] | None = None) -> tuple[list[Fold], str]:
+    """The folds of ``fernas crosstest`` and a phrase for the log.
+
+    ``how="none"`` (direct test): one part holding the images ``split`` names (``auto``:
+    PrivateTest where the data has its own test part beside training images, else every
+    image). ``folds``: ``k`` subject-independent folds where the reader gives subject ids,
+    else stratified folds of single images (said in the phrase). ``loso``: one fold per
+    subject (needs subject ids)."""
+    from nas.data.dataset import SPLITS
+
+    n = len(data)
+    if how == "none":
+        test = data.split == SPLITS.index("PrivateTest")
+        if split == "auto":
+            split = "PrivateTest" if test.any() and not test.all() else "all"
+        if split != "all":
+            if split not in SPLITS:
+                raise FerNasError(f"--split {split!r}: choose from auto, all, {', '.join(SPLITS)}")
+            idx = (data.split == SPLITS.index(split)).nonzero().flatten().cpu()
+            if not idx.numel():
+                raise FerNasError(f"{data.source}: no {split} images to test (try --split all)")
+        else:
+            idx = torch.arange(n)
+        return [_fold(split, idx.numpy(), n, data.subjects)], f"direct test on {split} ({idx.numel()} images)"
+    if how == "loso":
+        if data.subjects is None:
+            raise FerNasError(f"{data.source}: the {data.format} reader gives no subject ids; --finetune loso needs "
+                              "them (use --finetune folds)")
+        return loso_folds(data.subjects, only), "leave-one-subject-out"
+    if how != "folds":
+        raise FerNasError(f"--finetune {how!r}: choose from none, folds, loso")
+    if data.subjects is not None:
+        return (subject_folds(data.subjects, data.labels, k, seed=seed, num_classes=len(data.classes)),
+                f"{k} subject-independent folds")
+    ids = [str(i) for i in range(n)]  # one "subject" per image: stratified k-fold
+    return (subject_folds(ids, data.labels, k, seed=seed, num_classes=len(data.classes)),
+            f"{k} stratified folds of images (the {data.format} reader gives no subject ids, so a person may be "
+            "on both sides)")
 
 
 def fold_report(folds: Sequence[Fold], n: int, subjects: Sequence[str] | None = None) -> dict[str, Any]:
@@ -499,9 +541,10 @@ def _plot_rect_confusion(cm: torch.Tensor, rows: Sequence[str], cols: Sequence[s
 
 # ----------------------------------------------------------------------------- the scripts
 def add_crossdata_args(parser: argparse.ArgumentParser, *, kind: str) -> argparse.ArgumentParser:
-    """Flags of test_ck48.py (``kind="ck48"``) and test_jaffe.py (``kind="jaffe"``): the
-    checkpoint, the data, the fine-tuning recipe (the reference's defaults: 60 epochs,
-    learning rate 0.01794073, batch 64) and the engine's training flags."""
+    """Flags of test_ck48.py (``kind="ck48"``), test_jaffe.py (``kind="jaffe"``) and ``fernas
+    crosstest`` (``kind="any"``): the checkpoint, the data, the fine-tuning recipe (the
+    reference's defaults: 60 epochs, learning rate 0.01794073, batch 64) and the engine's
+    training flags."""
     from nas.data import add_data_args
     from nas.data.source import name_list
     from nas.engine.session import add_session_args
@@ -521,11 +564,22 @@ def add_crossdata_args(parser: argparse.ArgumentParser, *, kind: str) -> argpars
         parser.add_argument("--fold_seed", type=int, default=0, help="seed of the subject-to-fold assignment")
         parser.add_argument("--no_finetune", action="store_true",
                             help="direct test: score the checkpoint as it is (classes matched by name)")
-    else:
+    elif kind == "jaffe":
         parser.add_argument("--finetune", default="none", choices=["none", "loso"],
                             help="none: direct test (default); loso: leave-one-subject-out fine-tuning")
         parser.add_argument("--subjects", default=None, type=name_list,
                             help="hold out only these subjects (comma-separated codes, e.g. KA,KL); default all")
+    else:
+        parser.add_argument("--finetune", default="none", choices=["none", "folds", "loso"],
+                            help="none: direct test, classes matched by name (default); folds: k-fold fine-tuning, "
+                                 "subject-independent where the data has subject ids; loso: leave one subject out")
+        parser.add_argument("--split", default="auto", choices=["auto", "all", "Training", "PublicTest", "PrivateTest"],
+                            help="direct test: the images tested (auto: PrivateTest where the data has its own test "
+                                 "part, else all)")
+        parser.add_argument("--folds", type=int, default=10, help="--finetune folds: number of folds")
+        parser.add_argument("--fold_seed", type=int, default=0, help="seed of the assignment to folds")
+        parser.add_argument("--subjects", default=None, type=name_list,
+                            help="--finetune loso: hold out only these subjects (comma-separated); default all")
     parser.add_argument("--head", default="keep", choices=HEADS,
                         help="keep: fine-tune the whole network, the checkpoint's class i becomes the data's class i "
                              "(neutral -> contempt on CK+); reinit: fresh classifier for the data's classes")
@@ -533,13 +587,19 @@ def add_crossdata_args(parser: argparse.ArgumentParser, *, kind: str) -> argpars
                         help="also score the held-out part every N epochs (curves only; default: last epoch only)")
     parser.add_argument("--keep_checkpoints", action="store_true", help="keep each fold's last.pt/best.pt")
     parser.add_argument("--verbose", action="store_true", help="print every fold's epoch lines")
-    add_data_args(parser, synth_format=kind)
+    add_data_args(parser, synth_format=kind if kind in ("ck48", "jaffe") else "fer2013")
     add_train_args(parser, epochs=60, learning_rate=0.01794073, batch_size=64, snapshot_at=[])
     add_session_args(parser)
     return parser
 
 
 CROSSVAL_KIND = "fer-nas-crossval"
+
+
+def _finetunes(args: argparse.Namespace, kind: str) -> bool:
+    if kind == "ck48":
+        return not args.no_finetune
+    return args.finetune != "none"
 
 
 def checked_checkpoint(args: argparse.Namespace, kind: str) -> dict[str, Any] | None:
@@ -554,16 +614,15 @@ def checked_checkpoint(args: argparse.Namespace, kind: str) -> dict[str, Any] | 
     if not args.checkpoint:
         raise FerNasError("--checkpoint PATH is required (a .pt file or a run folder), or --resume RUN_DIR")
     _, ckpt = load_model_from_checkpoint(args.checkpoint, "cpu")
-    finetune = (not args.no_finetune) if kind == "ck48" else args.finetune == "loso"
-    if finetune:
+    if _finetunes(args, kind) and kind != "any":  # crosstest checks the head against the data it reads
         prepare_model(args.checkpoint, list(CK48_CLASSES if kind == "ck48" else FER_CLASSES), args.head,
                       seed=args.seed)
     return ckpt
 
 
 def run_crossdata(s: Session, kind: str, ckpt: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The body of test_ck48.py (``kind="ck48"``) / test_jaffe.py (``kind="jaffe"``) in a
-    session. The run folder's own ``last.pt`` holds the flags (what ``--resume`` takes
+    """The body of test_ck48.py (``kind="ck48"``), test_jaffe.py (``kind="jaffe"``) and
+    ``fernas crosstest`` (``kind="any"``) in a session. The run folder's own ``last.pt`` holds the flags (what ``--resume`` takes
     back); finished folds are reused on resume and an interrupted one continues."""
     from nas.data import open_data_from_args
     from nas.data.ck48 import CK48_CLASSES
@@ -572,18 +631,18 @@ def run_crossdata(s: Session, kind: str, ckpt: Mapping[str, Any] | None = None) 
     from nas.runtime.checkpoint import safe_load
 
     args, run, dist = s.args, s.run, s.dist
-    finetune = (not args.no_finetune) if kind == "ck48" else args.finetune == "loso"
+    finetune = _finetunes(args, kind)
     if ckpt is None:
         ckpt = safe_load(args.checkpoint)
     if s.state is None:
-        run.save("last.pt", {"kind": CROSSVAL_KIND, "stage": kind, "args": {k: v for k, v in vars(args).items()},
+        run.save("last.pt", {"kind": CROSSVAL_KIND, "stage": "crosstest" if kind == "any" else kind, "args": {k: v for k, v in vars(args).items()},
                              "epoch": 0, "step": 0})
-    expected = list(CK48_CLASSES if kind == "ck48" else FER_CLASSES)
     data = open_data_from_args(args)
-    if data.subjects is None:
+    expected = list(CK48_CLASSES if kind == "ck48" else FER_CLASSES if kind == "jaffe" else data.classes)
+    if data.subjects is None and kind != "any":
         raise FerNasError(f"{data.source}: the {data.format} reader gives no subject ids; "
                           f"{'CK+ folds' if kind == 'ck48' else 'JAFFE subjects'} need them")
-    if finetune and list(data.classes) != expected and args.head == "keep":
+    if finetune and args.head == "keep" and (kind == "any" or list(data.classes) != expected):
         prepare_model(args.checkpoint, data.classes, "keep")  # raises with the mismatch named
     n = len(data)
     if kind == "ck48":
@@ -601,13 +660,20 @@ def run_crossdata(s: Session, kind: str, ckpt: Mapping[str, Any] | None = None) 
         label, csv_name = "fold", "folds.csv"
         extra = {"protocol": args.protocol, "fold_seed": args.fold_seed,
                  "coverage": fold_report(folds, n, data.subjects)}
+    elif kind == "any":
+        folds, how = crosstest_folds(data, args.finetune, k=args.folds, seed=args.fold_seed, split=args.split,
+                                     only=args.subjects)
+        label = {"none": "part", "folds": "fold", "loso": "subject"}[args.finetune]
+        csv_name = f"{label}s.csv"
+        extra = {"protocol": how, "dataset": data.format, "coverage": fold_report(folds, n, data.subjects)}
     else:
         folds = loso_folds(data.subjects, args.subjects)
         label, csv_name = "subject", "subjects.csv"
         extra = {"protocol": "leave-one-subject-out" if finetune else "direct test, per subject",
                  "coverage": fold_report(folds, n, data.subjects)}
     cov = extra["coverage"]
-    run.log(f"{data.source}: {n} images, {len(set(data.subjects))} subjects, {len(folds)} {label}s "
+    n_subj = f"{len(set(data.subjects))} subjects" if data.subjects is not None else "no subject ids"
+    run.log(f"{data.source}: {n} images, {n_subj}, {len(folds)} {label}s "
             f"({extra['protocol']}); never tested {cov['never_tested']}, tested more than once "
             f"{cov['tested_more_than_once']}, {label}s with a subject on both sides "
             f"{len(cov['folds_with_subject_leakage'])}")

@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from nas.apps import (ck48, demo, ensemble, evaluate, export, fes, inspect, jaffe, predict, relabel, search, synthfer,
-                      train)
+from nas.apps import (ck48, crosstest, demo, ensemble, evaluate, export, fes, inspect, jaffe, predict, relabel, search,
+                      synthfer, train)
 
 __all__ = ["COMMANDS", "main"]
 
@@ -25,6 +25,7 @@ COMMANDS = {
     "ensemble": (ensemble, "combine checkpoints; weights and selection on PublicTest          [ensemble.py]"),
     "ck48": (ck48, "10-fold cross-dataset test on CK+48                               [test_ck48.py]"),
     "jaffe": (jaffe, "cross-dataset test on JAFFE (direct or leave-one-subject-out)     [test_jaffe.py]"),
+    "crosstest": (crosstest, "any checkpoint on any supported dataset: direct, k-fold or leave-one-subject-out"),
     "evaluate": (evaluate, "score a checkpoint on a split with every test-time view"),
     "predict": (predict, "expressions of the faces in photos, folders, video or a webcam"),
     "export": (export, "a checkpoint as ONNX or TorchScript, checked against PyTorch"),

@@ -21,13 +21,15 @@ def parser_for(kind: str, prog: str, description: str) -> ArgumentParser:
     return add_crossdata_args(ArgumentParser(prog=prog, description=description), kind=kind)
 
 
-def run_kind(args: argparse.Namespace, kind: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """A cross-dataset run: the checkpoint checked first, then the session and the folds."""
+def run_kind(args: argparse.Namespace, kind: str, parser: argparse.ArgumentParser,
+             stage: str | None = None) -> dict[str, Any]:
+    """A cross-dataset run: the checkpoint checked first, then the session and the folds
+    (``kind``: ``ck48``, ``jaffe`` or ``any``; ``stage`` names the run folder, default ``kind``)."""
     from nas.crossdata import checked_checkpoint, run_crossdata
     from nas.engine.session import open_session
 
     ckpt = checked_checkpoint(args, kind)  # a bad checkpoint fails in one line before any folder or data work
-    with open_session(args, parser, stage=kind) as s:
+    with open_session(args, parser, stage=stage or kind) as s:
         return run_crossdata(s, kind, ckpt)
 
 

@@ -18,7 +18,7 @@ FER_CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "sur
 #: Split codes stored in ``FERData.split`` index into this tuple.
 SPLITS: tuple[str, ...] = ("Training", "PublicTest", "PrivateTest")
 #: ``FERData.meta`` entries that are lists with one value per sample (sliced by ``select``).
-PER_SAMPLE_META: tuple[str, ...] = ("files", "native_labels", "valence", "arousal")
+PER_SAMPLE_META: tuple[str, ...] = ("files", "native_labels", "valence", "arousal", "confidence")
 
 
 @dataclass
@@ -126,8 +126,8 @@ class FERData:
             "soft_labels": self.soft_labels is not None,
             "clean_labels": self.clean_labels is not None,
         }
-        for key in ("variant", "split_from", "holdout", "ferplus", "crop", "label_map", "dropped_classes",
-                    "preprocess", "cache"):
+        for key in ("variant", "layout", "split_from", "holdout", "ferplus", "crop", "label_map", "dropped_classes",
+                    "non_expressions", "min_confidence", "low_confidence_dropped", "preprocess", "cache"):
             if key in self.meta:
                 out[key] = self.meta[key]
         return out

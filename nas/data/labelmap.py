@@ -37,6 +37,9 @@ NATIVE: dict[str, dict[int, str]] = {
     "affectnet": {0: "neutral", 1: "happy", 2: "sad", 3: "surprise", 4: "fear", 5: "disgust", 6: "anger",
                   7: "contempt"},
     "expw": dict(enumerate(("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"))),
+    # FER+'s vote columns (fer2013new.csv, label.csv) up to contempt; unknown and NF are no class
+    "ferplus": {0: "neutral", 1: "happiness", 2: "surprise", 3: "sadness", 4: "anger", 5: "disgust", 6: "fear",
+                7: "contempt"},
     "ck48": {i: name for name, i in CK48_FOLDERS.items()},
 }
 

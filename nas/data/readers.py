@@ -6,7 +6,9 @@ from pathlib import Path
 from nas.data.affectnet import affectnet_lists, is_affectnet_folders, read_affectnet
 from nas.data.ck48 import is_ck48, read_ck48
 from nas.data.dataset import FERData
+from nas.data.expw import expw_label_file, read_expw
 from nas.data.fer2013 import LABEL_MODES, locate_csv, read_fer2013_csv
+from nas.data.ferplus_images import ferplus_images_root, read_ferplus_images
 from nas.data.files import is_hidden, require_path
 from nas.data.folders import is_fer2013_folders, read_fer2013_folders, read_folder
 from nas.data.jaffe import is_jaffe, read_jaffe
@@ -15,14 +17,18 @@ from nas.runtime.errors import FerNasError
 
 __all__ = ["FORMATS", "detect_format", "load_dataset"]
 
-FORMATS = ("fer2013_csv", "fer2013_folders", "rafdb", "affectnet", "ck48", "jaffe", "folder")
+FORMATS = ("fer2013_csv", "fer2013_folders", "ferplus_images", "rafdb", "affectnet", "expw", "ck48", "jaffe", "folder")
+#: Formats whose faces are cropped/resized on reading (``--image_size``, the decoded-face cache).
+WILD_FORMATS = ("rafdb", "affectnet", "expw")
 
 
 def detect_format(path: str | Path) -> str:
     """The format of ``path``: ``fer2013_csv`` (a CSV file, or a folder holding fer2013.csv,
     icml_face_data.csv or train.csv, also under ``fer2013/``), ``rafdb`` (EmoLabel/list_patition_label.txt,
     or train/ and test/ holding folders 1-7), ``affectnet`` (training.csv + validation.csv, or
-    train/ and val/ class folders), ``fer2013_folders`` (train/ and test/), ``jaffe`` (tiffs),
+    train/ and val/ class folders), ``expw`` (label/label.lst), ``ferplus_images``
+    (FER2013Train/, FER2013Valid/, FER2013Test/ with label.csv), ``fer2013_folders``
+    (train/ and test/), ``jaffe`` (tiffs),
     ``ck48`` (CK+ class folder names) or ``folder`` (other class folders)."""
     p = require_path(path)
     if p.is_file():
@@ -31,6 +37,10 @@ def detect_format(path: str | Path) -> str:
         raise FerNasError(f"{p}: unknown format (expected a FER2013 .csv file or a data folder)")
     if locate_csv(p) is not None:
         return "fer2013_csv"
+    if ferplus_images_root(p) is not None:
+        return "ferplus_images"
+    if expw_label_file(p) is not None:
+        return "expw"
     if rafdb_label_file(p) is not None or is_rafdb_folders(p):
         return "rafdb"
     if affectnet_lists(p) is not None or is_affectnet_folders(p):
@@ -43,7 +53,8 @@ def detect_format(path: str | Path) -> str:
         return "ck48"
     if any(d.is_dir() and not is_hidden(d) for d in p.iterdir()):
         return "folder"
-    raise FerNasError(f"{p}: unknown format (no fer2013.csv, RAF-DB or AffectNet lists, train/+test/ folders, "
+    raise FerNasError(f"{p}: unknown format (no fer2013.csv, FER+ folders, RAF-DB, AffectNet or ExpW lists, "
+                      "train/+test/ folders, "
                       "JAFFE tiffs or class folders)")
 
 
@@ -51,7 +62,7 @@ def load_dataset(path: str | Path, format: str = "auto", *, skip_bad_rows: bool 
                  val_fraction: float = 0.1, ferplus: str | Path | None = None, labels: str = "fer",
                  classes: list[str] | None = None,
                  jaffe_crop: tuple[int, int, int, int] | None = None, image_size: int = 48,
-                 cache_dir: str | Path | None = None) -> FERData:
+                 cache_dir: str | Path | None = None, min_confidence: float | None = None) -> FERData:
     """Read a dataset in any supported format into a :class:`FERData`.
 
     ``seed``/``val_fraction`` set the held-out PublicTest part where a format has none;
@@ -59,7 +70,8 @@ def load_dataset(path: str | Path, format: str = "auto", *, skip_bad_rows: bool 
     folder's classes (for AffectNet ``["7"]`` or ``["8"]``: contempt folded out or kept);
     ``jaffe_crop`` = (top, left, height, width) is JAFFE's face box; ``image_size`` is the
     side RAF-DB and AffectNet faces are resized to, and ``cache_dir`` where their decoded
-    faces are cached (default: ``PATH/.fernas_cache``; ``"off"``: no cache).
+    faces are cached (default: ``PATH/.fernas_cache``; ``"off"``: no cache); ``min_confidence``
+    drops ExpW faces of lower detector confidence.
     Bad input raises :class:`FerNasError` with one line naming the file and the fault.
     """
     if format == "auto":
@@ -68,8 +80,13 @@ def load_dataset(path: str | Path, format: str = "auto", *, skip_bad_rows: bool 
         raise FerNasError(f"--format {format!r}: unknown format (choose from auto, {', '.join(FORMATS)})")
     if labels not in LABEL_MODES:
         raise FerNasError(f"--labels {labels!r}: unknown (choose from {', '.join(LABEL_MODES)})")
-    if (ferplus is not None or labels != "fer") and format != "fer2013_csv":
-        raise FerNasError(f"{path}: FER+ labels join a FER2013 CSV only, not {format}")
+    if ferplus is not None and format != "fer2013_csv":
+        raise FerNasError(f"{path}: --ferplus joins FER+ votes to a FER2013 CSV only, not {format}")
+    if labels != "fer" and format not in ("fer2013_csv", "ferplus_images"):
+        raise FerNasError(f"{path}: --labels {labels} needs FER+ votes (a FER2013 CSV with --ferplus, or the FER+ "
+                          f"image folders), not {format}")
+    if min_confidence is not None and format != "expw":
+        raise FerNasError(f"--min_confidence applies to ExpW only, not {format}")
     affectnet_classes = 7
     if classes is not None and format == "affectnet":
         if classes not in (["7"], ["8"]):
@@ -78,8 +95,8 @@ def load_dataset(path: str | Path, format: str = "auto", *, skip_bad_rows: bool 
         affectnet_classes = int(classes[0])
     elif classes is not None and format != "folder":
         raise FerNasError(f"--classes applies to generic class folders and AffectNet only, not {format}")
-    if image_size != 48 and format not in ("rafdb", "affectnet"):
-        raise FerNasError(f"--image_size applies to RAF-DB and AffectNet (resized on reading), not {format}")
+    if image_size != 48 and format not in WILD_FORMATS:
+        raise FerNasError(f"--image_size applies to RAF-DB, AffectNet and ExpW (resized on reading), not {format}")
     if not 8 <= image_size <= 512:
         raise FerNasError(f"--image_size {image_size}: must be between 8 and 512")
     if jaffe_crop is not None and format != "jaffe":
@@ -89,6 +106,11 @@ def load_dataset(path: str | Path, format: str = "auto", *, skip_bad_rows: bool 
                                 ferplus=ferplus, labels=labels)
     if format == "fer2013_folders":
         return read_fer2013_folders(path, skip_bad_rows=skip_bad_rows, seed=seed, val_fraction=val_fraction)
+    if format == "ferplus_images":
+        return read_ferplus_images(path, labels=labels, skip_bad_rows=skip_bad_rows)
+    if format == "expw":
+        return read_expw(path, image_size=image_size, min_confidence=min_confidence, skip_bad_rows=skip_bad_rows,
+                         seed=seed, val_fraction=val_fraction, cache_dir=cache_dir)
     if format == "rafdb":
         return read_rafdb(path, image_size=image_size, skip_bad_rows=skip_bad_rows, seed=seed,
                           val_fraction=val_fraction, cache_dir=cache_dir)

@@ -12,7 +12,7 @@ from nas.runtime.errors import FerNasError
 
 __all__ = ["DATASETS", "SYNTH_FORMATS", "open_data", "add_data_args", "open_data_from_args"]
 
-DATASETS = ("auto", "synthfer", "fer2013", "rafdb", "affectnet", "ck48", "jaffe", "folder")
+DATASETS = ("auto", "synthfer", "fer2013", "ferplus", "rafdb", "affectnet", "expw", "ck48", "jaffe", "folder")
 #: SynthFER export format -> the reader format that reads it back.
 SYNTH_FORMATS = {"fer2013": "fer2013_csv", "folder": "fer2013_folders", "ck48": "ck48", "jaffe": "jaffe",
                  "rafdb": "rafdb", "affectnet": "affectnet"}
@@ -25,9 +25,9 @@ def open_data(dataset: str = "auto", data: str | Path | None = None, *, size: in
     when there is no ``data``; ``synthfer`` without ``data`` exports SynthFER
     (``size``, ``seed``, ``noise``, ``noise_mode``, ``difficulty``, ``renderer``) in ``synth_format`` to a cached folder and
     reads it back with the real reader; ``fer2013`` accepts either FER2013 format;
-    ``ck48``/``jaffe``/``folder`` read that format. ``reader_opts`` go to :func:`load_dataset`
+    ``ferplus`` the FER+ image folders; ``ck48``/``jaffe``/``folder`` and the others read that format. ``reader_opts`` go to :func:`load_dataset`
     (``skip_bad_rows``, ``ferplus``, ``labels``, ``classes``, ``jaffe_crop``, ``val_fraction``,
-    ``image_size``, ``cache_dir``)."""
+    ``image_size``, ``cache_dir``, ``min_confidence``)."""
     if dataset not in DATASETS:
         raise FerNasError(f"--dataset {dataset!r}: unknown (choose from {', '.join(DATASETS)})")
     reader_opts.setdefault("seed", seed)
@@ -48,7 +48,7 @@ def open_data(dataset: str = "auto", data: str | Path | None = None, *, size: in
         if fmt not in ("fer2013_csv", "fer2013_folders"):
             raise FerNasError(f"{data}: --dataset fer2013 expects fer2013.csv or train/+test/ folders, found {fmt}")
     else:
-        fmt = "auto" if dataset == "auto" else dataset
+        fmt = {"auto": "auto", "ferplus": "ferplus_images"}.get(dataset, dataset)
     return load_dataset(data, fmt, **reader_opts)
 
 
@@ -81,9 +81,11 @@ def add_data_args(parser: argparse.ArgumentParser, *, dataset: str = "auto", syn
                    help="class order for a generic root/<class>/ folder, comma-separated; AffectNet: 7 "
                         "(contempt folded out, the default) or 8 (contempt kept as class 7)")
     g.add_argument("--image_size", default=48, type=int,
-                   help="RAF-DB/AffectNet: side the grey faces are resized to (antialiased)")
+                   help="RAF-DB/AffectNet/ExpW: side the grey faces are resized to (antialiased)")
     g.add_argument("--cache_dir", default=None,
-                   help="RAF-DB/AffectNet: folder of the decoded-face cache (default: PATH/.fernas_cache; off: none)")
+                   help="RAF-DB/AffectNet/ExpW: folder of the decoded-face cache (default: PATH/.fernas_cache; off: none)")
+    g.add_argument("--min_confidence", default=None, type=float,
+                   help="ExpW: drop faces whose detector confidence is below this (counted)")
     g.add_argument("--jaffe_crop", default=None, type=crop_box, help="JAFFE face box top,left,height,width")
     g.add_argument("--val_fraction", default=0.1, type=float,
                    help="held-out PublicTest fraction of Training where a format has no PublicTest")
@@ -107,4 +109,5 @@ def open_data_from_args(args: argparse.Namespace) -> FERData:
                      renderer=getattr(args, "synth_renderer", None),
                      skip_bad_rows=args.skip_bad_rows, ferplus=args.ferplus, labels=args.labels,
                      classes=args.classes, jaffe_crop=args.jaffe_crop, val_fraction=args.val_fraction,
-                     image_size=getattr(args, "image_size", 48), cache_dir=getattr(args, "cache_dir", None))
+                     image_size=getattr(args, "image_size", 48), cache_dir=getattr(args, "cache_dir", None),
+                     min_confidence=getattr(args, "min_confidence", None))

@@ -100,8 +100,8 @@ def build_wild(samples: Samples, *, dataset: str, fmt: str, root: Path, classes:
                       "to_toolkit": {str(k): classes[v] for k, v in sorted(lookup.items())}},
         "dropped_classes": dropped,
         "cache": how if cache is None or how == "uncached" else f"{how} ({cache})",
-        "split_from": f"the official test part is PrivateTest; PublicTest is a stratified {val_fraction:g} of the "
-                      f"training part (seed {seed})",
+        "split_from": info.get("split_from") or f"the official test part is PrivateTest; PublicTest is a "
+                                                f"stratified {val_fraction:g} of the training part (seed {seed})",
         "preprocess": preprocess_record(image_size, "the dataset's face box" if any(
             samples.boxes[i] is not None for i in pos) else None),
     })

@@ -50,7 +50,7 @@ RULE_FLAGS: dict[str, list[str]] = {
     "control": ["--no_relabel"],
     "autofernet": ["--rule", "autofernet", "--fes", "True"],
     # SCN's delta 0.2 collapses here: the step's own confident predictions become its targets and
-    # within one epoch every face is "neutral" (measured, docs/relabelling.md); 0.7 does not
+    # within one epoch every face is "neutral" (measured, docs/relabelling.md); 0.7 (the rule's default) does not
     "confident": ["--rule", "confident", "--fes", "False", "--relabel_threshold", "0.7"],
     "consensus": ["--rule", "consensus", "--fes", "False"],
     "soft": ["--rule", "soft", "--fes", "False", "--soft_lambda", "0.7"],

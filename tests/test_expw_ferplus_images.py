@@ -179,3 +179,24 @@ def test_ferplus_folders_refuse_a_join_and_a_foreign_header(tmp_path: Path) -> N
     (root / "FER2013Test" / "label.csv").write_text("name,a,b\nfer1.png,1,2\n")
     with pytest.raises(FerNasError, match="line 1: not a FER\\+ label file"):
         load_dataset(root)
+
+
+def test_training_on_the_ferplus_folders_with_soft_labels(tmp_path: Path) -> None:
+    """--labels ferplus_soft trains on the folders' vote distributions (no --ferplus needed);
+    on a FER2013 CSV without --ferplus the same flag is one line, before any data is read."""
+    from tests.cli_util import assert_one_line_error, run_inprocess
+
+    root = _ferplus_images(tmp_path / "FP")
+    run = tmp_path / "run"
+    proc = run_inprocess("train_searched.py", ["--arch", "cnn_shallow", "--data", root, "--labels", "ferplus_soft",
+                                               "--epochs", 1, "--batch_size", 8, "--save", run, "--device", "cpu",
+                                               "--plots", "False", "--snapshot_at", ""])
+    assert proc.returncode == 0, proc.stderr
+    assert (run / "best.pt").exists()
+    csv_path = tmp_path / "fer2013.csv"
+    csv_path.write_text("emotion,pixels,Usage\n" + "".join(f"{k % 7},{' '.join(['0'] * 2304)},{u}\n"
+                                                           for k, u in enumerate(["Training"] * 4 + ["PublicTest",
+                                                                                                    "PrivateTest"])))
+    proc = run_inprocess("train_searched.py", ["--arch", "cnn_shallow", "--data", csv_path, "--labels", "ferplus_soft",
+                                               "--save", tmp_path / "no", "--device", "cpu"])
+    assert_one_line_error(proc, "--labels ferplus_soft needs FER+ votes")

@@ -198,3 +198,26 @@ def test_fes_smoothing_trains_and_bad_rule_flags_are_one_line_errors(toy, tmp_pa
         assert p.returncode == 2, (extra, p.stderr)
         lines = p.stderr.strip().splitlines()
         assert len(lines) >= 1 and words in lines[-1] and "Traceback" not in p.stderr, (extra, p.stderr)
+
+
+def test_rule_defaults_and_the_collapse_warning(toy, tmp_path):  # noqa: F811
+    """Without --relabel_threshold each rule takes its own margin (confident 0.7, not SCN's 0.2
+    that collapses); a rule that changes most labels in an epoch is warned about in the log."""
+    from types import SimpleNamespace
+
+    from nas.relabel.stage import COLLAPSE_RATE, DEFAULT_THRESHOLDS
+
+    out = tmp_path / "confident"
+    run_cli(*_flags(toy, out, "--rule", "confident", "--fes", "False", "--epochs", "1", "--relabel_warmup", "0"))
+    assert safe_load(out / "last.pt")["args"]["relabel_threshold"] == DEFAULT_THRESHOLDS["confident"] == 0.7
+
+    logged: list[str] = []
+    run = SimpleNamespace(log=logged.append, append_metrics=lambda *a, **k: None)
+    labels = torch.tensor([0, 1, 2, 3])
+    for pred, warned in (([6, 6, 6, 3], True), ([6, 1, 2, 3], False)):   # 3 of 4 changed (75 %), then 1 of 4
+        h = Relabeller(labels, torch.arange(4), threshold=0.3, rule="confident", warmup=0, classes=FER_CLASSES)
+        h(0, 0, torch.arange(4), logits_for(pred, 0.9, [0, 1, 2, 3], 0.02), labels)
+        logged.clear()
+        h.on_epoch_end(SimpleNamespace(run=run), 0, {})
+        assert any("is likely confirming its own predictions" in m for m in logged) == warned
+    assert COLLAPSE_RATE == 50.0

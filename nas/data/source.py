@@ -10,7 +10,7 @@ from nas.data.fer2013 import LABEL_MODES
 from nas.data.readers import detect_format, load_dataset
 from nas.runtime.errors import FerNasError
 
-__all__ = ["DATASETS", "SYNTH_FORMATS", "open_data", "add_data_args", "open_data_from_args"]
+__all__ = ["DATASETS", "SYNTH_FORMATS", "open_data", "add_data_args", "open_data_from_args", "check_label_source"]
 
 DATASETS = ("auto", "synthfer", "fer2013", "ferplus", "rafdb", "affectnet", "expw", "ck48", "jaffe", "folder")
 #: SynthFER export format -> the reader format that reads it back.
@@ -99,6 +99,19 @@ def add_data_args(parser: argparse.ArgumentParser, *, dataset: str = "auto", syn
     g.add_argument("--synth_renderer", default=None, choices=("v1", "v2"),
                    help="SynthFER renderer: v2 shaded faces, v1 the flat drawings of earlier figures (default: v2)")
     parser.set_defaults(synth_format=synth_format)
+
+
+def check_label_source(args: argparse.Namespace) -> None:
+    """``--labels ferplus_*`` needs FER+ votes: ``--ferplus`` beside a FER2013 CSV, or the FER+
+    image folders as ``--data``. Checked before a run folder is made."""
+    from nas.data.ferplus_images import ferplus_images_root
+
+    if args.labels == "fer" or args.ferplus:
+        return
+    if args.data and (args.dataset == "ferplus" or ferplus_images_root(Path(args.data).expanduser()) is not None):
+        return
+    raise FerNasError(f"--labels {args.labels} needs FER+ votes: --ferplus PATH (fer2013new.csv beside a FER2013 CSV) "
+                      "or the FER+ image folders as --data")
 
 
 def open_data_from_args(args: argparse.Namespace) -> FERData:

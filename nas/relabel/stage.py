@@ -63,9 +63,17 @@ from nas.engine.session import Session
 from nas.runtime.distributed import DistInfo
 from nas.runtime.errors import FerNasError
 
-__all__ = ["RELABEL_MODES", "TRANSITIONS_CSV", "REFERENCE_DEFAULTS", "Relabeller", "add_relabel_args", "resolve_fes",
+__all__ = ["RELABEL_MODES", "DEFAULT_THRESHOLDS", "TRANSITIONS_CSV", "REFERENCE_DEFAULTS", "Relabeller", "add_relabel_args", "resolve_fes",
            "drop_path_schedule", "run_relabel", "check_relabel_args", "summarize_relabel", "plot_relabel"]
 
+#: ``--relabel_threshold`` when not given, per rule. The reference's 0.2 for its window; the
+#: confident rule's 0.7 because at SCN's 0.2 the training step's own confident predictions
+#: become its targets and the model collapses to one class within an epoch (measured on
+#: SynthFER, docs/relabelling.md); consensus decides on averaged probabilities.
+DEFAULT_THRESHOLDS = {"autofernet": 0.2, "confident": 0.7, "consensus": 0.2, "soft": 0.2}
+
+#: A rule that changes more than this % of the training labels in one epoch gets a warning.
+COLLAPSE_RATE = 50.0
 RELABEL_MODES = ("batch", "persistent")
 TRANSITIONS_CSV = "relabel_transitions.csv"
 REFERENCE_DEFAULTS = {"batch_size": 64, "learning_rate": 0.02272721, "epochs": 100}
@@ -302,6 +310,10 @@ class Relabeller(Callback):
                                 "count": int(trans[i, j])}, name=TRANSITIONS_CSV)
         if self.log and self.active and epoch >= self.warmup:
             run.log(f"  relabel epoch {epoch + 1}: {_describe(stats)}")
+            if stats["relabel_rate"] > COLLAPSE_RATE:
+                run.log(f"warning: the {self.rule} rule changed {stats['relabel_rate']:.0f}% of the training labels in "
+                        f"epoch {epoch + 1}: the model is likely confirming its own predictions (collapse); raise "
+                        "--relabel_threshold (docs/relabelling.md)")
 
     # -- checkpointing ----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -366,9 +378,10 @@ def add_relabel_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                    help="autofernet: the reference's near-tie window; confident: p_pred - p_label > threshold; "
                         "consensus: the same on an average over epochs, for --consensus_epochs epochs in a row; "
                         "soft: targets (1-lambda) onehot + lambda p_avg (see docs/relabelling.md)")
-    g.add_argument("--relabel_threshold", type=float, default=0.2,
+    g.add_argument("--relabel_threshold", type=float, default=None,
                    help="the rule's margin: autofernet changes a label when 0 < p_pred - p_label < this, "
-                        "confident and consensus when p_pred - p_label > this (0: never relabel, any rule)")
+                        "confident and consensus when p_pred - p_label > this (0: never relabel, any rule; default "
+                        + ", ".join(f"{r} {t}" for r, t in DEFAULT_THRESHOLDS.items()) + ")")
     g.add_argument("--ema_momentum", type=float, default=0.7,
                    help="consensus/soft: per-epoch momentum of each sample's averaged softmax")
     g.add_argument("--consensus_epochs", type=int, default=2,
@@ -410,9 +423,12 @@ def drop_path_schedule(ckpt: Mapping[str, Any], epochs: int) -> tuple[float, flo
 # ----------------------------------------------------------------------------- the run
 def check_relabel_args(args: argparse.Namespace) -> None:
     """The flag combinations that cannot work, refused before any work (and before a run
-    folder is made). Applies ``--no_relabel`` (threshold 0)."""
-    if args.labels != "fer" and not args.ferplus:
-        raise FerNasError(f"--labels {args.labels} needs --ferplus PATH (the FER+ votes file fer2013new.csv)")
+    folder is made). Fills the rule's default threshold; applies ``--no_relabel`` (threshold 0)."""
+    from nas.data.source import check_label_source
+
+    check_label_source(args)
+    if args.relabel_threshold is None:
+        args.relabel_threshold = DEFAULT_THRESHOLDS[args.rule]
     if args.no_relabel:
         args.relabel_threshold = 0.0
     if args.labels == "ferplus_soft" and args.relabel_threshold > 0:

@@ -62,7 +62,8 @@ COLUMNS = ["mode", "noise", "seed", "rule", "changed", "restored", "harmed", "pr
 METRICS = ["test_acc", "restored", "harmed", "precision", "recall", "harm", "label_noise", "clean_mass"]
 CSV_NAME = "relabel_grid.csv"
 
-FULL = {"arch": "cnn_shallow", "size": 3000, "difficulty": 1.0, "base_epochs": 20, "relabel_epochs": 12, "batch_size": 32,
+FULL = {"arch": "cnn_shallow", "size": 3000, "difficulty": 1.0, "base_epochs": 20, "relabel_epochs": 12,
+        "batch_size": 32,
         "learning_rate": 0.01}
 QUICK = {"arch": "cnn_shallow", "size": 600, "difficulty": 1.0, "base_epochs": 3, "relabel_epochs": 3, "batch_size": 32,
          "learning_rate": 0.01}
@@ -82,7 +83,8 @@ def get_args_parser() -> ArgumentParser:
     p.add_argument("--difficulty", type=float, default=None,
                    help=f"SynthFER difficulty (default {FULL['difficulty']})")
     p.add_argument("--arch", default=None, help=f"the network (default {FULL['arch']})")
-    p.add_argument("--base_epochs", type=int, default=None, help=f"epochs of the noisy-label base (default {FULL['base_epochs']})")
+    p.add_argument("--base_epochs", type=int, default=None,
+                   help=f"epochs of the noisy-label base (default {FULL['base_epochs']})")
     p.add_argument("--relabel_epochs", type=int, default=None,
                    help=f"epochs of each continued run (default {FULL['relabel_epochs']})")
     p.add_argument("--workers", type=int, default=1, help="processes training at once (one thread each when > 1)")

@@ -622,7 +622,8 @@ def checked_checkpoint(args: argparse.Namespace, kind: str) -> dict[str, Any] | 
 
 def run_crossdata(s: Session, kind: str, ckpt: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The body of test_ck48.py (``kind="ck48"``), test_jaffe.py (``kind="jaffe"``) and
-    ``fernas crosstest`` (``kind="any"``) in a session. The run folder's own ``last.pt`` holds the flags (what ``--resume`` takes
+    ``fernas crosstest`` (``kind="any"``) in a session. The run folder's own ``last.pt`` holds
+    the flags (what ``--resume`` takes
     back); finished folds are reused on resume and an interrupted one continues."""
     from nas.data import open_data_from_args
     from nas.data.ck48 import CK48_CLASSES
@@ -635,7 +636,8 @@ def run_crossdata(s: Session, kind: str, ckpt: Mapping[str, Any] | None = None) 
     if ckpt is None:
         ckpt = safe_load(args.checkpoint)
     if s.state is None:
-        run.save("last.pt", {"kind": CROSSVAL_KIND, "stage": "crosstest" if kind == "any" else kind, "args": {k: v for k, v in vars(args).items()},
+        run.save("last.pt", {"kind": CROSSVAL_KIND, "stage": "crosstest" if kind == "any" else kind,
+                             "args": {k: v for k, v in vars(args).items()},
                              "epoch": 0, "step": 0})
     data = open_data_from_args(args)
     expected = list(CK48_CLASSES if kind == "ck48" else FER_CLASSES if kind == "jaffe" else data.classes)

@@ -110,7 +110,8 @@ def read_expw(path: str | Path, *, image_size: int = 48, min_confidence: float |
         samples.add(images / name, native[k], bool(test[k]), where[k], box=boxes[k], confidence=confidences[k])
     meta = {"layout": "label/label.lst + image/origin/ (face boxes)", "min_confidence": min_confidence,
             "low_confidence_dropped": low,
-            "split_from": f"by photo: PrivateTest is {val_fraction:g} of the photos (seed {seed}), no photo on both sides; PublicTest is a stratified {val_fraction:g} of the rest"}
+            "split_from": f"by photo: PrivateTest is {val_fraction:g} of the photos (seed {seed}), no photo on both "
+                          f"sides; PublicTest is a stratified {val_fraction:g} of the rest"}
     return build_wild(samples, dataset="expw", fmt="expw", root=root, classes=list(FER_CLASSES),
                       image_size=image_size, seed=seed, val_fraction=val_fraction, skip_bad_rows=skip_bad_rows,
                       skipped=skipped, meta=meta, cache_dir=cache_dir)

@@ -84,7 +84,8 @@ def read_ferplus_images(path: str | Path, *, labels: str = "ferplus_majority", s
     root = require_path(path)
     base = ferplus_images_root(root)
     if base is None:
-        raise FerNasError(f"{root}: not the FER+ image folders (expected {', '.join(d + '/label.csv' for d in FOLDERS)})")
+        expected = ", ".join(d + "/label.csv" for d in FOLDERS)
+        raise FerNasError(f"{root}: not the FER+ image folders (expected {expected})")
     mode = "ferplus_majority" if labels == "fer" else labels
     if mode not in ("ferplus_majority", "ferplus_soft"):
         raise FerNasError(f"--labels {labels!r}: the FER+ folders take ferplus_majority or ferplus_soft")

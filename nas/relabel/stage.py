@@ -63,7 +63,8 @@ from nas.engine.session import Session
 from nas.runtime.distributed import DistInfo
 from nas.runtime.errors import FerNasError
 
-__all__ = ["RELABEL_MODES", "DEFAULT_THRESHOLDS", "TRANSITIONS_CSV", "REFERENCE_DEFAULTS", "Relabeller", "add_relabel_args", "resolve_fes",
+__all__ = ["RELABEL_MODES", "DEFAULT_THRESHOLDS", "COLLAPSE_RATE", "TRANSITIONS_CSV", "REFERENCE_DEFAULTS", "Relabeller",
+           "add_relabel_args", "resolve_fes",
            "drop_path_schedule", "run_relabel", "check_relabel_args", "summarize_relabel", "plot_relabel"]
 
 #: ``--relabel_threshold`` when not given, per rule. The reference's 0.2 for its window; the

@@ -13,6 +13,11 @@ finite differences at ``w +/- R v'`` (``R = 0.01 / |v'|``), as in DARTS.
 The virtual forwards run through :func:`torch.func.functional_call` with copies of the
 BN buffers, so the model's weights and running statistics are never touched by them.
 
+``beta_decay_weight`` (β-DARTS, Ye et al. CVPR 2022, ``--strategy beta_darts``) adds
+``weight * mean over the edges of both cells of logsumexp(alpha_e)`` to the validation
+loss: the smooth maximum of each edge's architecture weights, which keeps their value and
+spread from growing (the searcher sets the weight each epoch).
+
 Optionally a parameter-aware regulariser is added to the validation loss:
 ``complexity_weight * sum_edges softmax(alpha_e) . cost / sum(cost)`` over every edge of
 both cell types, ``cost`` being each candidate op's parameter count. (Auto-FERNet's code
@@ -56,6 +61,7 @@ class Architect:
         self.model = model
         self.unrolled = unrolled
         self.complexity_weight = float(complexity_weight)
+        self.beta_decay_weight = 0.0
         self.autocast = autocast or nullcontext
         self.hvp_r = hvp_r
         self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=arch_learning_rate, betas=(0.5, 0.999),
@@ -69,10 +75,18 @@ class Architect:
         costs = self._costs.to(m.alphas_normal.device, m.alphas_normal.dtype)
         return sum((F.softmax(a, dim=-1) @ costs).sum() for a in (m.alphas_normal, m.alphas_reduce))
 
+    def beta_decay_loss(self) -> torch.Tensor:
+        """β-DARTS's Beta-Decay term: the mean over every edge of both cell types of
+        ``logsumexp`` of its architecture weights."""
+        m = self.model
+        return torch.cat([torch.logsumexp(a, dim=-1) for a in (m.alphas_normal, m.alphas_reduce)]).mean()
+
     def _val_objective(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = F.cross_entropy(_full(logits), target)
         if self.complexity_weight:
             loss = loss + self.complexity_weight * self.complexity_loss()
+        if self.beta_decay_weight:
+            loss = loss + self.beta_decay_weight * self.beta_decay_loss()
         return loss
 
     def _forward(self, weights: dict[str, torch.Tensor] | None, buffers: dict[str, torch.Tensor] | None,

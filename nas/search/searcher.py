@@ -9,7 +9,13 @@ cosine schedule, gradient clipping); each update is applied only when it is fini
 Strategies: ``--strategy sgas`` (default): the :class:`~nas.search.sgas.SGAS` controller
 decides one edge per cell type at each decision epoch and owns the batch size, which grows
 after each decision; ``--strategy darts``: every epoch trains every edge and the genotype
-comes from DARTS's rule.
+comes from DARTS's rule. Two DARTS variants against its collapse to parameter-free
+operations: ``beta_darts`` (β-DARTS: a Beta-Decay term on the architecture loss whose weight
+rises linearly, ``--beta_decay_slope`` × epoch, as in the authors' code: 50 × epoch / 100)
+and ``darts_minus`` (DARTS-: an auxiliary skip connection on every edge, its weight decaying
+linearly from ``--aux_skip_start`` to 0 at the last epoch). ``--strategy random`` trains
+nothing: it samples a cell of the space (:mod:`nas.search.random_cells`, seeded by
+``--seed``), the baseline every comparison carries.
 
 Every epoch writes, in the run directory: a metrics row and ``last.pt`` (the loop), the
 architecture weights (``alphas.csv``) and the current genotype (``genotype.json``)
@@ -37,13 +43,14 @@ from nas.runtime.device import autocast, memory_layout
 from nas.runtime.distributed import DistInfo, all_reduce_mean_grads, all_reduce_sum, shard_batch
 from nas.runtime.errors import FerNasError
 from nas.search.architect import Architect
+from nas.search.random_cells import is_parameter_free, parameter_free_share
 from nas.search.sgas import CELL_TYPES, SGAS
 from nas.search.supernet import PRUNED, UNDECIDED, SearchNetwork, edge_list
 
 __all__ = ["STRATEGIES", "add_search_args", "check_args", "search_step", "BilevelSearch", "SearchRecorder",
            "Searcher", "genotype_line"]
 
-STRATEGIES = ("sgas", "darts")
+STRATEGIES = ("sgas", "darts", "beta_darts", "darts_minus", "random")
 
 
 def add_search_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -53,7 +60,14 @@ def add_search_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
     g = parser.add_argument_group("search")
     g.add_argument("--strategy", default="sgas", choices=STRATEGIES,
-                   help="sgas: greedy edge decisions; darts: train all epochs, DARTS genotype rule")
+                   help="sgas: greedy edge decisions; darts: train all epochs, DARTS genotype rule; beta_darts / "
+                        "darts_minus: darts with beta-decay / an auxiliary skip (against collapse); random: sample "
+                        "a cell, no training")
+    g.add_argument("--beta_decay_slope", type=float, default=0.5,
+                   help="beta_darts: the Beta-Decay weight is this x epoch (0-based; the authors' code: "
+                        "50 x epoch/100)")
+    g.add_argument("--aux_skip_start", type=float, default=1.0,
+                   help="darts_minus: auxiliary skip weight at the first epoch, decaying linearly to 0 at the last")
     g.add_argument("--search_space", default="auto_fernet",
                    help=f"candidate operations per edge: {', '.join(SEARCH_SPACES)}, or a comma-separated "
                         "list of operation names")
@@ -109,6 +123,8 @@ def check_args(args: argparse.Namespace) -> None:
     search_space(args.search_space)
     if args.init_channels < 1 or args.layers < 3:
         raise FerNasError("--init_channels must be >= 1 and --layers >= 3")
+    if args.beta_decay_slope < 0 or args.aux_skip_start < 0:
+        raise FerNasError("--beta_decay_slope and --aux_skip_start must be >= 0")
     if args.epochs is not None:
         if args.strategy == "sgas":
             raise FerNasError("--epochs applies to --strategy darts; SGAS derives its epochs from "
@@ -189,13 +205,19 @@ class BilevelSearch:
                                    unrolled=args.unrolled, complexity_weight=args.complexity_weight,
                                    autocast=self._autocast)
         self.sgas: SGAS | None = None
+        self.sampled: Genotype | None = None
         if args.strategy == "sgas":
             self.sgas = SGAS(self.model, args.warmup_dec_epoch, args.decision_freq, args.use_history,
                              args.history_size, args.batch_size, args.batch_increase, args.epochs_after_last_decision)
             self.total_epochs = self.sgas.total_epochs
+        elif args.strategy == "random":
+            from nas.search.random_cells import sample_genotype
+
+            self.sampled = sample_genotype(self.model.primitives, self.model.steps, seed=args.seed)
+            self.total_epochs = 0
         else:
             self.total_epochs = args.epochs or 50
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, float(self.total_epochs),
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, float(max(self.total_epochs, 1)),
                                                                     eta_min=args.learning_rate_min)
         self.last_decisions: list[dict[str, Any]] = []
 
@@ -209,8 +231,20 @@ class BilevelSearch:
         return self.sgas.batch_size if self.sgas is not None else int(self.args.batch_size)
 
     def genotype(self) -> Genotype:
-        """The current genotype: SGAS's (forced while edges are open) or DARTS's rule."""
+        """The current genotype: SGAS's (forced while edges are open), the sampled one
+        (``random``) or DARTS's rule."""
+        if self.sampled is not None:
+            return self.sampled
         return self.sgas.forced_genotype() if self.sgas is not None else self.model.darts_genotype()
+
+    def set_schedules(self, epoch: int) -> None:
+        """The strategies' per-epoch weights (derived from the epoch alone, so a resumed run
+        gets the same): β-DARTS's Beta-Decay weight and DARTS-'s auxiliary skip."""
+        a = self.args
+        if a.strategy == "beta_darts":
+            self.architect.beta_decay_weight = a.beta_decay_slope * epoch
+        if a.strategy == "darts_minus":
+            self.model.aux_skip = a.aux_skip_start * (1.0 - epoch / max(self.total_epochs - 1, 1))
 
     # -- the loop's calls ---------------------------------------------------------------
     def samplers(self, generator: torch.Generator) -> tuple[Any, Any]:
@@ -230,6 +264,7 @@ class BilevelSearch:
         """One pass over the weights half, each batch paired with an architecture batch (that
         half is cycled through as often as needed, a new order each time)."""
         self.model.train()
+        self.set_schedules(epoch)
         w, a = self.samplers(generator)
         weight_batches = list(w)
         arch_batches = list(chain.from_iterable(list(a) for _ in repeat(None, -(-len(weight_batches) // len(a)))))
@@ -269,7 +304,11 @@ class BilevelSearch:
         row["valid_acc"] = self.evaluate() if self.args.post_val else ""
         row["decided"] = " ".join(f"{d['cell']}:{d['node']}<-{d['input']}:{d['op']}" for d in self.last_decisions)
         row["n_decided"] = sum(s >= 0 for c in CELL_TYPES for s in self.model.edge_state[c])
-        row["genotype"] = genotype_line(self.genotype())
+        g = self.genotype()
+        row["genotype"] = genotype_line(g)
+        row["param_free_share"] = parameter_free_share(g)
+        row["beta_decay_weight"] = self.architect.beta_decay_weight
+        row["aux_skip"] = self.model.aux_skip
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -354,7 +393,8 @@ class SearchRecorder(Callback):
         atomic_write_text(genotype_to_json(self.obj.genotype()), run.file("genotype.json"))
         m = self.obj.model
         prims = m.primitives
-        header = ["epoch", "cell", "edge", "node", "input", "state"] + prims + (["beta"] if m.partial_channels > 1 else [])
+        header = (["epoch", "cell", "edge", "node", "input", "state", "top", "top_param_free"] + prims
+                  + (["beta"] if m.partial_channels > 1 else []))
         rows = []
         for c in CELL_TYPES:
             w = F.softmax(m.alphas(c).detach().float(), dim=-1).cpu()
@@ -362,7 +402,10 @@ class SearchRecorder(Callback):
             for e, (node, inp) in enumerate(edge_list(m.steps)):
                 st = m.edge_state[c][e]
                 state = "open" if st == UNDECIDED else "pruned" if st == PRUNED else prims[st]
-                r = {"epoch": loop.epoch, "cell": c, "edge": e, "node": node, "input": inp, "state": state}
+                top = prims[st] if st >= 0 else max((p for p in prims if p != "none"),
+                                                    key=lambda p: float(w[e, prims.index(p)]))
+                r = {"epoch": loop.epoch, "cell": c, "edge": e, "node": node, "input": inp, "state": state, "top": top,
+                     "top_param_free": int(is_parameter_free(top))}
                 r.update({p: f"{float(w[e, k]):.6g}" for k, p in enumerate(prims)})
                 if betas is not None:
                     r["beta"] = f"{float(betas[e].detach()):.6g}"
@@ -397,10 +440,12 @@ class Searcher:
 
             data = open_data_from_args(args)
         self.objective = BilevelSearch(args, data, device=session.device, dist=session.dist)
-        self.loop = Loop(self.objective, epochs=self.objective.total_epochs, run=session.run, dist=session.dist,
-                         seed=args.seed, device=session.device, callbacks=[SearchRecorder(self.objective)],
-                         nan_policy=args.nan_policy, log_interval=args.log_interval, progress=args.progress,
-                         args=vars(args), stage="search", stop=stop)
+        # --strategy random trains nothing; the loop still holds the run's position and files
+        self.loop = Loop(self.objective, epochs=max(self.objective.total_epochs, 1), run=session.run,
+                         dist=session.dist, seed=args.seed, device=session.device,
+                         callbacks=[SearchRecorder(self.objective)], nan_policy=args.nan_policy,
+                         log_interval=args.log_interval, progress=args.progress, args=vars(args), stage="search",
+                         stop=stop)
         if session.state is not None:
             self.loop.load_state_dict(session.state)
             self.run_dir.truncate_metrics("epoch", self.loop.epoch, name="alphas.csv")
@@ -415,8 +460,10 @@ class Searcher:
 
     def run(self) -> dict[str, Any]:
         """Search from the current position to the end; returns the result summary.
-        Raises :class:`~nas.runtime.errors.RunInterrupted` after saving ``last.pt``."""
-        self.loop.fit()
+        Raises :class:`~nas.runtime.errors.RunInterrupted` after saving ``last.pt``.
+        ``--strategy random`` trains nothing: its sampled cell is the result."""
+        if self.objective.sampled is None:
+            self.loop.fit()
         return self.finish()
 
     def finish(self) -> dict[str, Any]:

@@ -9,6 +9,12 @@ and a pruned edge runs nothing at all, which is where SGAS saves compute and mem
 the search proceeds. ``always_compute_all=True`` restores the naive behaviour (every op
 of every edge computed, decisions applied through one-hot weights) for benchmarks.
 
+``aux_skip`` (DARTS-, Chu et al. ICLR 2021, ``--strategy darts_minus``) adds
+``aux_skip * x`` to every undecided edge that keeps the resolution: an auxiliary skip
+connection outside the softmax, whose weight the searcher decays to 0, so the real
+``skip_connect`` no longer has to win the softmax to carry the residual path. Stride-2
+edges get none (an identity cannot downsample without weights).
+
 ``partial_channels=K > 1`` is PC-DARTS: only ``C/K`` channels of each edge go through
 the candidate ops, the rest bypass them, channels are shuffled, and per-edge betas
 (edge normalisation) weight the inputs of each node.
@@ -130,7 +136,8 @@ class SearchCell(nn.Module):
         )
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor, edge_state: Sequence[int],
-                edge_weights: Sequence[Any] | None = None, compute_all: bool = False) -> torch.Tensor:
+                edge_weights: Sequence[Any] | None = None, compute_all: bool = False,
+                aux_skip: float = 0.0) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
         for i in range(self.steps):
@@ -144,6 +151,8 @@ class SearchCell(nn.Module):
                     y = self._ops[e](h, weights[e], self._ops[e].none_index, True)
                 else:
                     y = self._ops[e](h, weights[e], st, compute_all)
+                    if aux_skip and st == UNDECIDED and self._ops[e].stride == 1:
+                        y = y + aux_skip * h
                 if edge_weights is not None and edge_weights[e] is not None:
                     y = edge_weights[e] * y
                 acc = y if acc is None else acc + y
@@ -180,6 +189,7 @@ class SearchNetwork(nn.Module):
         self.C, self.num_classes, self.layers = C, num_classes, layers
         self.steps, self.multiplier, self.partial_channels = steps, multiplier, k
         self.always_compute_all = always_compute_all
+        self.aux_skip = 0.0  # DARTS-'s auxiliary skip weight (the searcher's schedule sets it)
 
         c_curr = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr))
@@ -277,9 +287,9 @@ class SearchNetwork(nn.Module):
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             if cell.reduction:
-                s = cell(s0, s1, w_reduce, self.edge_state["reduce"], ew_reduce, compute_all)
+                s = cell(s0, s1, w_reduce, self.edge_state["reduce"], ew_reduce, compute_all, self.aux_skip)
             else:
-                s = cell(s0, s1, w_normal, self.edge_state["normal"], ew_normal, compute_all)
+                s = cell(s0, s1, w_normal, self.edge_state["normal"], ew_normal, compute_all, self.aux_skip)
             s0, s1 = s1, s
         out = self.global_pooling(s1).flatten(1)
         return self.classifier(out)

@@ -1,0 +1,465 @@
+"""Does the search find better cells than chance? Searched cells against random cells of the
+same space, retrained with one recipe.
+
+    python bench/nas_eval.py [--out runs/nas_eval] [--quick] [--workers 2]
+                             [--strategies sgas,darts,beta_darts,darts_minus] [--search_seeds 3]
+                             [--random 10] [--train_seeds 2] [--summary_only]
+
+On SynthFER (v2, ``--size`` images, difficulty 1):
+
+1. every strategy searches with ``--search_seeds`` seeds (``search.py``, each run its own folder);
+2. ``--random`` random genotypes of the same space are drawn, each within ±15 % of the
+   searched cells' mean parameter count at the retraining size (rejection sampling,
+   :mod:`nas.search.random_cells`), beside the named references FER_V1 and DARTS_V2;
+3. every genotype is retrained from scratch with one recipe and ``--train_seeds`` seeds
+   (``train_searched.py``), PrivateTest at the best-PublicTest epoch.
+
+Each search and each (genotype, seed) training is one idempotent unit of work with its own run
+folder: a finished one is read back, an interrupted one resumes from its ``last.pt``.
+``--workers N`` runs them in a local process pool (one torch thread each). ``nas_eval.csv``
+gets one row per trained network (parameters, FLOPs, PublicTest, PrivateTest);
+``summary.json`` and ``summary.md`` give per genotype the mean and 95 % interval over training
+seeds, each searched cell's percentile among the random ones, a permutation test of searched
+against random, and the agreement between search seeds; ``nas_eval.png`` plots accuracy
+against parameters (random cells grey, searched coloured by strategy, references labelled).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import math
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from nas.runtime.checkpoint import atomic_write_text
+from nas.runtime.cli import ArgumentParser, run as cli_run
+
+CSV_NAME = "nas_eval.csv"
+COLUMNS = ["genotype", "kind", "strategy", "search_seed", "train_seed", "params", "flops", "val_acc", "test_acc",
+           "selected_epoch", "seconds"]
+REFERENCES = ("FER_V1", "DARTS_V2")
+
+# The documented CPU size, and the --quick one (tests, smoke runs).
+FULL: dict[str, Any] = {
+    "size": 4000, "space": "darts", "search": {"init_channels": 8, "layers": 5, "batch_size": 32, "crop": 32,
+                                               "darts_epochs": 10, "train_portion": 0.5},
+    "train": {"init_channels": 8, "layers": 5, "epochs": 10, "batch_size": 64, "learning_rate": 0.025},
+}
+QUICK: dict[str, Any] = {
+    "size": 400, "space": "none,max_pool_3x3,skip_connect,sep_conv_3x3,dil_conv_3x3",
+    "search": {"init_channels": 4, "layers": 3, "batch_size": 16, "crop": 24, "darts_epochs": 1, "train_portion": 0.5},
+    "train": {"init_channels": 4, "layers": 3, "epochs": 1, "batch_size": 32, "learning_rate": 0.025},
+}
+
+
+def get_args_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="bench/nas_eval.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="runs/nas_eval", help="folder of the runs, the CSV, the summary and the PNG")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run: 400 images, tiny networks, one epoch, one darts search and one random cell")
+    p.add_argument("--strategies", default=None,
+                   help="search strategies, comma-separated (default sgas,darts,beta_darts,darts_minus; quick: darts)")
+    p.add_argument("--search_seeds", type=int, default=None, help="search seeds 0..S-1 (default 3; quick 1)")
+    p.add_argument("--random", type=int, default=None, help="random genotypes (default 10; quick 1)")
+    p.add_argument("--train_seeds", type=int, default=None, help="training seeds per genotype (default 2; quick 1)")
+    p.add_argument("--references", default=None, help="named genotypes retrained beside (default FER_V1,DARTS_V2; "
+                                                       "quick: none)")
+    p.add_argument("--size", type=int, default=None, help="SynthFER images")
+    p.add_argument("--workers", type=int, default=1, help="units of work at once (one torch thread each when > 1)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--summary_only", action="store_true", help="rebuild the summary and PNG from the CSV")
+    return p
+
+
+# ----------------------------------------------------------------------------- units of work
+def _data_flags(recipe: Mapping[str, Any]) -> list[str]:
+    return ["--dataset", "synthfer", "--synth_renderer", "v2", "--synth_size", str(recipe["size"]),
+            "--synth_noise", "0", "--synth_difficulty", "1.0", "--data_seed", "0"]
+
+
+def _run_app(app: Any, argv: list[str]) -> dict[str, Any]:
+    return app.main(app.get_args_parser().parse_args([str(a) for a in argv]))
+
+
+def search_unit(out: str, strategy: str, seed: int, recipe: Mapping[str, Any], device: str,
+                threads: int | None) -> dict[str, Any]:
+    """One search (idempotent): its genotype as a dict."""
+    import torch
+
+    from nas.apps import search as search_app
+
+    if threads:
+        torch.set_num_threads(threads)
+    folder = Path(out) / f"search-{strategy}-s{seed}"
+    done = folder / "done.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    s = recipe["search"]
+    if (folder / "last.pt").exists():
+        res = _run_app(search_app, ["--resume", folder, "--progress", "False"])
+    else:
+        argv = ["--strategy", strategy, "--search_space", recipe["space"], "--init_channels", s["init_channels"],
+                "--layers", s["layers"], "--batch_size", s["batch_size"], "--crop", s["crop"], "--seed", seed,
+                "--train_portion", s["train_portion"], "--device", device, "--save", folder, "--force",
+                "--progress", "False", "--plots", "False", *_data_flags(recipe)]
+        if strategy == "sgas":  # one decision per epoch from the first: 8 decisions in 9 epochs
+            argv += ["--batch_increase", "0", "--warmup_dec_epoch", "0", "--decision_freq", "1",
+                     "--epochs_after_last_decision", "0"]
+        elif strategy != "random":
+            argv += ["--epochs", s["darts_epochs"]]
+        res = _run_app(search_app, argv)
+    out_row = {"strategy": strategy, "seed": seed, "genotype": res["genotype"]}
+    atomic_write_text(json.dumps(out_row) + "\n", done)
+    return out_row
+
+
+def count_params_flops(genotype: Any, recipe: Mapping[str, Any]) -> tuple[int, int]:
+    """Parameters (no auxiliary head) and forward FLOPs of one image at the network's input
+    size, at the retraining size (``torch.utils.flop_counter``; a multiply-add counts 2)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nas.models import build_model, count_parameters
+
+    t = recipe["train"]
+    model = build_model(genotype, init_channels=t["init_channels"], layers=t["layers"], auxiliary=False).eval()
+    crop = getattr(model, "default_input_size", 44) or 44
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(torch.zeros(1, 1, crop, crop))
+    return count_parameters(model), int(fc.get_total_flops())
+
+
+def train_unit(out: str, name: str, genotype_path: str, seed: int, recipe: Mapping[str, Any], device: str,
+               threads: int | None) -> dict[str, Any]:
+    """One retraining (idempotent): the run's results.json."""
+    import torch
+
+    from nas.apps import train as train_app
+
+    if threads:
+        torch.set_num_threads(threads)
+    folder = Path(out) / f"train-{name}-s{seed}"
+    if (folder / "results.json").exists():
+        return json.loads((folder / "results.json").read_text())
+    if (folder / "last.pt").exists():
+        return _run_app(train_app, ["--resume", folder, "--progress", "False"])
+    t = recipe["train"]
+    return _run_app(train_app, ["--arch", genotype_path, "--init_channels", t["init_channels"], "--layers",
+                                t["layers"], "--epochs", t["epochs"], "--batch_size", t["batch_size"],
+                                "--learning_rate", t["learning_rate"], "--seed", seed, "--snapshot_at", "",
+                                "--device", device, "--save", folder, "--force", "--progress", "False",
+                                "--plots", "False", *_data_flags(recipe)])
+
+
+# ----------------------------------------------------------------------------- statistics
+def t_interval(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and half-width of the two-sided 95 % Student-t interval (NaN for one value)."""
+    from scipy.stats import t
+
+    v = [float(x) for x in values]
+    m = sum(v) / len(v)
+    if len(v) < 2:
+        return m, float("nan")
+    sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+    return m, float(t.ppf(0.975, len(v) - 1)) * sd / math.sqrt(len(v))
+
+
+def percentile_among(value: float, others: Sequence[float]) -> float:
+    """% of ``others`` strictly below ``value``, ties counting half (the mid-rank percentile)."""
+    if not others:
+        return float("nan")
+    below = sum(o < value for o in others)
+    ties = sum(o == value for o in others)
+    return 100.0 * (below + 0.5 * ties) / len(others)
+
+
+def permutation_test(a: Sequence[float], b: Sequence[float], *, n_perm: int = 20_000, seed: int = 0) -> float:
+    """One-sided p-value of ``mean(a) - mean(b)`` under exchangeable labels: exact over every
+    split when there are at most 50,000, else ``n_perm`` seeded random permutations (with the
+    +1 correction). Small p: ``a`` (searched) beats ``b`` (random)."""
+    a, b = [float(x) for x in a], [float(x) for x in b]
+    pooled = np.array(a + b)
+    k, n = len(a), len(a) + len(b)
+    observed = np.mean(a) - np.mean(b)
+    if math.comb(n, k) <= 50_000:
+        hits = total = 0
+        for idx in itertools.combinations(range(n), k):
+            mask = np.zeros(n, dtype=bool)
+            mask[list(idx)] = True
+            d = pooled[mask].mean() - pooled[~mask].mean()
+            hits += d >= observed - 1e-12
+            total += 1
+        return hits / total
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for _ in range(n_perm):
+        p = rng.permutation(pooled)
+        hits += p[:k].mean() - p[k:].mean() >= observed - 1e-12
+    return (hits + 1) / (n_perm + 1)
+
+
+def seed_agreement(genotypes: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Mean over pairs of search seeds of the share of chosen edges (node, input) in common,
+    and of chosen (node, input, op) in common, both cells together."""
+    def edges(g: Mapping[str, Any], with_op: bool) -> set:
+        out = set()
+        for cell in ("normal", "reduce"):
+            for k, (op, j) in enumerate(g[cell]):
+                out.add((cell, k // 2, int(j), op) if with_op else (cell, k // 2, int(j)))
+        return out
+
+    pairs = list(itertools.combinations(genotypes, 2))
+    if not pairs:
+        return {"edges": float("nan"), "edges_and_ops": float("nan"), "pairs": 0}
+    e = [len(edges(a, False) & edges(b, False)) / len(edges(a, False)) for a, b in pairs]
+    o = [len(edges(a, True) & edges(b, True)) / len(edges(a, True)) for a, b in pairs]
+    return {"edges": 100 * float(np.mean(e)), "edges_and_ops": 100 * float(np.mean(o)), "pairs": len(pairs)}
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], searched: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per genotype mean ± interval; percentiles, permutation tests and seed agreement."""
+    by: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        by.setdefault(r["genotype"], []).append(r)
+    table = []
+    for name, rs in sorted(by.items()):
+        accs = [x for x in (_num(r["test_acc"]) for r in rs) if x is not None]
+        if not accs:
+            continue
+        m, ci = t_interval(accs)
+        table.append({"genotype": name, "kind": rs[0]["kind"], "strategy": rs[0]["strategy"],
+                      "search_seed": rs[0]["search_seed"], "params": int(float(rs[0]["params"])),
+                      "flops": int(float(rs[0]["flops"])), "seeds": len(accs), "test_acc": m, "test_acc_ci": ci})
+    random_means = [e["test_acc"] for e in table if e["kind"] == "random"]
+    for e in table:
+        if e["kind"] != "random":
+            e["percentile_vs_random"] = percentile_among(e["test_acc"], random_means)
+    strategies = sorted({e["strategy"] for e in table if e["kind"] == "searched"})
+    per_strategy = {}
+    for s in strategies:
+        mine = [e for e in table if e["kind"] == "searched" and e["strategy"] == s]
+        gs = [g["genotype"] for g in searched if g["strategy"] == s]
+        per_strategy[s] = {
+            "mean_test_acc": float(np.mean([e["test_acc"] for e in mine])),
+            "mean_percentile_vs_random": float(np.mean([e["percentile_vs_random"] for e in mine])),
+            "p_value_vs_random": permutation_test([e["test_acc"] for e in mine], random_means)
+            if random_means else float("nan"),
+            "seed_agreement": seed_agreement(gs),
+            "param_free_share": float(np.mean([_param_free(g) for g in gs])) if gs else float("nan"),
+        }
+    return {"genotypes": table, "strategies": per_strategy,
+            "random": {"n": len(random_means), "mean_test_acc": float(np.mean(random_means)) if random_means else None}}
+
+
+def _param_free(g: Mapping[str, Any]) -> float:
+    from nas.models.genotypes import genotype_from_dict
+    from nas.search.random_cells import parameter_free_share
+
+    return parameter_free_share(genotype_from_dict(g))
+
+
+def summary_markdown(summary: Mapping[str, Any]) -> str:
+    lines = ["| genotype | kind | strategy | seed | parameters | FLOPs | PrivateTest % | percentile vs random |",
+             "|---|---|---|---|---:|---:|---|---:|"]
+    for e in summary["genotypes"]:
+        ci = "" if math.isnan(e["test_acc_ci"]) else f" ± {e['test_acc_ci']:.2f}"
+        pct = e.get("percentile_vs_random")
+        lines.append(f"| {e['genotype']} | {e['kind']} | {e['strategy']} | {e['search_seed']} | {e['params']:,} | "
+                     f"{e['flops']:,} | {e['test_acc']:.2f}{ci} | {'' if pct is None else f'{pct:.0f}'} |")
+    lines += ["", "| strategy | mean PrivateTest % | mean percentile vs random | p (searched > random) | "
+                  "seed agreement: edges / edges+ops % | parameter-free share |", "|---|---|---|---|---|---|"]
+    for s, v in summary["strategies"].items():
+        a = v["seed_agreement"]
+        lines.append(f"| {s} | {v['mean_test_acc']:.2f} | {v['mean_percentile_vs_random']:.0f} | "
+                     f"{v['p_value_vs_random']:.3g} | {a['edges']:.0f} / {a['edges_and_ops']:.0f} | "
+                     f"{100 * v['param_free_share']:.0f} % |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: Mapping[str, Any], path: Path) -> Path | None:
+    """Accuracy against parameters: random cells grey, searched ones coloured by strategy,
+    references labelled; bars are the 95 % intervals over training seeds."""
+    from nas.engine.report import have_matplotlib
+
+    if not summary["genotypes"] or not have_matplotlib():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    colours = dict(zip(summary["strategies"], plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for e in summary["genotypes"]:
+        err = 0 if math.isnan(e["test_acc_ci"]) else e["test_acc_ci"]
+        if e["kind"] == "random":
+            ax.errorbar(e["params"], e["test_acc"], yerr=err, fmt="o", color="0.6", ms=5, capsize=2,
+                        label="random cells")
+        elif e["kind"] == "searched":
+            ax.errorbar(e["params"], e["test_acc"], yerr=err, fmt="s", color=colours.get(e["strategy"]), ms=6,
+                        capsize=2, label=f"searched: {e['strategy']}")
+        else:
+            ax.errorbar(e["params"], e["test_acc"], yerr=err, fmt="D", color="black", ms=6, capsize=2)
+            ax.annotate(e["genotype"], (e["params"], e["test_acc"]), textcoords="offset points", xytext=(5, 5),
+                        fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    uniq = dict(zip(labels, handles))
+    ax.legend(uniq.values(), uniq.keys(), fontsize=8)
+    ax.set_xlabel("parameters (retrained network, no auxiliary head)")
+    ax.set_ylabel("PrivateTest % at the best-PublicTest epoch")
+    ax.set_title("searched vs random cells")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+# ----------------------------------------------------------------------------- the protocol
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _append(path: Path, row: Mapping[str, Any]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        if new:
+            w.writeheader()
+        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+
+
+def _run_units(fn: Any, jobs: Sequence[tuple], workers: int) -> Iterator[tuple[int, Any]]:
+    """``(k, fn(*jobs[k]))`` as each unit finishes, in a spawn process pool when ``workers > 1``
+    (so the caller records each one at once)."""
+    if workers <= 1:
+        for k, job in enumerate(jobs):
+            yield k, fn(*job)
+        return
+    import multiprocessing as mp
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(fn, *job): k for k, job in enumerate(jobs)}
+        for f in as_completed(futures):
+            yield futures[f], f.result()
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from nas.models.genotypes import genotype_from_dict, genotype_to_dict, genotype_to_json, load_genotype
+    from nas.models.ops import search_space
+    from nas.runtime.errors import FerNasError
+    from nas.search.random_cells import sample_matched
+    from nas.search.searcher import STRATEGIES
+
+    recipe = json.loads(json.dumps(QUICK if args.quick else FULL))
+    if args.size:
+        recipe["size"] = args.size
+    strategies = (args.strategies or ("darts" if args.quick else "sgas,darts,beta_darts,darts_minus")).split(",")
+    bad = [s for s in strategies if s not in STRATEGIES or s == "random"]
+    if bad:
+        raise FerNasError(f"--strategies: unknown or not a search: {', '.join(bad)} (choose from "
+                          f"{', '.join(s for s in STRATEGIES if s != 'random')})")
+    search_seeds = args.search_seeds or (1 if args.quick else 3)
+    n_random = args.random if args.random is not None else (1 if args.quick else 10)
+    train_seeds = args.train_seeds or (1 if args.quick else 2)
+    refs = [r for r in (args.references if args.references is not None else
+                        ("" if args.quick else ",".join(REFERENCES))).split(",") if r]
+    out = Path(args.out)
+    (out / "genotypes").mkdir(parents=True, exist_ok=True)
+    recipe.update(strategies=strategies, search_seeds=search_seeds, random=n_random, train_seeds=train_seeds,
+                  references=refs)
+    atomic_write_text(json.dumps(recipe, indent=2) + "\n", out / "protocol.json")
+    threads = 1 if args.workers > 1 else None
+    t0 = time.time()
+
+    # 1. searches
+    search_jobs = [(str(out), s, seed, recipe, args.device, threads) for s in strategies for seed in range(search_seeds)]
+    if args.summary_only:
+        searched = [json.loads(p.read_text()) for p in sorted(out.glob("search-*/done.json"))]
+    else:
+        found: dict[int, Any] = dict(_run_units(search_unit, search_jobs, args.workers))
+        searched = [found[k] for k in range(len(search_jobs))]
+
+    # 2. the genotypes to retrain: searched, random (parameter-matched), references
+    genos: list[dict[str, Any]] = []
+    for s in searched:
+        genos.append({"name": f"{s['strategy']}_s{s['seed']}", "kind": "searched", "strategy": s["strategy"],
+                      "search_seed": s["seed"], "genotype": s["genotype"]})
+    sizes = {g["name"]: count_params_flops(genotype_from_dict(g["genotype"]), recipe) for g in genos}
+    if n_random:
+        target = int(np.mean([p for p, _ in sizes.values()])) if sizes else count_params_flops(
+            load_genotype("DARTS_V2"), recipe)[0]
+        space = search_space(recipe["space"])
+        randoms = sample_matched(space, lambda g: count_params_flops(g, recipe)[0], target, n_random, tol=0.15, seed=0)
+        for k, g in enumerate(randoms):
+            genos.append({"name": f"random_{k:02d}", "kind": "random", "strategy": "random", "search_seed": "",
+                          "genotype": genotype_to_dict(g)})
+    for r in refs:
+        genos.append({"name": r, "kind": "reference", "strategy": "", "search_seed": "",
+                      "genotype": genotype_to_dict(load_genotype(r))})
+    for g in genos:
+        path = out / "genotypes" / f"{g['name']}.json"
+        atomic_write_text(genotype_to_json(genotype_from_dict(g["genotype"])), path)
+        g["path"] = str(path)
+        if g["name"] not in sizes:
+            sizes[g["name"]] = count_params_flops(genotype_from_dict(g["genotype"]), recipe)
+
+    # 3. retraining, one row per finished unit
+    done = {(r["genotype"], int(r["train_seed"])) for r in _read_rows(out / CSV_NAME)}
+    jobs = [(g, seed) for g in genos for seed in range(train_seeds) if (g["name"], seed) not in done]
+    if not args.summary_only and jobs:
+        bar = tqdm(total=len(jobs), desc="nas_eval trainings", unit="run")
+        units = [(str(out), g, seed, recipe, args.device, threads, sizes[g["name"]]) for g, seed in jobs]
+        for _, row in _run_units(_train_row, units, args.workers):
+            _append(out / CSV_NAME, row)
+            bar.update(1)
+        bar.close()
+    rows = _read_rows(out / CSV_NAME)
+    summary = summarize(rows, [{"strategy": g["strategy"], "genotype": g["genotype"]} for g in genos
+                               if g["kind"] == "searched"])
+    summary["protocol"] = recipe
+    summary["wall_seconds_this_call"] = round(time.time() - t0, 1)
+    atomic_write_text(json.dumps(summary, indent=2) + "\n", out / "summary.json")
+    atomic_write_text(summary_markdown(summary), out / "summary.md")
+    plot(summary, out / "nas_eval.png")
+    print(summary_markdown(summary))
+    return summary
+
+
+def _train_row(out: str, g: Mapping[str, Any], seed: int, recipe: Mapping[str, Any], device: str,
+               threads: int | None, size: tuple[int, int]) -> dict[str, Any]:
+    t0 = time.time()
+    res = train_unit(out, g["name"], g["path"], seed, recipe, device, threads)
+    return {"genotype": g["name"], "kind": g["kind"], "strategy": g["strategy"], "search_seed": g["search_seed"],
+            "train_seed": seed, "params": size[0], "flops": size[1], "val_acc": res.get("val_acc"),
+            "test_acc": res.get("test_acc"), "selected_epoch": res.get("selected_epoch"),
+            "seconds": round(time.time() - t0, 1)}
+
+
+if __name__ == "__main__":
+    cli_run(main, get_args_parser())

@@ -1,0 +1,70 @@
+"""The search-vs-random protocol (bench/nas_eval.py): its statistics against hand-made numbers,
+and a 2-genotype x 1-seed --quick run end to end (resumable: a second call trains nothing)."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import nas_eval  # noqa: E402
+
+
+def test_percentile_counts_ties_half():
+    assert nas_eval.percentile_among(5.0, [1, 2, 3, 4]) == 100.0
+    assert nas_eval.percentile_among(0.0, [1, 2, 3, 4]) == 0.0
+    assert nas_eval.percentile_among(2.0, [1, 2, 3, 4]) == pytest.approx(100 * 1.5 / 4)
+    assert math.isnan(nas_eval.percentile_among(1.0, []))
+
+
+def test_permutation_test_exact_by_hand():
+    # a = {3}, b = {1, 2}: the three splits give mean differences 3-1.5=1.5, 2-2=0, 1-2.5=-1.5;
+    # one of three is >= the observed 1.5
+    assert nas_eval.permutation_test([3.0], [1.0, 2.0]) == pytest.approx(1 / 3)
+    # a = {1, 2} vs b = {3, 4}: observed -2, every split of 4 into 2+2 (6) is >= -2
+    assert nas_eval.permutation_test([1.0, 2.0], [3.0, 4.0]) == pytest.approx(1.0)
+    assert nas_eval.permutation_test([3.0, 4.0], [1.0, 2.0]) == pytest.approx(1 / 6)
+    # the sampled path agrees with the exact one where both apply (large n forces sampling)
+    a, b = [5.0] * 3, [1.0] * 30
+    p = nas_eval.permutation_test(a, b, n_perm=4000, seed=1)
+    assert p == pytest.approx(1 / math.comb(33, 3), abs=2e-3)
+
+
+def test_seed_agreement_by_hand():
+    g1 = {"normal": [["sep_conv_3x3", 0], ["skip_connect", 1]] * 4, "reduce": [["max_pool_3x3", 0], ["dil_conv_3x3", 1]] * 4}
+    g2 = {"normal": [["sep_conv_3x3", 0], ["sep_conv_3x3", 1]] * 4, "reduce": [["max_pool_3x3", 0], ["dil_conv_3x3", 2]] * 4}
+    # edges per cell: node k//2 with its input; g1 normal {(0,0),(0,1),(1,0),(1,1),...}
+    a = nas_eval.seed_agreement([g1, g2])
+    e1 = {(c, k // 2, j) for c in ("normal", "reduce") for k, (_, j) in enumerate(g1[c])}
+    e2 = {(c, k // 2, j) for c in ("normal", "reduce") for k, (_, j) in enumerate(g2[c])}
+    assert a["edges"] == pytest.approx(100 * len(e1 & e2) / len(e1)) and a["pairs"] == 1
+    o1 = {(c, k // 2, j, op) for c in ("normal", "reduce") for k, (op, j) in enumerate(g1[c])}
+    o2 = {(c, k // 2, j, op) for c in ("normal", "reduce") for k, (op, j) in enumerate(g2[c])}
+    assert a["edges_and_ops"] == pytest.approx(100 * len(o1 & o2) / len(o1))
+    assert a["edges_and_ops"] < a["edges"] < 100
+
+
+@pytest.mark.slow  # a search and two trainings
+def test_quick_protocol_end_to_end_and_resumable(tmp_path):
+    out = tmp_path / "nas"
+    argv = ["--quick", "--out", str(out)]
+    summary = nas_eval.main(nas_eval.get_args_parser().parse_args(argv))
+    rows = nas_eval._read_rows(out / nas_eval.CSV_NAME)
+    assert [(r["genotype"], r["kind"]) for r in rows] == [("darts_s0", "searched"), ("random_00", "random")]
+    for r in rows:
+        assert int(r["params"]) > 0 and int(r["flops"]) > int(r["params"])
+        res = json.loads((out / f"train-{r['genotype']}-s0" / "results.json").read_text())
+        assert float(r["test_acc"]) == pytest.approx(res["test_acc"])
+    # the random cell was matched to the searched one's size
+    p = {r["genotype"]: int(r["params"]) for r in rows}
+    assert abs(p["random_00"] - p["darts_s0"]) <= 0.15 * p["darts_s0"] + 1
+    pct = next(e["percentile_vs_random"] for e in summary["genotypes"] if e["genotype"] == "darts_s0")
+    acc = {e["genotype"]: e["test_acc"] for e in summary["genotypes"]}
+    assert pct == nas_eval.percentile_among(acc["darts_s0"], [acc["random_00"]])
+    assert (out / "nas_eval.png").exists() and (out / "summary.md").exists()
+    # a second call finds every unit done: no new rows
+    nas_eval.main(nas_eval.get_args_parser().parse_args(argv))
+    assert len(nas_eval._read_rows(out / nas_eval.CSV_NAME)) == 2

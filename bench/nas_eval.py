@@ -38,11 +38,17 @@ from typing import Any, Iterator, Mapping, Sequence
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 
 from nas.runtime.checkpoint import atomic_write_text
 from nas.runtime.cli import ArgumentParser, run as cli_run
+
+if __package__ in (None, ""):
+    from stats import num as _num, percentile_among, permutation_test, read_rows, t_interval
+else:
+    from bench.stats import num as _num, percentile_among, permutation_test, read_rows, t_interval
 
 CSV_NAME = "nas_eval.csv"
 COLUMNS = ["genotype", "kind", "strategy", "search_seed", "train_seed", "params", "flops", "val_acc", "test_acc",
@@ -162,52 +168,6 @@ def train_unit(out: str, name: str, genotype_path: str, seed: int, recipe: Mappi
 
 
 # ----------------------------------------------------------------------------- statistics
-def t_interval(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and half-width of the two-sided 95 % Student-t interval (NaN for one value)."""
-    from scipy.stats import t
-
-    v = [float(x) for x in values]
-    m = sum(v) / len(v)
-    if len(v) < 2:
-        return m, float("nan")
-    sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
-    return m, float(t.ppf(0.975, len(v) - 1)) * sd / math.sqrt(len(v))
-
-
-def percentile_among(value: float, others: Sequence[float]) -> float:
-    """% of ``others`` strictly below ``value``, ties counting half (the mid-rank percentile)."""
-    if not others:
-        return float("nan")
-    below = sum(o < value for o in others)
-    ties = sum(o == value for o in others)
-    return 100.0 * (below + 0.5 * ties) / len(others)
-
-
-def permutation_test(a: Sequence[float], b: Sequence[float], *, n_perm: int = 20_000, seed: int = 0) -> float:
-    """One-sided p-value of ``mean(a) - mean(b)`` under exchangeable labels: exact over every
-    split when there are at most 50,000, else ``n_perm`` seeded random permutations (with the
-    +1 correction). Small p: ``a`` (searched) beats ``b`` (random)."""
-    a, b = [float(x) for x in a], [float(x) for x in b]
-    pooled = np.array(a + b)
-    k, n = len(a), len(a) + len(b)
-    observed = np.mean(a) - np.mean(b)
-    if math.comb(n, k) <= 50_000:
-        hits = total = 0
-        for idx in itertools.combinations(range(n), k):
-            mask = np.zeros(n, dtype=bool)
-            mask[list(idx)] = True
-            d = pooled[mask].mean() - pooled[~mask].mean()
-            hits += d >= observed - 1e-12
-            total += 1
-        return hits / total
-    rng = np.random.default_rng(seed)
-    hits = 0
-    for _ in range(n_perm):
-        p = rng.permutation(pooled)
-        hits += p[:k].mean() - p[k:].mean() >= observed - 1e-12
-    return (hits + 1) / (n_perm + 1)
-
-
 def seed_agreement(genotypes: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Mean over pairs of search seeds of the share of chosen edges (node, input) in common,
     and of chosen (node, input, op) in common, both cells together."""
@@ -224,14 +184,6 @@ def seed_agreement(genotypes: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     e = [len(edges(a, False) & edges(b, False)) / len(edges(a, False)) for a, b in pairs]
     o = [len(edges(a, True) & edges(b, True)) / len(edges(a, True)) for a, b in pairs]
     return {"edges": 100 * float(np.mean(e)), "edges_and_ops": 100 * float(np.mean(o)), "pairs": len(pairs)}
-
-
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
 
 
 def summarize(rows: Sequence[Mapping[str, Any]], searched: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -297,7 +249,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
 def plot(summary: Mapping[str, Any], path: Path) -> Path | None:
     """Accuracy against parameters: random cells grey, searched ones coloured by strategy,
     references labelled; bars are the 95 % intervals over training seeds."""
-    from nas.engine.report import have_matplotlib
+    from nas.engine.report import have_matplotlib, save_figure
 
     if not summary["genotypes"] or not have_matplotlib():
         return None
@@ -328,21 +280,10 @@ def plot(summary: Mapping[str, Any], path: Path) -> Path | None:
     ax.set_title("searched vs random cells")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- the protocol
-def _read_rows(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def _append(path: Path, row: Mapping[str, Any]) -> None:
     new = not path.exists()
     with path.open("a", newline="") as f:
@@ -430,7 +371,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             sizes[g["name"]] = count_params_flops(genotype_from_dict(g["genotype"]), recipe)
 
     # 3. retraining, one row per finished unit
-    done = {(r["genotype"], int(r["train_seed"])) for r in _read_rows(out / CSV_NAME)}
+    done = {(r["genotype"], int(r["train_seed"])) for r in read_rows(out / CSV_NAME)}
     jobs = [(g, seed) for g in genos for seed in range(train_seeds) if (g["name"], seed) not in done]
     if not args.summary_only and jobs:
         bar = tqdm(total=len(jobs), desc="nas_eval trainings", unit="run")
@@ -439,7 +380,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             _append(out / CSV_NAME, row)
             bar.update(1)
         bar.close()
-    rows = _read_rows(out / CSV_NAME)
+    rows = read_rows(out / CSV_NAME)
     summary = summarize(rows, [{"strategy": g["strategy"], "genotype": g["genotype"]} for g in genos
                                if g["kind"] == "searched"])
     summary["protocol"] = recipe

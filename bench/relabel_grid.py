@@ -42,9 +42,15 @@ from typing import Any, Mapping, Sequence
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from nas.runtime.checkpoint import atomic_write_text
 from nas.runtime.cli import ArgumentParser, run as cli_run
+
+if __package__ in (None, ""):
+    from stats import num as _num, read_rows, t_interval
+else:
+    from bench.stats import num as _num, read_rows, t_interval
 
 RULE_FLAGS: dict[str, list[str]] = {
     "control": ["--no_relabel"],
@@ -148,27 +154,6 @@ def run_cell(out: str, mode: str, noise: float, seed: int, rules: Sequence[str],
 
 
 # ----------------------------------------------------------------------------- the report
-def t_interval(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and half-width of the two-sided 95 % Student-t interval (half-width NaN for one value)."""
-    from scipy.stats import t
-
-    v = [float(x) for x in values]
-    n = len(v)
-    mean = sum(v) / n
-    if n < 2:
-        return mean, float("nan")
-    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1))
-    return mean, float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-
-
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
-
-
 def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per (mode, noise, rule): mean and 95 % half-width over seeds of each metric, and of
     PrivateTest minus the control's on the same seed (the paired difference)."""
@@ -219,7 +204,7 @@ def summary_markdown(summary: Sequence[Mapping[str, Any]]) -> str:
 
 def plot(summary: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
     """PrivateTest against the noise rate, a panel per noise mode, a line per rule (95 % bars)."""
-    from nas.engine.report import have_matplotlib
+    from nas.engine.report import have_matplotlib, save_figure
 
     if not summary or not have_matplotlib():
         return None
@@ -246,19 +231,7 @@ def plot(summary: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
-
-
-def _read_rows(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+    return save_figure(fig, path)
 
 
 def _append_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -273,7 +246,7 @@ def _append_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def write_report(out: Path, recipe: Mapping[str, Any]) -> dict[str, Any]:
-    rows = _read_rows(out / CSV_NAME)
+    rows = read_rows(out / CSV_NAME)
     summary = summarize(rows)
     result = {"recipe": dict(recipe), "runs": len(rows), "summary": summary}
     atomic_write_text(json.dumps(result, indent=2) + "\n", out / "summary.json")
@@ -303,7 +276,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     recipe.update(noise=noise, modes=modes, seeds=seeds, rules=rules)
     atomic_write_text(json.dumps(recipe, indent=2) + "\n", out / "grid.json")
     if not args.summary_only:
-        done = {(r["mode"], float(r["noise"]), int(r["seed"]), r["rule"]) for r in _read_rows(out / CSV_NAME)}
+        done = {(r["mode"], float(r["noise"]), int(r["seed"]), r["rule"]) for r in read_rows(out / CSV_NAME)}
         cells = [(m, n, s) for m in modes for n in noise for s in range(seeds)
                  if any((m, float(n), s, r) not in done for r in rules)]
         from tqdm import tqdm

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["have_matplotlib", "plot_curves", "plot_confusion", "saliency", "plot_saliency",
+__all__ = ["have_matplotlib", "save_figure", "plot_curves", "plot_confusion", "saliency", "plot_saliency",
            "plot_misclassified", "plot_cell", "plot_cells", "write_report"]
 
 _NOTICE_SHOWN = False
@@ -48,7 +48,8 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG atomically (a temporary file renamed over ``path``) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -88,7 +89,7 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str 
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title or "training curves")
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 # ----------------------------------------------------------------------------- confusion
@@ -113,7 +114,7 @@ def plot_confusion(cm: torch.Tensor | Sequence[Sequence[int]], classes: Sequence
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 # ----------------------------------------------------------------------------- saliency
@@ -182,7 +183,7 @@ def plot_saliency(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
             if j == 0:
                 a_img.set_title(classes[c], fontsize=8, loc="left")
     fig.suptitle("saliency: |d loss / d pixel| (image, map)")
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 # ----------------------------------------------------------------------------- misclassified
@@ -219,7 +220,7 @@ def plot_misclassified(images: torch.Tensor, labels: torch.Tensor, preds: torch.
                 ax.imshow(imgs[i, 0].numpy(), cmap="gray", vmin=0, vmax=255)
             ax.set_title(title, fontsize=7)
     fig.suptitle("per predicted class: correct | misclassified | its true class", fontsize=9)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 # ----------------------------------------------------------------------------- cells
@@ -268,7 +269,7 @@ def plot_cell(cell: Sequence[tuple[str, int]], concat: Sequence[int], path: str 
     ax.set_ylim(-2.6, 2.6)
     ax.axis("off")
     ax.set_title(title)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def plot_cells(genotype: Any, out_dir: str | Path, prefix: str = "cell") -> list[Path]:

@@ -582,7 +582,7 @@ def plot_relabel(rows: Sequence[Mapping[str, Any]], path: str | Path, *,
     clean labels are known), precision, recall and harm over epochs, and the
     transition counts summed over the run. Returns None (with a notice) without
     matplotlib or without relabelling columns."""
-    from nas.engine.report import have_matplotlib
+    from nas.engine.report import have_matplotlib, save_figure
 
     if not rows or "relabel_changed" not in rows[0] or not have_matplotlib():
         return None
@@ -653,10 +653,4 @@ def plot_relabel(rows: Sequence[Mapping[str, Any]], path: str | Path, *,
         ax.set_title("transitions, all epochs")
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)

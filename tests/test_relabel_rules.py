@@ -205,11 +205,17 @@ def test_rule_defaults_and_the_collapse_warning(toy, tmp_path):  # noqa: F811
     that collapses); a rule that changes most labels in an epoch is warned about in the log."""
     from types import SimpleNamespace
 
-    from nas.relabel.stage import COLLAPSE_RATE, DEFAULT_THRESHOLDS
+    from nas.relabel.stage import COLLAPSE_RATE, DEFAULT_THRESHOLDS, REFERENCE_RULE_WARNING
 
     out = tmp_path / "confident"
     run_cli(*_flags(toy, out, "--rule", "confident", "--fes", "False", "--epochs", "1", "--relabel_warmup", "0"))
     assert safe_load(out / "last.pt")["args"]["relabel_threshold"] == DEFAULT_THRESHOLDS["confident"] == 0.7
+    assert "warning: --rule autofernet" not in (out / "log.txt").read_text()
+    ref = tmp_path / "reference"
+    run_cli(*_flags(toy, ref, "--epochs", "1"))            # relabel_training.py --fes True, the published command
+    log = (ref / "log.txt").read_text()
+    assert log.count(REFERENCE_RULE_WARNING) == 1 and "docs/relabelling.md" in REFERENCE_RULE_WARNING
+    assert safe_load(ref / "last.pt")["args"]["relabel_threshold"] == 0.2
 
     logged: list[str] = []
     run = SimpleNamespace(log=logged.append, append_metrics=lambda *a, **k: None)

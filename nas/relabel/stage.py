@@ -63,7 +63,7 @@ from nas.engine.session import Session
 from nas.runtime.distributed import DistInfo
 from nas.runtime.errors import FerNasError
 
-__all__ = ["RELABEL_MODES", "DEFAULT_THRESHOLDS", "COLLAPSE_RATE", "TRANSITIONS_CSV", "REFERENCE_DEFAULTS", "Relabeller",
+__all__ = ["RELABEL_MODES", "DEFAULT_THRESHOLDS", "COLLAPSE_RATE", "REFERENCE_RULE_WARNING", "TRANSITIONS_CSV", "REFERENCE_DEFAULTS", "Relabeller",
            "add_relabel_args", "resolve_fes",
            "drop_path_schedule", "run_relabel", "check_relabel_args", "summarize_relabel", "plot_relabel"]
 
@@ -73,6 +73,11 @@ __all__ = ["RELABEL_MODES", "DEFAULT_THRESHOLDS", "COLLAPSE_RATE", "TRANSITIONS_
 #: SynthFER, docs/relabelling.md); consensus decides on averaged probabilities.
 DEFAULT_THRESHOLDS = {"autofernet": 0.2, "confident": 0.7, "consensus": 0.2, "soft": 0.2}
 
+#: Logged when the reference rule runs: what the grid measured (docs/relabelling.md, "Which rule").
+REFERENCE_RULE_WARNING = ("warning: --rule autofernet (the reference's near-tie window) harmed more clean labels than "
+                          "it restored at every noise rate measured on SynthFER and never beat continued training "
+                          "without relabelling (docs/relabelling.md, 'Which rule'); --rule confident is the measured "
+                          "alternative")
 #: A rule that changes more than this % of the training labels in one epoch gets a warning.
 COLLAPSE_RATE = 50.0
 RELABEL_MODES = ("batch", "persistent")
@@ -493,6 +498,8 @@ def run_relabel(s: Session, start: tuple[nn.Module, dict[str, Any]] | None = Non
         run.truncate_metrics("epoch", trainer.epoch, name=TRANSITIONS_CSV)
     else:
         run.log(_start_line(args, ckpt, source, fes, dp_prob, dp_offset, dp_total, data))
+        if args.rule == "autofernet" and args.relabel_threshold > 0:
+            run.log(REFERENCE_RULE_WARNING)
     results = trainer.fit()
     if s.dist.is_main:
         rows = read_csv_rows(run.file("metrics.csv")) if run.file("metrics.csv").exists() else []

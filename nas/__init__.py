@@ -1,3 +1,3 @@
 """fer-nas: differentiable neural architecture search for facial expression recognition."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

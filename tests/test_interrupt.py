@@ -1,6 +1,7 @@
 """Nothing is lost on interruption.
 
-* SIGKILL at random moments (seeded), then ``--resume`` (or a fresh start with ``--force`` when
+* SIGKILL at random moments (seeded) of training, search and relabelling (the consensus
+  rule, whose per-sample average is state), then ``--resume`` (or a fresh start with ``--force`` when
   the kill came before the first checkpoint), repeated until the run completes: the end state
   equals an uninterrupted run's bit for bit on CPU (weights, architecture parameters, optimizer
   and RNG states, genotype, metrics.csv without its timing columns).
@@ -44,7 +45,7 @@ VOLATILE = {"path", "epoch_time", "time_s", "images_per_s", "save", "resume", "f
 
 def train_args(data: Path) -> list[str]:
     return ["--data", data, "--arch", "FER_V1", "--init_channels", "4", "--layers", "3", "--epochs", "6",
-            "--batch_size", "10", "--device", "cpu", "--log_interval", "1", "--seed", "3"]
+            "--batch_size", "7", "--device", "cpu", "--log_interval", "1", "--seed", "3"]
 
 
 def search_args(data: Path) -> list[str]:
@@ -55,7 +56,16 @@ def search_args(data: Path) -> list[str]:
             "--batch_increase", "0", "--crop", "12", "--device", "cpu", "--seed", "5"]
 
 
-SCRIPTS = {"train_searched.py": train_args, "search.py": search_args}
+def relabel_args(data: Path) -> list[str]:
+    # the consensus rule: its per-sample running average, streaks and labels are state too;
+    # it starts from the train_searched.py reference run (made first by the fixture)
+    ckpt = data.parent.parent / "ref-train_searched.py" / "best.pt"
+    return ["--data", data, "--checkpoint", ckpt, "--rule", "consensus", "--relabel_threshold", "0.05",
+            "--consensus_epochs", "1", "--relabel_warmup", "0", "--fes", "False", "--epochs", "12",
+            "--batch_size", "7", "--device", "cpu", "--log_interval", "1", "--seed", "3"]
+
+
+SCRIPTS = {"train_searched.py": train_args, "search.py": search_args, "relabel_training.py": relabel_args}
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +119,13 @@ def metrics_rows(path: Path) -> list[dict[str, str]]:
 def assert_same_run(ref: Path, run: Path, script: str) -> None:
     assert_same(safe_load(ref / "last.pt"), safe_load(run / "last.pt"), "last.pt")
     assert metrics_rows(ref / "metrics.csv") == metrics_rows(run / "metrics.csv")
-    if script == "train_searched.py":
+    if script in ("train_searched.py", "relabel_training.py"):
         assert_same(safe_load(ref / "best.pt"), safe_load(run / "best.pt"), "best.pt")
         res = [json.loads((d / "results.json").read_text()) for d in (ref, run)]
         assert res[0] == res[1]
+        if script == "relabel_training.py":  # the per-epoch label changes, class pair by class pair
+            assert metrics_rows(ref / "relabel_transitions.csv") == metrics_rows(run / "relabel_transitions.csv")
+            assert int(safe_load(run / "last.pt")["callbacks"]["relabel"]["seen"].sum()) == 28  # every Training face
     else:
         assert (ref / "genotype.json").read_text() == (run / "genotype.json").read_text()
         assert metrics_rows(ref / "alphas.csv") == metrics_rows(run / "alphas.csv")

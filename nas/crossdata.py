@@ -518,7 +518,7 @@ def _confusion(pred: torch.Tensor, true: torch.Tensor, n_rows: int, n_cols: int)
 
 def _plot_rect_confusion(cm: torch.Tensor, rows: Sequence[str], cols: Sequence[str], path: Path, title: str) -> None:
     """Rows: the data's classes; columns: the model's (a direct test across label sets)."""
-    from nas.engine.report import _plt, _save
+    from nas.engine.report import _plt, save_figure
 
     plt = _plt()
     cm = cm.double()
@@ -534,7 +534,7 @@ def _plot_rect_confusion(cm: torch.Tensor, rows: Sequence[str], cols: Sequence[s
     ax.set_xlabel("predicted (model's classes)")
     ax.set_ylabel("true (data's classes)")
     ax.set_title(title)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 

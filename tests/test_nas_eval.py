@@ -52,7 +52,7 @@ def test_quick_protocol_end_to_end_and_resumable(tmp_path):
     out = tmp_path / "nas"
     argv = ["--quick", "--out", str(out)]
     summary = nas_eval.main(nas_eval.get_args_parser().parse_args(argv))
-    rows = nas_eval._read_rows(out / nas_eval.CSV_NAME)
+    rows = nas_eval.read_rows(out / nas_eval.CSV_NAME)
     assert [(r["genotype"], r["kind"]) for r in rows] == [("darts_s0", "searched"), ("random_00", "random")]
     for r in rows:
         assert int(r["params"]) > 0 and int(r["flops"]) > int(r["params"])
@@ -67,4 +67,4 @@ def test_quick_protocol_end_to_end_and_resumable(tmp_path):
     assert (out / "nas_eval.png").exists() and (out / "summary.md").exists()
     # a second call finds every unit done: no new rows
     nas_eval.main(nas_eval.get_args_parser().parse_args(argv))
-    assert len(nas_eval._read_rows(out / nas_eval.CSV_NAME)) == 2
+    assert len(nas_eval.read_rows(out / nas_eval.CSV_NAME)) == 2

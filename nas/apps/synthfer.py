@@ -30,7 +30,7 @@ def get_args_parser(prog: str = "python -m nas.data.synthfer") -> ArgumentParser
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--difficulty", type=float, default=1.0, help="0 clean prototypes, 1 default, 2 hard")
     p.add_argument("--renderer", default=DEFAULT_RENDERER, choices=tuple(RENDERERS),
-                   help="v2: shaded faces; v1: the flat drawings earlier figures were measured on (byte-identical)")
+                   help="v2: shaded faces; v1: the flat drawings earlier figures were measured on (unchanged)")
     p.add_argument("--preview", action="store_true",
                    help="write only OUT/preview.png, a labelled grid with a row per class, instead of the data")
     p.add_argument("--force", action="store_true", help="replace an earlier SynthFER export in --out")

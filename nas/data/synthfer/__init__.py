@@ -60,8 +60,8 @@ __all__ = [
 
 #: Bumped whenever the pictures change, so cached exports are rebuilt.
 RENDER_VERSION = "1"
-#: The renderers by name: ``v1`` (flat shapes, line features; byte-identical to the exports
-#: earlier figures came from) and ``v2`` (shaded faces; see :mod:`nas.data.synthfer.render_v2`).
+#: The renderers by name: ``v1`` (flat shapes, line features; unchanged since the exports
+#: earlier figures came from: the same bytes on one CPU, within one grey level across CPUs) and ``v2`` (shaded faces; see :mod:`nas.data.synthfer.render_v2`).
 #: Cache names carry the renderer, so the two never mix.
 RENDERERS = {"v1": render_v1, "v2": render_v2}
 DEFAULT_RENDERER = "v2"

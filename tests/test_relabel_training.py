@@ -351,27 +351,15 @@ def test_ddp_two_gloo_ranks_agree_and_only_rank0_writes(toy, tmp_path, rule):
 
 
 # ----------------------------------------------------------------------------- SynthFER, 30 % noise
-@pytest.mark.slow  # trains on a SynthFER export
-def test_relabelling_restores_more_than_it_harms_on_synthfer_with_30pct_noise(tmp_path):
-    """One relabelling epoch on SynthFER with 30 % of the training labels flipped
-    (towards similar expressions), from an informative model.
+SYNTH_NOISY = ("--dataset", "synthfer", "--synth_size", "1500", "--synth_noise", "0.3", "--synth_difficulty", "0")
 
-    The informative model is a cnn_shallow trained on the *clean* labels of these
-    faces: a stand-in for a model trained long enough on plenty of data, which on this
-    CPU takes minutes (docs/relabelling.md has that measurement, from a model trained
-    on the noisy labels only). What this test checks is the machinery on real SynthFER
-    files: the hook sees the right samples' labels and the training forward's logits,
-    applies the FES gate, and the counts of restored and harmed labels come out right;
-    a wrong index anywhere would make the changes random, and harm (70 % of the labels
-    are clean) would exceed restoration.
 
-    Threshold 1.0 without the FES gate (any disagreement) because at the reference 0.2
-    SynthFER's flipped labels are mostly contradicted with a margin above 0.2, so the
-    rule hardly sees them, and the gate at 0.03 also blocks the restorations of the
-    labels that were flipped along the less similar pairs (SynthFER flips along every
-    pair in proportion to FES); a near-zero learning rate because at 1.0 nearly every
-    target becomes the model's own prediction, and training on those (self-training)
-    drifts a small model within the epoch."""
+@pytest.fixture(scope="module")
+def clean_base(tmp_path_factory):
+    """A cnn_shallow trained on the *clean* labels of SynthFER faces whose training labels are
+    30 % flipped (towards similar expressions): a stand-in for a model trained long enough on
+    plenty of data, which on this CPU takes minutes (docs/relabelling.md has that measurement,
+    from models trained on the noisy labels only)."""
     import dataclasses
 
     from nas.runtime.checkpoint import RunDir
@@ -380,8 +368,8 @@ def test_relabelling_restores_more_than_it_harms_on_synthfer_with_30pct_noise(tm
     from nas.engine.trainer import TrainConfig, Trainer
     from nas.runtime.seeds import seed_everything
 
-    flags = ("--dataset", "synthfer", "--synth_size", "1500", "--synth_noise", "0.3", "--synth_difficulty", "0")
-    args = cli_args("--checkpoint", "x.pt", *flags)
+    tmp = tmp_path_factory.mktemp("clean_base")
+    args = cli_args("--checkpoint", "x.pt", *SYNTH_NOISY)
     noisy = open_data("synthfer", size=args.synth_size, seed=args.data_seed, noise=args.synth_noise,
                       difficulty=args.synth_difficulty)
     train = noisy.split == 0
@@ -390,11 +378,33 @@ def test_relabelling_restores_more_than_it_harms_on_synthfer_with_30pct_noise(tm
     seed_everything(0)
     cfg = TrainConfig(epochs=8, batch_size=32, learning_rate=0.003, optimizer="adam", weight_decay=0.0,
                       progress=False, snapshot_at=[], log_interval=1000, eval_every=8)
-    Trainer(build_model("cnn_shallow"), oracle, cfg, RunDir(tmp_path / "base", quiet=True),
+    Trainer(build_model("cnn_shallow"), oracle, cfg, RunDir(tmp / "base", quiet=True),
             args={"arch": "cnn_shallow"}).fit()
+    return tmp / "base" / "last.pt"
+
+
+@pytest.mark.slow  # trains on a SynthFER export
+@pytest.mark.parametrize("rule", [
+    ("--relabel_threshold", "1.0"),
+    ("--rule", "confident", "--relabel_threshold", "0.05"),
+    ("--rule", "consensus", "--relabel_threshold", "0.05", "--consensus_epochs", "1"),
+    ("--rule", "soft", "--soft_lambda", "0.9"),
+], ids=["autofernet", "confident", "consensus", "soft"])
+def test_machinery_each_rule_restores_more_than_it_harms_from_a_clean_model_on_synthfer(clean_base, tmp_path, rule):
+    """The machinery, not the method's merit: one relabelling epoch on real SynthFER files
+    from a model that knows the clean labels (``clean_base``). The hook must see the right
+    samples' labels and the training forward's logits, and the counts of restored and harmed
+    labels must come out right; a wrong index anywhere would make the changes random, and harm
+    (70 % of the labels are clean) would exceed restoration.
+
+    The reference rule at threshold 1.0 without the FES gate (any disagreement) because at
+    0.2 SynthFER's flipped labels are mostly contradicted with a margin above 0.2, so the
+    rule hardly sees them; the others at a small margin for the same reason. A near-zero
+    learning rate because nearly every target becomes the model's own prediction, and
+    training on those (self-training) drifts a small model within the epoch."""
     out = tmp_path / "relabel"
-    run_cli("--checkpoint", tmp_path / "base" / "last.pt", *flags, "--save", out, "--epochs", "1",
-            "--relabel_warmup", "0", "--relabel_threshold", "1.0", "--fes", "False", "--learning_rate", "1e-6",
+    run_cli("--checkpoint", clean_base, *SYNTH_NOISY, "--save", out, "--epochs", "1", *rule,
+            "--relabel_warmup", "0", "--fes", "False", "--learning_rate", "1e-6",
             "--batch_size", "32", "--progress", "False", "--log_interval", "1000", "--plots", "False")
     row = read_csv_rows(out / "metrics.csv")[0]
     restored, harmed = int(row["relabel_restored"]), int(row["relabel_harmed"])

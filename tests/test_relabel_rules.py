@@ -75,7 +75,7 @@ def test_soft_targets_by_hand_with_and_without_the_fes_prior():
     fes = torch.tensor([[1.0, 0.1, 0.3], [0.1, 1.0, 0.2], [0.3, 0.2, 1.0]])
     # off-label weights avg * FES[0] without the diagonal: 0.6 * 0.1 = 0.06 and 0.3 * 0.3 = 0.09 (normalised
     # rows 0.25/0.75 of the off mass 0.9); the label keeps its 0.1 share
-    t = rules.soft_targets(avg, label, 0.5, fes)
+    t = rules.soft_targets(avg, label, 0.5, fes_offlabel(fes))
     w1, w2 = 0.6 * 0.25, 0.3 * 0.75
     off = 0.9
     assert t.tolist()[0] == pytest.approx([0.5 + 0.05, 0.5 * off * w1 / (w1 + w2), 0.5 * off * w2 / (w1 + w2)])

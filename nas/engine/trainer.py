@@ -34,6 +34,7 @@ from torch import nn
 
 from nas import __version__
 from nas.data.dataset import SPLITS, FERData
+from nas.data.ferplus import fes_for_classes, fes_offlabel, fes_smoothing
 from nas.engine.evaluate import TTA_MODES, evaluate_split, load_model_from_checkpoint, predict
 from nas.engine.loop import NAN_POLICIES, Callback, Loop, StepContext, StepResult, StopRequest
 from nas.engine.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler, current_lr
@@ -253,8 +254,6 @@ class Classification:
         self.mean, self.std = norm if norm is not None else training_norm(self.data.images[self.train_idx.to(device)])
         self.fes_off = None
         if cfg.fes_smoothing > 0:
-            from nas.data.ferplus import fes_for_classes, fes_offlabel
-
             self.fes_off = fes_offlabel(torch.from_numpy(fes_for_classes(cfg.fes_matrix, self.classes))).to(device)
 
         # -- model: the raw module (saved, evaluated), and the one the step calls (DDP / compiled)
@@ -313,8 +312,6 @@ class Classification:
         if self.target_hook is not None:
             y = self.target_hook(epoch, step, idx, logits.detach(), y)
         if self.fes_off is not None:
-            from nas.data.ferplus import fes_smoothing
-
             y = fes_smoothing(y, cfg.fes_smoothing, self.fes_off)
         loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         if aux is not None and cfg.auxiliary_weight > 0:

@@ -42,7 +42,6 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
-from nas.data.ferplus import fes_offlabel
 from nas.runtime.errors import FerNasError
 
 __all__ = ["FESLike", "RULES", "relabel", "relabel_mask", "relabel_loop", "fes_gate", "transition_counts",
@@ -184,19 +183,21 @@ def consensus(avg: torch.Tensor, original: torch.Tensor, streak: torch.Tensor, l
 
 
 @torch.no_grad()
-def soft_targets(avg: torch.Tensor, labels: torch.Tensor, lam: float, fes: torch.Tensor | None = None) -> torch.Tensor:
+def soft_targets(avg: torch.Tensor, labels: torch.Tensor, lam: float,
+                 fes_off: torch.Tensor | None = None) -> torch.Tensor:
     """Bootstrapped targets ``(1 - lam) * onehot(label) + lam * avg`` (N x K float32).
 
-    With ``fes`` (K x K), the part of ``lam * avg`` off the label is spread over the other
-    classes in proportion to ``avg * FES[label]`` (off-diagonal), so mass only leaves a label
-    towards expressions that are both predicted and similar; the label's own share is as
-    without the prior. Rows sum to 1."""
+    With ``fes_off`` (the FES rows without their diagonal, normalised:
+    :func:`nas.data.ferplus.fes_offlabel`, computed once by the caller), the part of
+    ``lam * avg`` off the label is spread over the other classes in proportion to
+    ``avg * FES[label]``, so mass only leaves a label towards expressions that are both
+    predicted and similar; the label's own share is as without the prior. Rows sum to 1."""
     avg = avg.float()
     labels = labels.long()
     onehot = torch.nn.functional.one_hot(labels, avg.shape[1]).float()
     mix = avg
-    if fes is not None:
-        w = avg * fes_offlabel(fes.to(avg.device))[labels]
+    if fes_off is not None:
+        w = avg * fes_off.to(avg.device)[labels]
         total = w.sum(dim=1, keepdim=True)
         off_mass = 1.0 - avg.gather(1, labels[:, None])
         # no predicted mass on a similar class: keep the prediction's own spread

@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from nas.data.dataset import SPLITS, FERData
+from nas.data.ferplus import fes_offlabel
 from nas.engine.loop import Callback, Loop
 from nas.engine.session import Session
 from nas.runtime.distributed import DistInfo
@@ -173,6 +174,7 @@ class Relabeller(Callback):
         self.last_pred = torch.full((n,), -1, dtype=torch.long, device=self.device)
         self.mass = torch.ones(n if rule == "soft" else 0, dtype=torch.float32, device=self.device)
         self._gate = None if self.fes is None else (self.fes > self.fes_threshold)
+        self._fes_off = None if self.fes is None else fes_offlabel(self.fes)  # the soft rule's prior, once
 
     @property
     def active(self) -> bool:
@@ -194,7 +196,7 @@ class Relabeller(Callback):
         if epoch < self.warmup or not self.active or self.rule == "consensus":  # consensus decides per epoch
             return given
         if self.rule == "soft":
-            soft = rules.soft_targets(self.avg[idx], given, self.soft_lambda, self.fes)
+            soft = rules.soft_targets(self.avg[idx], given, self.soft_lambda, self._fes_off)
             self.now[idx] = soft.argmax(dim=1)
             if self.clean is not None:
                 self.mass[idx] = soft.gather(1, self.clean[idx, None]).squeeze(1)

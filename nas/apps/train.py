@@ -32,15 +32,13 @@ def get_args_parser(prog: str = "train_searched.py") -> ArgumentParser:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     from nas.data import open_data_from_args
-    from nas.data.source import check_label_source
     from nas.engine.session import open_session, safe_name
     from nas.engine.trainer import Trainer, config_from_args, write_run_report
     from nas.models import build_model
 
     with open_session(args, get_args_parser(), stage="train", default_name=f"train-{safe_name(args.arch)}") as s:
         args = s.args
-        check_label_source(args)
-        data = open_data_from_args(args)
+        data = open_data_from_args(args)  # the reader refuses --labels ferplus_* without FER+ votes
         model = build_model(args.arch, num_classes=len(data.classes), init_channels=args.init_channels,
                             layers=args.layers, auxiliary=args.auxiliary, in_channels=int(data.images.shape[1]),
                             drop_path_prob=args.drop_path_prob)

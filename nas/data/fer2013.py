@@ -87,7 +87,8 @@ def read_fer2013_csv(path: str | Path, *, skip_bad_rows: bool = False, seed: int
         images, split = images[keep], split[keep]
         clean = clean[keep] if clean is not None else None
     elif labels != "fer":
-        raise FerNasError(f"--labels {labels} needs --ferplus PATH (the FER+ fer2013new.csv)")
+        raise FerNasError(f"--labels {labels} needs --ferplus PATH (the FER+ fer2013new.csv), or the FER+ image "
+                          "folders as --data")
     if "holdout" in meta:  # unlabelled test.csv: a seeded stratified part of Training becomes PublicTest
         _, val = stratified_split(y, val_fraction, seed)
         split[val] = SPLITS.index("PublicTest")

@@ -46,9 +46,9 @@ from nas.runtime.checkpoint import atomic_write_text
 from nas.runtime.cli import ArgumentParser, run as cli_run
 
 if __package__ in (None, ""):
-    from stats import num as _num, percentile_among, permutation_test, read_rows, t_interval
+    from common import num as _num, percentile_among, permutation_test, read_rows, run_or_resume, t_interval
 else:
-    from bench.stats import num as _num, percentile_among, permutation_test, read_rows, t_interval
+    from bench.common import num as _num, percentile_among, permutation_test, read_rows, run_or_resume, t_interval
 
 CSV_NAME = "nas_eval.csv"
 COLUMNS = ["genotype", "kind", "strategy", "search_seed", "train_seed", "params", "flops", "val_acc", "test_acc",
@@ -93,10 +93,6 @@ def _data_flags(recipe: Mapping[str, Any]) -> list[str]:
             "--synth_noise", "0", "--synth_difficulty", "1.0", "--data_seed", "0"]
 
 
-def _run_app(app: Any, argv: list[str]) -> dict[str, Any]:
-    return app.main(app.get_args_parser().parse_args([str(a) for a in argv]))
-
-
 def search_unit(out: str, strategy: str, seed: int, recipe: Mapping[str, Any], device: str,
                 threads: int | None) -> dict[str, Any]:
     """One search (idempotent): its genotype as a dict."""
@@ -107,26 +103,29 @@ def search_unit(out: str, strategy: str, seed: int, recipe: Mapping[str, Any], d
     if threads:
         torch.set_num_threads(threads)
     folder = Path(out) / f"search-{strategy}-s{seed}"
-    done = folder / "done.json"
-    if done.exists():
-        return json.loads(done.read_text())
     s = recipe["search"]
-    if (folder / "last.pt").exists():
-        res = _run_app(search_app, ["--resume", folder, "--progress", "False"])
-    else:
-        argv = ["--strategy", strategy, "--search_space", recipe["space"], "--init_channels", s["init_channels"],
-                "--layers", s["layers"], "--batch_size", s["batch_size"], "--crop", s["crop"], "--seed", seed,
-                "--train_portion", s["train_portion"], "--device", device, "--save", folder, "--force",
-                "--progress", "False", "--plots", "False", *_data_flags(recipe)]
-        if strategy == "sgas":  # one decision per epoch from the first: 8 decisions in 9 epochs
-            argv += ["--batch_increase", "0", "--warmup_dec_epoch", "0", "--decision_freq", "1",
-                     "--epochs_after_last_decision", "0"]
-        elif strategy != "random":
-            argv += ["--epochs", s["darts_epochs"]]
-        res = _run_app(search_app, argv)
+    argv = ["--strategy", strategy, "--search_space", recipe["space"], "--init_channels", s["init_channels"],
+            "--layers", s["layers"], "--batch_size", s["batch_size"], "--crop", s["crop"], "--seed", seed,
+            "--train_portion", s["train_portion"], "--device", device, *_data_flags(recipe)]
+    if strategy == "sgas":  # one decision per epoch from the first: 8 decisions in 9 epochs
+        argv += ["--batch_increase", "0", "--warmup_dec_epoch", "0", "--decision_freq", "1",
+                 "--epochs_after_last_decision", "0"]
+    elif strategy != "random":
+        argv += ["--epochs", s["darts_epochs"]]
+    res = run_or_resume(search_app, folder, argv, done="done.json")  # search writes no results.json: this row
     out_row = {"strategy": strategy, "seed": seed, "genotype": res["genotype"]}
-    atomic_write_text(json.dumps(out_row) + "\n", done)
+    atomic_write_text(json.dumps(out_row) + "\n", folder / "done.json")
     return out_row
+
+
+def count_params(genotype: Any, recipe: Mapping[str, Any]) -> int:
+    """Parameters (no auxiliary head) of the network built at the retraining size: what the
+    random cells are matched on (no forward pass, so rejection sampling stays cheap)."""
+    from nas.models import build_model, count_parameters
+
+    t = recipe["train"]
+    return count_parameters(build_model(genotype, init_channels=t["init_channels"], layers=t["layers"],
+                                        auxiliary=False))
 
 
 def count_params_flops(genotype: Any, recipe: Mapping[str, Any]) -> tuple[int, int]:
@@ -154,17 +153,12 @@ def train_unit(out: str, name: str, genotype_path: str, seed: int, recipe: Mappi
 
     if threads:
         torch.set_num_threads(threads)
-    folder = Path(out) / f"train-{name}-s{seed}"
-    if (folder / "results.json").exists():
-        return json.loads((folder / "results.json").read_text())
-    if (folder / "last.pt").exists():
-        return _run_app(train_app, ["--resume", folder, "--progress", "False"])
     t = recipe["train"]
-    return _run_app(train_app, ["--arch", genotype_path, "--init_channels", t["init_channels"], "--layers",
-                                t["layers"], "--epochs", t["epochs"], "--batch_size", t["batch_size"],
-                                "--learning_rate", t["learning_rate"], "--seed", seed, "--snapshot_at", "",
-                                "--device", device, "--save", folder, "--force", "--progress", "False",
-                                "--plots", "False", *_data_flags(recipe)])
+    return run_or_resume(train_app, Path(out) / f"train-{name}-s{seed}",
+                         ["--arch", genotype_path, "--init_channels", t["init_channels"], "--layers", t["layers"],
+                          "--epochs", t["epochs"], "--batch_size", t["batch_size"], "--learning_rate",
+                          t["learning_rate"], "--seed", seed, "--snapshot_at", "", "--device", device,
+                          *_data_flags(recipe)])
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -353,10 +347,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                       "search_seed": s["seed"], "genotype": s["genotype"]})
     sizes = {g["name"]: count_params_flops(genotype_from_dict(g["genotype"]), recipe) for g in genos}
     if n_random:
-        target = int(np.mean([p for p, _ in sizes.values()])) if sizes else count_params_flops(
-            load_genotype("DARTS_V2"), recipe)[0]
+        target = (int(np.mean([p for p, _ in sizes.values()])) if sizes
+                  else count_params(load_genotype("DARTS_V2"), recipe))
         space = search_space(recipe["space"])
-        randoms = sample_matched(space, lambda g: count_params_flops(g, recipe)[0], target, n_random, tol=0.15, seed=0)
+        randoms = sample_matched(space, lambda g: count_params(g, recipe), target, n_random, tol=0.15, seed=0)
         for k, g in enumerate(randoms):
             genos.append({"name": f"random_{k:02d}", "kind": "random", "strategy": "random", "search_seed": "",
                           "genotype": genotype_to_dict(g)})

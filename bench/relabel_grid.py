@@ -48,9 +48,9 @@ from nas.runtime.checkpoint import atomic_write_text
 from nas.runtime.cli import ArgumentParser, run as cli_run
 
 if __package__ in (None, ""):
-    from stats import num as _num, read_rows, t_interval
+    from common import num as _num, read_rows, run_or_resume, t_interval
 else:
-    from bench.stats import num as _num, read_rows, t_interval
+    from bench.common import num as _num, read_rows, run_or_resume, t_interval
 
 RULE_FLAGS: dict[str, list[str]] = {
     "control": ["--no_relabel"],
@@ -100,21 +100,6 @@ def get_args_parser() -> ArgumentParser:
 
 
 # ----------------------------------------------------------------------------- one unit of work
-def _run_app(app: Any, argv: list[str]) -> dict[str, Any]:
-    args = app.get_args_parser().parse_args(argv)
-    return app.main(args)
-
-
-def _train_or_resume(app: Any, folder: Path, argv: list[str]) -> dict[str, Any]:
-    """Idempotent: a finished run is read back, an interrupted one resumed, else started."""
-    done = folder / "results.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    if (folder / "last.pt").exists():
-        return _run_app(app, ["--resume", str(folder), "--progress", "False"])
-    return _run_app(app, argv + ["--save", str(folder), "--force", "--progress", "False", "--plots", "False"])
-
-
 def run_cell(out: str, mode: str, noise: float, seed: int, rules: Sequence[str], recipe: Mapping[str, Any],
              device: str, threads: int | None) -> list[dict[str, Any]]:
     """The base run and one relabelling run per rule for one (mode, noise, seed); rows of the CSV."""
@@ -133,13 +118,13 @@ def run_cell(out: str, mode: str, noise: float, seed: int, rules: Sequence[str],
     common = ["--batch_size", str(recipe["batch_size"]), "--learning_rate", str(recipe["learning_rate"]),
               "--seed", str(seed), "--device", device]
     cell = Path(out) / f"{mode}-n{round(noise * 100):02d}-s{seed}"
-    base = _train_or_resume(train_app, cell / "base", ["--arch", recipe["arch"], "--epochs", str(recipe["base_epochs"]),
+    base = run_or_resume(train_app, cell / "base", ["--arch", recipe["arch"], "--epochs", str(recipe["base_epochs"]),
                                                        "--snapshot_at", "", *data(noise), *common])
     rows = []
     for rule in rules:
         t0 = time.time()
         flipped = 0.0 if rule == "clean" else noise
-        res = _train_or_resume(relabel_app, cell / rule, ["--checkpoint", str(cell / "base" / "best.pt"),
+        res = run_or_resume(relabel_app, cell / rule, ["--checkpoint", str(cell / "base" / "best.pt"),
                                                           "--epochs", str(recipe["relabel_epochs"]), *data(flipped),
                                                           *common, *RULE_FLAGS[rule]])
         rel = res.get("relabel") or {}

@@ -1,14 +1,33 @@
-"""Statistics the experiment benchmarks share (bench/relabel_grid.py, bench/nas_eval.py)."""
+"""What the experiment benchmarks share (bench/relabel_grid.py, bench/nas_eval.py): idempotent
+runs of a toolkit command, results CSV rows, and the statistics of their reports."""
 from __future__ import annotations
 
 import itertools
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["num", "t_interval", "percentile_among", "permutation_test", "read_rows"]
+__all__ = ["run_app", "run_or_resume", "num", "t_interval", "percentile_among", "permutation_test", "read_rows"]
+
+
+def run_app(app: Any, argv: Sequence[Any]) -> dict[str, Any]:
+    """A command of ``nas.apps`` in this process (its parser, then ``main``)."""
+    return app.main(app.get_args_parser().parse_args([str(a) for a in argv]))
+
+
+def run_or_resume(app: Any, folder: Path, argv: Sequence[Any], done: str = "results.json") -> dict[str, Any]:
+    """One idempotent unit of work in its run folder: a finished run (``done`` written) is read
+    back, an interrupted one resumed from its ``last.pt``, else ``argv`` starts it there."""
+    import json
+
+    folder = Path(folder)
+    if (folder / done).exists():
+        return json.loads((folder / done).read_text())
+    if (folder / "last.pt").exists():
+        return run_app(app, ["--resume", folder, "--progress", "False"])
+    return run_app(app, [*argv, "--save", folder, "--force", "--progress", "False", "--plots", "False"])
 
 
 def num(v: object) -> float | None:

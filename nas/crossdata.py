@@ -382,8 +382,11 @@ def cross_validate(checkpoint: str | Path, data: FERData, folds: Sequence[Fold],
         model, ckpt = load_model_from_checkpoint(checkpoint, device)
         mean, std, crop = checkpoint_norm(ckpt)
         model_classes = [str(c) for c in (ckpt.get("classes") or [])]
-        probs = predict(model, data.images, mean=mean, std=std, crop=crop, tta=tta, batch_size=batch_size,
-                        amp=device.type == "cuda").cpu()
+        # only the images some fold tests (fernas crosstest --split PrivateTest tests a part of the data)
+        tested = torch.unique(torch.cat([f.test for f in folds])) if folds else torch.zeros(0, dtype=torch.int64)
+        probs = torch.zeros(len(data), len(model_classes))
+        probs[tested] = predict(model, data.images[tested.to(data.images.device)], mean=mean, std=std, crop=crop,
+                                tta=tta, batch_size=batch_size, amp=device.type == "cuda").cpu().float()
         sc = direct_scores(probs, labels_all, model_classes, data_classes)
         left_out = [c for c in data_classes if c not in model_classes]
         never = [c for c in model_classes if c not in data_classes]

@@ -29,6 +29,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     from tests.test_search import SGAS_FLAGS, searcher, tiny_args, tiny_data
 
     info = init_distributed("cpu")
+    ok = False  # the closing barrier only on success: a failed rank must not wait for its peer
     try:
         assert info.world_size == world and dist.get_backend() == "gloo"
         # per-rank batch 4: the global batch of 8 matches the single-process tiny searches
@@ -50,8 +51,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                     "genotype": res["genotype"], "seen": seen, "w_idx": s.w_idx.tolist(),
                     "arch_idx": s.arch_idx.tolist(), "complete": res["complete"]},
                    Path(out) / f"rank{rank}.pt")
+        ok = True
     finally:
-        cleanup()
+        cleanup(barrier=ok)
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")

@@ -124,8 +124,10 @@ def open_session(args: argparse.Namespace, parser: argparse.ArgumentParser, *, s
     """:func:`start_session` for the duration of a ``with`` block; a process group it
     joined is left at the end."""
     joined = not is_initialized()
+    ok = False
     try:
         yield start_session(args, parser, stage=stage, default_name=default_name)
+        ok = True
     finally:
         if joined:
-            cleanup()
+            cleanup(barrier=ok)

@@ -77,8 +77,14 @@ def init_distributed(device: torch.device | str = "cpu", timeout_s: float = 600.
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 
-def cleanup() -> None:
+def cleanup(barrier: bool = True) -> None:
+    """Leave the process group. On a clean exit every rank first meets at a barrier: a rank
+    that tears gloo down while its peer is still in a collective or in its own teardown can
+    abort the peer ("terminate called without an active exception", SIGABRT). After an
+    error the barrier is skipped, since the other ranks may never reach it."""
     if dist.is_available() and dist.is_initialized():
+        if barrier and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

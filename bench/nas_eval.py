@@ -85,7 +85,15 @@ def get_args_parser() -> ArgumentParser:
     p.add_argument("--size", type=int, default=None, help="SynthFER images (default 3000; quick 400)")
     p.add_argument("--train_epochs", type=int, default=None, help="retraining epochs (default 8; quick 1)")
     p.add_argument("--workers", type=int, default=1, help="units of work at once (one torch thread each when > 1)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="device of every unit (cuda on GPU nodes)")
+    p.add_argument("--executor", choices=["pool", "submitit"], default="pool",
+                   help="pool: --workers local processes; submitit: every unit a submitit job (Slurm array, "
+                        "or --cluster local/debug), pip install -e '.[cluster]'")
+    p.add_argument("--cluster", default=None,
+                   help="submitit cluster: slurm, local or debug (default: slurm where sbatch exists, else local)")
+    p.add_argument("--slurm_partition", default=None, help="Slurm partition of the units")
+    p.add_argument("--gpus_per_unit", type=int, default=0, help="GPUs per unit on Slurm (with --device cuda)")
+    p.add_argument("--timeout_min", type=int, default=240, help="time limit per unit on Slurm, minutes")
     p.add_argument("--summary_only", action="store_true", help="rebuild the summary and PNG from the CSV")
     return p
 
@@ -343,9 +351,48 @@ def _append(path: Path, row: Mapping[str, Any], columns: Sequence[str] = COLUMNS
         w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
 
 
-def _run_units(fn: Any, jobs: Sequence[tuple], workers: int) -> Iterator[tuple[int, Any]]:
-    """``(k, fn(*jobs[k]))`` as each unit finishes, in a spawn process pool when ``workers > 1``
-    (so the caller records each one at once)."""
+def make_executor(args: argparse.Namespace, out: Path) -> Any:
+    """A submitit executor for ``--executor submitit`` (``None`` for the local pool): its logs and
+    pickled units go to ``out/submitit``."""
+    if args.executor != "submitit":
+        return None
+    import os
+
+    from nas.runtime.errors import FerNasError
+
+    try:
+        import submitit
+    except ImportError:
+        raise FerNasError("--executor submitit needs submitit: pip install -e '.[cluster]'") from None
+    # a unit unpickles this script's functions by module name: the job's interpreter must
+    # find bench/ and the project as this one does (Slurm and the local executor both pass
+    # the environment on)
+    here = Path(__file__).resolve().parent
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(here), str(here.parent)] +
+                                               [p for p in [os.environ.get("PYTHONPATH", "")] if p])
+    ex = submitit.AutoExecutor(folder=out / "submitit", cluster=args.cluster)
+    params: dict[str, Any] = {"timeout_min": args.timeout_min, "name": "nas_eval"}
+    if ex.cluster == "slurm":
+        params.update(slurm_array_parallelism=max(args.workers, 1), gpus_per_node=args.gpus_per_unit,
+                      cpus_per_task=4, tasks_per_node=1, nodes=1)
+        if args.slurm_partition:
+            params["slurm_partition"] = args.slurm_partition
+    ex.update_parameters(**params)
+    return ex
+
+
+def _run_units(fn: Any, jobs: Sequence[tuple], workers: int, executor: Any = None) -> Iterator[tuple[int, Any]]:
+    """``(k, fn(*jobs[k]))`` as each unit finishes: through a submitit ``executor`` (one job
+    array), in a spawn process pool when ``workers > 1``, else in this process (so the caller
+    records each one at once)."""
+    if executor is not None and jobs:
+        from submitit.helpers import as_completed as done_in_turn
+
+        submitted = executor.map_array(fn, *zip(*jobs))
+        index = {id(j): k for k, j in enumerate(submitted)}
+        for j in done_in_turn(submitted):
+            yield index[id(j)], j.result()
+        return
     if workers <= 1:
         for k, job in enumerate(jobs):
             yield k, fn(*job)
@@ -387,7 +434,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     recipe.update(strategies=strategies, search_seeds=search_seeds, random=n_random, train_seeds=train_seeds,
                   references=refs)
     atomic_write_text(json.dumps(recipe, indent=2) + "\n", out / "protocol.json")
-    threads = 1 if args.workers > 1 else None
+    executor = make_executor(args, out)
+    threads = 1 if args.workers > 1 and executor is None else None
     t0 = time.time()
 
     # 1. searches
@@ -395,7 +443,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.summary_only:
         searched = [json.loads(p.read_text()) for p in sorted(out.glob("search-*/done.json"))]
     else:
-        found: dict[int, Any] = dict(_run_units(search_unit, search_jobs, args.workers))
+        found: dict[int, Any] = dict(_run_units(search_unit, search_jobs, args.workers, executor))
         searched = [found[k] for k in range(len(search_jobs))]
 
     # 2. the genotypes to retrain: searched, random (parameter-matched), references
@@ -428,7 +476,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if not args.summary_only and jobs:
         bar = tqdm(total=len(jobs), desc="nas_eval trainings", unit="run")
         units = [(str(out), g, seed, recipe, args.device, threads, sizes[g["name"]]) for g, seed in jobs]
-        for _, row in _run_units(_train_row, units, args.workers):
+        for _, row in _run_units(_train_row, units, args.workers, executor):
             _append(out / CSV_NAME, row)
             bar.update(1)
         bar.close()

@@ -74,3 +74,19 @@ def test_quick_protocol_end_to_end_and_resumable(tmp_path):
     nas_eval.main(nas_eval.get_args_parser().parse_args(argv))
     assert len(nas_eval.read_rows(out / nas_eval.CSV_NAME)) == 2
     assert len(nas_eval.read_rows(out / nas_eval.PROXY_CSV)) == 1
+
+
+@pytest.mark.slow  # a search and two trainings, each a submitit job of its own process
+def test_quick_protocol_through_submitit_local_executor(tmp_path):
+    """The same units go out through submitit (the local executor stands in for Slurm): the
+    rows match an in-process run of the same protocol exactly, and the jobs left their logs."""
+    pytest.importorskip("submitit")
+    ref, sub = tmp_path / "inproc", tmp_path / "submitit"
+    nas_eval.main(nas_eval.get_args_parser().parse_args(["--quick", "--out", str(ref), "--random", "0"]))
+    nas_eval.main(nas_eval.get_args_parser().parse_args(["--quick", "--out", str(sub), "--random", "0",
+                                                         "--executor", "submitit", "--cluster", "local"]))
+    key = ("genotype", "params", "flops", "val_acc", "test_acc", "selected_epoch")
+    rows = [[{k: r[k] for k in key} for r in nas_eval.read_rows(d / nas_eval.CSV_NAME)] for d in (ref, sub)]
+    assert rows[0] == rows[1] and len(rows[1]) == 1
+    logs = list((sub / "submitit").glob("*_log.out"))
+    assert len(logs) == 2   # the search job and the training job

@@ -40,7 +40,7 @@ def tiny_args(save, *extra):
         ["--init_channels", "4", "--layers", "3", "--search_space", SPACE, "--batch_size", "8",
          "--batch_increase", "0", "--warmup_dec_epoch", "0", "--decision_freq", "1",
          "--epochs_after_last_decision", "0", "--crop", "12", "--seed", "3", "--device", "cpu",
-         "--save", str(save), "--progress", "False", *extra])
+         "--save", str(save), "--progress", "False", "--plots", "False", *extra])
 
 
 def searcher(args, data, stop=None):

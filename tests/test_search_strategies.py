@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nas.engine.report import have_matplotlib
 from nas.models.genotypes import genotype_to_dict, load_genotype
 from nas.runtime.checkpoint import read_csv_rows
 from nas.search.architect import Architect
@@ -57,7 +58,8 @@ def test_auxiliary_skip_adds_the_weighted_input_on_resolution_keeping_edges():
 
 @pytest.mark.parametrize("strategy", ["beta_darts", "darts_minus"])
 def test_schedules_and_short_runs_record_the_parameter_free_share(tmp_path, strategy):
-    s = searcher(tiny_args(tmp_path / strategy, "--strategy", strategy, "--epochs", "3", "--post_val"), tiny_data())
+    s = searcher(tiny_args(tmp_path / strategy, "--strategy", strategy, "--epochs", "3", "--post_val", "--plots", "True"),
+                 tiny_data())
     res = s.run()
     rows = read_csv_rows(tmp_path / strategy / "metrics.csv")
     assert len(rows) == 3
@@ -73,6 +75,8 @@ def test_schedules_and_short_runs_record_the_parameter_free_share(tmp_path, stra
     assert len(last) == 28 and all(r["top"] in SPACE.split(",")[1:] for r in last)
     assert all(r["top_param_free"] == str(int(r["top"] in ("max_pool_3x3", "skip_connect"))) for r in last)
     assert res["complete"] and res["epochs"] == 3
+    if have_matplotlib(notice=False):  # the collapse plot: search.png, redrawn every epoch
+        assert (tmp_path / strategy / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_random_strategy_is_the_seeded_sample_and_trains_nothing(tmp_path):

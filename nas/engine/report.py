@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["have_matplotlib", "save_figure", "plot_curves", "plot_confusion", "saliency", "plot_saliency",
+__all__ = ["have_matplotlib", "save_figure", "plot_curves", "plot_search_curves", "plot_confusion", "saliency", "plot_saliency",
            "plot_misclassified", "plot_cell", "plot_cells", "write_report"]
 
 _NOTICE_SHOWN = False
@@ -89,6 +89,47 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str 
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title or "training curves")
+    return save_figure(fig, Path(path))
+
+
+def plot_search_curves(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path | None:
+    """A search's metrics.csv per epoch: weight and architecture losses, accuracy on the two
+    halves of Training, and the share of parameter-free operations in the current genotype
+    (collapse shows as it rising) with the anti-collapse weights that are in use."""
+    if not rows or not have_matplotlib(notice=False):
+        return None
+    plt = _plt()
+    epochs = [_num(r.get("epoch")) for r in rows]
+
+    def series(key: str, scale: float = 1.0) -> tuple[list[float], list[float]]:
+        pts = [(e, scale * _num(r.get(key))) for e, r in zip(epochs, rows)]
+        pts = [(e, v) for e, v in pts if not math.isnan(v)]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for ax, keys, ylabel in ((axes[0], (("train_loss", "weight half"), ("arch_loss", "architecture half")),
+                              "cross-entropy"),
+                             (axes[1], (("train_acc", "weight half (training batches)"),
+                                        ("valid_acc", "architecture half (--post_val)")), "accuracy (%)")):
+        for key, label in keys:
+            x, y = series(key)
+            if x:
+                ax.plot(x, y, "-o", markersize=3, label=label)
+        ax.set_ylabel(ylabel)
+    x, y = series("param_free_share", 100.0)
+    axes[2].plot(x, y, "-o", markersize=3, color="tab:red", label="parameter-free ops in the genotype")
+    axes[2].set_ylim(-3, 103)
+    axes[2].set_ylabel("%")
+    for key, label in (("aux_skip", "DARTS- auxiliary skip x100"), ("beta_decay_weight", "beta-decay weight x100")):
+        x, y = series(key, 100.0)
+        if any(v != 0 for v in y):
+            axes[2].plot(x, y, "--", label=label)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title or "search")
     return save_figure(fig, Path(path))
 
 

@@ -103,7 +103,8 @@ def add_search_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--cutout", action="store_true", default=False, help="cutout augmentation")
     g.add_argument("--cutout_length", type=int, default=16, help="cutout square side")
     g.add_argument("--export", default=None, metavar="NAME", help="also write genotypes/NAME.json")
-    g.add_argument("--plots", type=str2bool, default=True, help="draw cell_normal.png / cell_reduce.png at the end")
+    g.add_argument("--plots", type=str2bool, default=True, help="draw search.png (curves, parameter-free share) after every epoch and "
+                                                                      "cell_normal.png / cell_reduce.png at the end")
     return parser
 
 
@@ -379,7 +380,8 @@ class BilevelSearch:
 
 class SearchRecorder(Callback):
     """Writes, after each epoch, the architecture weights (``alphas.csv``: softmax per
-    edge, with each edge's state) and the current genotype (``genotype.json``)."""
+    edge, with each edge's state), the current genotype (``genotype.json``) and the curves
+    (``search.png``, with the parameter-free share that shows collapse)."""
 
     name = "search_files"
 
@@ -413,6 +415,15 @@ class SearchRecorder(Callback):
         path = run.file("alphas.csv")
         old = read_csv_rows(path) if path.exists() else []
         write_csv(path, old + rows, header)
+        a = self.obj.args
+        if a.plots:
+            try:
+                from nas.engine.report import plot_search_curves
+
+                plot_search_curves(read_csv_rows(run.file("metrics.csv")), run.file("search.png"),
+                                   title=f"search ({a.strategy}, {a.search_space}), C={a.init_channels} L={a.layers}")
+            except Exception as e:  # noqa: BLE001 - a plotting failure must not stop a search
+                run.log(f"notice: search.png skipped ({type(e).__name__}: {e})")
 
 
 def genotype_line(g: Genotype) -> str:

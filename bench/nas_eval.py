@@ -82,6 +82,13 @@ def get_args_parser() -> ArgumentParser:
     p.add_argument("--train_seeds", type=int, default=None, help="training seeds per genotype (default 2; quick 1)")
     p.add_argument("--references", default=None, help="named genotypes retrained beside (default FER_V1,DARTS_V2; "
                                                        "quick: none)")
+    p.add_argument("--data", default=None,
+                   help="your data instead of SynthFER (a fer2013.csv or any format the toolkit reads); search "
+                        "sees its Training split only, selection uses PublicTest, the figure is PrivateTest")
+    p.add_argument("--recipe", default=None,
+                   help="a JSON file whose keys replace the protocol's sizes (FULL in this file: size, space, "
+                        "search.{init_channels,layers,batch_size,crop,darts_epochs,train_portion}, "
+                        "train.{init_channels,layers,epochs,batch_size,learning_rate})")
     p.add_argument("--size", type=int, default=None, help="SynthFER images (default 3000; quick 400)")
     p.add_argument("--train_epochs", type=int, default=None, help="retraining epochs (default 8; quick 1)")
     p.add_argument("--workers", type=int, default=1, help="units of work at once (one torch thread each when > 1)")
@@ -99,7 +106,32 @@ def get_args_parser() -> ArgumentParser:
 
 
 # ----------------------------------------------------------------------------- units of work
+def merge_recipe(recipe: dict[str, Any], path: str) -> dict[str, Any]:
+    """``recipe`` with the values of the JSON file ``path`` (unknown keys refused)."""
+    from nas.runtime.errors import FerNasError
+
+    try:
+        over = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise FerNasError(f"--recipe {path}: cannot read it as JSON ({e})") from None
+    if not isinstance(over, dict):
+        raise FerNasError(f"--recipe {path}: expected a JSON object")
+    for k, v in over.items():
+        if k not in recipe:
+            raise FerNasError(f"--recipe {path}: unknown key {k!r} (known: {', '.join(recipe)})")
+        if isinstance(recipe[k], dict):
+            bad = [x for x in (v if isinstance(v, dict) else {None: 0}) if x not in recipe[k]]
+            if bad:
+                raise FerNasError(f"--recipe {path}: {k} takes {', '.join(recipe[k])}, not {bad[0]!r}")
+            recipe[k].update(v)
+        else:
+            recipe[k] = v
+    return recipe
+
+
 def _data_flags(recipe: Mapping[str, Any]) -> list[str]:
+    if recipe.get("data"):
+        return ["--data", str(recipe["data"])]
     return ["--dataset", "synthfer", "--synth_renderer", "v2", "--synth_size", str(recipe["size"]),
             "--synth_noise", "0", "--synth_difficulty", "1.0", "--data_seed", "0"]
 
@@ -415,10 +447,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from nas.search.searcher import STRATEGIES
 
     recipe = json.loads(json.dumps(QUICK if args.quick else FULL))
+    if args.recipe:
+        recipe = merge_recipe(recipe, args.recipe)
     if args.size:
         recipe["size"] = args.size
     if args.train_epochs:
         recipe["train"]["epochs"] = args.train_epochs
+    if args.data:
+        recipe["data"] = str(Path(args.data).resolve())
     strategies = (args.strategies or ("darts" if args.quick else "sgas,darts,beta_darts,darts_minus")).split(",")
     bad = [s for s in strategies if s not in STRATEGIES or s == "random"]
     if bad:

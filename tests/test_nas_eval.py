@@ -12,6 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import nas_eval  # noqa: E402
 
+from nas.runtime.errors import FerNasError  # noqa: E402
+
 
 def test_percentile_counts_ties_half():
     assert nas_eval.percentile_among(5.0, [1, 2, 3, 4]) == 100.0
@@ -90,3 +92,16 @@ def test_quick_protocol_through_submitit_local_executor(tmp_path):
     assert rows[0] == rows[1] and len(rows[1]) == 1
     logs = list((sub / "submitit").glob("*_log.out"))
     assert len(logs) == 2   # the search job and the training job
+
+
+def test_recipe_file_replaces_sizes_and_refuses_unknown_keys(tmp_path):
+    good = tmp_path / "r.json"
+    good.write_text(json.dumps({"size": 123, "train": {"epochs": 3}}))
+    r = nas_eval.merge_recipe(json.loads(json.dumps(nas_eval.FULL)), str(good))
+    assert r["size"] == 123 and r["train"]["epochs"] == 3
+    assert r["train"]["layers"] == nas_eval.FULL["train"]["layers"] and r["search"] == nas_eval.FULL["search"]
+    for bad, msg in (({"sizes": 1}, "unknown key 'sizes'"), ({"train": {"epoch": 3}}, "not 'epoch'"),
+                     ([1, 2], "expected a JSON object")):
+        good.write_text(json.dumps(bad))
+        with pytest.raises(FerNasError, match=msg):
+            nas_eval.merge_recipe(json.loads(json.dumps(nas_eval.FULL)), str(good))

@@ -204,10 +204,11 @@ def train_unit(out: str, name: str, genotype_path: str, seed: int, recipe: Mappi
                           *_data_flags(recipe)])
 
 
-def proxy_rows(out: Path, searched: Sequence[Mapping[str, Any]], randoms: Sequence[Mapping[str, Any]]
+def proxy_rows(out: Path, searched: Sequence[Mapping[str, Any]], genos: Sequence[Mapping[str, Any]]
                ) -> list[dict[str, Any]]:
-    """The one-shot proxies (:mod:`nas.search.oneshot`) of every random cell under every
-    finished search's supernet, one ``oneshot.csv`` row each; rows already there are kept."""
+    """The one-shot proxies (:mod:`nas.search.oneshot`) of every genotype (random, searched,
+    references whose ops are in the space) under every finished search's supernet, one
+    ``oneshot.csv`` row each; rows already there are kept."""
     from nas.models.genotypes import genotype_from_dict
     from nas.search.oneshot import alpha_score, load_supernet, oneshot_accuracy
 
@@ -215,12 +216,14 @@ def proxy_rows(out: Path, searched: Sequence[Mapping[str, Any]], randoms: Sequen
     have = {(r["search"], r["genotype"]) for r in read_rows(path)}
     for s in searched:
         folder = out / f"search-{s['strategy']}-s{s['seed']}"
-        todo = [g for g in randoms if (folder.name, g["name"]) not in have]
+        todo = [g for g in genos if (folder.name, g["name"]) not in have]
         if not todo or not (folder / "last.pt").exists():
             continue
         model, images, labels, crop = load_supernet(folder)
         for g in todo:
             geno = genotype_from_dict(g["genotype"])
+            if any(op not in model.primitives for op, _ in [*geno.normal, *geno.reduce]):
+                continue  # a reference from another space
             row = {"search": folder.name, "strategy": s["strategy"], "search_seed": s["seed"], "genotype": g["name"],
                    "alpha_score": round(alpha_score(model, geno), 5),
                    "oneshot_acc": round(oneshot_accuracy(model, geno, images, labels, crop=crop), 3)}
@@ -229,7 +232,8 @@ def proxy_rows(out: Path, searched: Sequence[Mapping[str, Any]], randoms: Sequen
 
 
 def proxy_taus(proxies: Sequence[Mapping[str, Any]], accs: Mapping[str, float]) -> dict[str, dict[str, float]]:
-    """Per search, Kendall τ of each proxy against the random cells' retrained accuracy."""
+    """Per search, Kendall τ of each proxy against the retrained accuracy of the cells in
+    ``accs`` (the random ones)."""
     from nas.search.oneshot import kendall_tau
 
     by: dict[str, list[Mapping[str, Any]]] = {}
@@ -517,8 +521,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             bar.update(1)
         bar.close()
     rows = read_rows(out / CSV_NAME)
-    randoms = [g for g in genos if g["kind"] == "random"]
-    proxies = read_rows(out / PROXY_CSV) if args.summary_only or not randoms else proxy_rows(out, searched, randoms)
+    has_random = any(g["kind"] == "random" for g in genos)
+    proxies = read_rows(out / PROXY_CSV) if args.summary_only or not has_random else proxy_rows(out, searched, genos)
     summary = summarize(rows, [{"strategy": g["strategy"], "genotype": g["genotype"]} for g in genos
                                if g["kind"] == "searched"], proxies)
     summary["protocol"] = recipe

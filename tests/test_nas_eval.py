@@ -67,15 +67,18 @@ def test_quick_protocol_end_to_end_and_resumable(tmp_path):
     acc = {e["genotype"]: e["test_acc"] for e in summary["genotypes"]}
     assert pct == nas_eval.percentile_among(acc["darts_s0"], [acc["random_00"]])
     assert (out / "nas_eval.png").exists() and (out / "summary.md").exists()
-    # the one-shot proxies of the random cell under the search's supernet (one cell: τ undefined)
+    # the one-shot proxies of both cells under the search's supernet (τ over one random cell: undefined)
     proxies = nas_eval.read_rows(out / nas_eval.PROXY_CSV)
-    assert [(r["search"], r["genotype"]) for r in proxies] == [("search-darts-s0", "random_00")]
-    assert 0.0 <= float(proxies[0]["oneshot_acc"]) <= 100.0 and float(proxies[0]["alpha_score"]) < 0
+    assert [(r["search"], r["genotype"]) for r in proxies] == [("search-darts-s0", "darts_s0"),
+                                                                ("search-darts-s0", "random_00")]
+    assert all(0.0 <= float(r["oneshot_acc"]) <= 100.0 and float(r["alpha_score"]) < 0 for r in proxies)
+    # DARTS's rule picks, edge by edge, what the alphas favour: its cell outscores the random one
+    assert float(proxies[0]["alpha_score"]) > float(proxies[1]["alpha_score"])
     assert math.isnan(summary["strategies"]["darts"]["kendall_tau_oneshot"])
     # a second call finds every unit done: no new rows
     nas_eval.main(nas_eval.get_args_parser().parse_args(argv))
     assert len(nas_eval.read_rows(out / nas_eval.CSV_NAME)) == 2
-    assert len(nas_eval.read_rows(out / nas_eval.PROXY_CSV)) == 1
+    assert len(nas_eval.read_rows(out / nas_eval.PROXY_CSV)) == 2
 
 
 @pytest.mark.slow  # a search and two trainings, each a submitit job of its own process

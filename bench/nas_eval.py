@@ -483,7 +483,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.summary_only:
         searched = [json.loads(p.read_text()) for p in sorted(out.glob("search-*/done.json"))]
     else:
-        found: dict[int, Any] = dict(_run_units(search_unit, search_jobs, args.workers, executor))
+        found: dict[int, Any] = {}
+        with tqdm(total=len(search_jobs), desc="nas_eval searches", unit="search") as bar:
+            for k, res in _run_units(search_unit, search_jobs, args.workers, executor):
+                found[k] = res
+                bar.update(1)
         searched = [found[k] for k in range(len(search_jobs))]
 
     # 2. the genotypes to retrain: searched, random (parameter-matched), references

@@ -473,9 +473,20 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     refs = [r for r in (args.references if args.references is not None else
                         ("" if args.quick else ",".join(REFERENCES))).split(",") if r]
     out = Path(args.out)
-    (out / "genotypes").mkdir(parents=True, exist_ok=True)
     recipe.update(strategies=strategies, search_seeds=search_seeds, random=n_random, train_seeds=train_seeds,
                   references=refs)
+    # units are found again by name (random_03, train seed 1): a folder holding another
+    # protocol's units would silently mix them (other random cells under the same names)
+    if (out / "protocol.json").exists():
+        try:
+            old = json.loads((out / "protocol.json").read_text())
+        except ValueError:
+            old = None
+        if old != recipe:
+            changed = sorted(k for k in set(recipe) | set(old or {}) if (old or {}).get(k) != recipe.get(k))
+            raise FerNasError(f"{out}: holds a run of another protocol (differs in {', '.join(changed)}); "
+                              f"rerun with its flags or choose another --out")
+    (out / "genotypes").mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps(recipe, indent=2) + "\n", out / "protocol.json")
     executor = make_executor(args, out)
     threads = 1 if args.workers > 1 and executor is None else None

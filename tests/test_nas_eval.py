@@ -108,3 +108,16 @@ def test_recipe_file_replaces_sizes_and_refuses_unknown_keys(tmp_path):
         good.write_text(json.dumps(bad))
         with pytest.raises(FerNasError, match=msg):
             nas_eval.merge_recipe(json.loads(json.dumps(nas_eval.FULL)), str(good))
+
+
+def test_a_folder_of_another_protocol_is_refused(tmp_path):
+    """Units are found again by name, so the same --out with other flags would mix two
+    protocols' random cells: refused with one line before any work."""
+    out = tmp_path / "nas"
+    out.mkdir()
+    proto = json.loads(json.dumps(nas_eval.QUICK))
+    proto.update(strategies=["darts"], search_seeds=1, random=2, train_seeds=1, references=[])
+    (out / "protocol.json").write_text(json.dumps(proto))
+    with pytest.raises(FerNasError, match="another protocol .*random"):
+        nas_eval.main(nas_eval.get_args_parser().parse_args(["--quick", "--out", str(out)]))
+    assert not (out / "genotypes").exists() and json.loads((out / "protocol.json").read_text()) == proto

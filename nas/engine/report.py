@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["have_matplotlib", "save_figure", "plot_curves", "plot_search_curves", "plot_confusion", "saliency", "plot_saliency",
-           "plot_misclassified", "plot_cell", "plot_cells", "write_report"]
+__all__ = ["have_matplotlib", "save_figure", "plot_curves", "plot_search_curves", "plot_confusion", "saliency",
+           "plot_saliency", "plot_misclassified", "plot_cell", "plot_cells", "write_report"]
 
 _NOTICE_SHOWN = False
 

@@ -103,8 +103,9 @@ def add_search_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--cutout", action="store_true", default=False, help="cutout augmentation")
     g.add_argument("--cutout_length", type=int, default=16, help="cutout square side")
     g.add_argument("--export", default=None, metavar="NAME", help="also write genotypes/NAME.json")
-    g.add_argument("--plots", type=str2bool, default=True, help="draw search.png (curves, parameter-free share) after every epoch and "
-                                                                      "cell_normal.png / cell_reduce.png at the end")
+    g.add_argument("--plots", type=str2bool, default=True,
+                   help="draw search.png (curves, parameter-free share) after every epoch and "
+                        "cell_normal.png / cell_reduce.png at the end")
     return parser
 
 

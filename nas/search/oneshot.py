@@ -18,8 +18,7 @@ of search and never sees PublicTest/PrivateTest.
 from __future__ import annotations
 
 import argparse
-import itertools
-import math
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -79,10 +78,10 @@ def oneshot_accuracy(model: SearchNetwork, genotype: Genotype, images: torch.Ten
     from nas.data.augment import eval_views
 
     saved_state = {c: list(s) for c, s in model.edge_state.items()}
-    saved_bn = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
     was_training = model.training
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in bns]
+    saved_bn = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+                for m in bns]
     x_all = eval_views(images, "center", crop, mean, std)[0]
     try:
         force_genotype(model, genotype)
@@ -99,32 +98,23 @@ def oneshot_accuracy(model: SearchNetwork, genotype: Genotype, images: torch.Ten
         return 100.0 * correct / max(len(x_all), 1)
     finally:
         model.edge_state = saved_state
-        for m, mom in zip(bns, momenta):
-            m.momentum = mom
-        model.load_state_dict({**model.state_dict(), **saved_bn})
+        for m, (momentum, mean_, var, n) in zip(bns, saved_bn):
+            m.momentum = momentum
+            m.running_mean.copy_(mean_)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(n)
         model.train(was_training)
 
 
 def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
-    """Kendall's τ-b of two equally long sequences (ties in either count as neither
-    concordant nor discordant; NaN when one of them is constant)."""
+    """Kendall's τ-b of two equally long sequences (scipy's; NaN when one is constant)."""
+    from scipy.stats import kendalltau
+
     if len(a) != len(b):
         raise ValueError("kendall_tau needs two sequences of the same length")
-    conc = disc = ties_a = ties_b = 0
-    for (a1, b1), (a2, b2) in itertools.combinations(zip(a, b), 2):
-        da, db = a1 - a2, b1 - b2
-        if da == 0 and db == 0:
-            continue
-        if da == 0:
-            ties_a += 1
-        elif db == 0:
-            ties_b += 1
-        elif (da > 0) == (db > 0):
-            conc += 1
-        else:
-            disc += 1
-    denom = math.sqrt((conc + disc + ties_a) * (conc + disc + ties_b))
-    return (conc - disc) / denom if denom else float("nan")
+    with warnings.catch_warnings():  # a constant sequence: NaN is the answer, not a warning
+        warnings.simplefilter("ignore")
+        return float(kendalltau(a, b).statistic)
 
 
 def load_supernet(folder: str | Path) -> tuple[SearchNetwork, torch.Tensor, torch.Tensor, int]:

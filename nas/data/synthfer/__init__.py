@@ -663,8 +663,8 @@ def export_cached(fmt: str, *, size: int | None = None, seed: int = 0, noise: fl
     size_key = "full" if size is None else str(int(size))
     # the default mode keeps the names that exports had before modes existed
     mode_key = "" if noise_mode == "uniform" else f"-{noise_mode}"
-    # v1's names are those its exports always had
-    version = RENDER_VERSION if renderer == "v1" else renderer[1:]
+    # v1's names are those its exports always had; v2's carry its revision after the first
+    version = RENDER_VERSION if renderer == "v1" else renderer[1:] + renderer_module(renderer).REVISION
     name = (f"{fmt}-n{size_key}-seed{int(seed)}-noise{float(noise):.6g}{mode_key}-diff{float(difficulty):.6g}"
             f"-v{version}")
     final = cache_root(cache_dir) / name

@@ -162,11 +162,14 @@ def sample_params(rng: np.random.Generator, expressions: np.ndarray, *, difficul
 
 
 def sample_expression(rng: np.random.Generator, prototypes: np.ndarray, rest_units: np.ndarray, style: str,
-                      d: float, spread: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+                      d: float, spread: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                      weak: tuple[float, float] = (0.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
     """``(au, intensity)``: each face's prototype (N×units) scaled by an intensity drawn for the
     style (CK+ apex frames, JAFFE's mild posed faces, or FER's spread widening with the
     difficulty ``d``), per-unit jitter and drop-out, plus a little of the ``rest_units`` a
-    resting face shows; ``spread`` scales the FER style's jitter, drop-out and resting face.
+    resting face shows; ``spread`` scales the FER style's jitter, drop-out and resting face;
+    ``weak`` = (how much the FER style's mean intensity drops per unit of difficulty beyond v1's
+    0.2, a factor on the concentration of its beta distribution): a wider, weaker spread.
     Shared by the renderers; the draws' order is part of the output."""
     n = len(prototypes)
     if style == "ck":
@@ -176,8 +179,8 @@ def sample_expression(rng: np.random.Generator, prototypes: np.ndarray, rest_uni
         inten = 0.25 + 0.75 * _beta_mean(rng, 0.7, 8.0, n)  # posed but often mild
         jit, drop, rest = 0.15, 0.05, 0.08
     else:
-        mean = np.clip(0.92 - 0.2 * d, 0.25, 0.97)
-        inten = 0.08 + 0.97 * _beta_mean(rng, mean, 5.0 + 3.0 / (0.2 + d), n)
+        mean = np.clip(0.92 - (0.2 + weak[0]) * d, 0.25, 0.97)
+        inten = 0.08 + 0.97 * _beta_mean(rng, mean, (5.0 + 3.0 / (0.2 + d)) * weak[1], n)
         jit, drop, rest = (0.3 * min(d, 2.0) * spread[0], min(0.2 * d, 0.45) * spread[1], 0.13 * d * spread[2])
     au = prototypes * inten[:, None]
     au = au * np.clip(1.0 + jit * rng.standard_normal(au.shape), 0.2, 1.8)

@@ -55,7 +55,12 @@ import torch.nn.functional as F
 from nas.data.synthfer.render_v1 import (EXPRESSIONS, Params, _alpha, _ellipse_dist, _Frame, _hypot, au_row, draw_chunks,
                                          draw_occluders, sample_expression, sample_nuisances)
 
-__all__ = ["AUS", "EXPRESSIONS", "PROTOTYPES", "VARIANTS", "sample_identity", "sample_params", "draw", "Params"]
+__all__ = ["REVISION", "AUS", "EXPRESSIONS", "PROTOTYPES", "VARIANTS", "sample_identity", "sample_params", "draw", "Params"]
+
+#: Added to v2's cache names ("-v2" + this): bumped whenever v2's pictures change, so that
+#: earlier exports are rebuilt. "" was 0.2's first v2; "r2" moved fear's, sadness's and
+#: anger's cues and drew weaker, wider intensities (docs/synthfer.md).
+REVISION = "r2"
 
 #: Action units, in the column order of :data:`PROTOTYPES`.
 AUS: tuple[str, ...] = (
@@ -77,6 +82,7 @@ AUS: tuple[str, ...] = (
     "au25",  # lips part
     "au26",  # jaw drop
     "au43",  # lids droop
+    "au64",  # eyes down
 )
 _A = {a: i for i, a in enumerate(AUS)}
 
@@ -89,10 +95,10 @@ def _proto(**kw: float) -> list[float]:
 PROTOTYPES: np.ndarray = np.array([
     _proto(au4=1.0, au5=0.3, au7=0.8, au23=0.8, au24=0.6, au17=0.4, au9=0.15),                 # angry
     _proto(au9=1.0, au10=1.3, au25=0.6, au17=0.35, au15=0.4),                                  # disgust
-    _proto(au1=1.0, au2=0.7, au4=0.8, au5=1.0, au7=0.2, au20=1.0, au25=1.0, au26=0.45, au10=0.4,
-           au15=0.2),                                                                         # fear
-    _proto(au6=1.0, au12=1.0, au25=0.85, au26=0.12),                                           # happy
-    _proto(au1=0.7, au4=0.8, au15=1.0, au17=0.8, au43=0.7),                                    # sad
+    _proto(au1=1.0, au2=0.5, au4=0.8, au5=1.2, au7=0.2, au20=1.3, au25=1.0, au26=0.85, au10=0.5,
+           au15=0.5),                                                                         # fear
+    _proto(au6=1.0, au12=1.0, au25=1.0, au26=0.12),                                            # happy
+    _proto(au1=0.7, au4=0.8, au15=1.0, au17=0.8, au43=0.8, au64=0.5),                          # sad
     _proto(au1=1.0, au2=1.0, au5=0.85, au25=1.0, au26=1.0),                                    # surprise
     _proto(),                                                                                  # neutral
     _proto(au14=1.0, au7=0.15),                                                                # contempt
@@ -104,13 +110,18 @@ PROTOTYPES: np.ndarray = np.array([
 #: units not named keep the prototype's value, those set to 0 are dropped.
 VARIANTS: tuple[tuple[str, float, dict[str, float]], ...] = (
     ("angry", 0.35, {"au10": 0.8, "au25": 0.8, "au23": 0.15, "au24": 0.0}),
-    ("sad", 0.35, {"au20": 0.6, "au25": 0.5, "au17": 0.2}),
+    ("sad", 0.5, {"au20": 0.6, "au25": 0.5, "au26": 0.3, "au17": 0.2}),
 )
 
 #: v2's scale of the FER style's per-unit jitter, drop-out and resting face (v1's are 1): a
 #: shaded face shows a unit at half strength plainly, so fewer faces need to lose one
 #: altogether to be as varied as FER2013's.
 EXPRESSION_SPREAD = (0.4, 0.25, 0.8)
+
+#: v2's FER-style intensities: (extra drop of the mean per unit of difficulty, factor on the
+#: beta distribution's concentration). FER2013 holds many subtle expressions, and a shaded
+#: face shows a weak unit plainly, so v2 draws them weaker and wider than v1.
+INTENSITY_SPREAD = (0.1, 0.6)
 
 #: How far people's proportions spread around the mean face (multiplies every identity
 #: parameter's standard deviation).
@@ -179,11 +190,11 @@ def sample_params(rng: np.random.Generator, expressions: np.ndarray, *, difficul
         sel = (expressions == EXPRESSIONS.index(name)) & (pick < share)
         for unit, value in units.items():
             protos[sel, _A[unit]] = value
-    au, inten = sample_expression(rng, protos, _REST_AUS, style, d, spread=EXPRESSION_SPREAD)
+    au, inten = sample_expression(rng, protos, _REST_AUS, style, d, spread=EXPRESSION_SPREAD, weak=INTENSITY_SPREAD)
     # a neutral face's intensity is how blank it is: a strong neutral shows little of the
     # resting-face units, a weak one more (so it lies nearer the other classes)
     neutral = expressions == EXPRESSIONS.index("neutral")
-    au[neutral] *= np.clip(1.6 - inten[neutral], 0.3, 1.5)[:, None]
+    au[neutral] *= np.clip(3.0 - 3.0 * inten[neutral], 0.1, 2.5)[:, None]
     p: Params = dict(ident)
     for i, name in enumerate(AUS):
         p[name] = au[:, i]
@@ -247,8 +258,9 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     skin, relief, age = P["skin"], P["relief"], P["age"]
     # a unit's visible displacement rises fastest at low intensity and levels off at the apex
     # (FACS's B-C "slight-marked" already moves the features most of the way): a*(2-a) up to 1
-    au1, au2, au4, au5, au6, au7, au9, au10, au12, au14, au15, au17, au20, au23, au24, au25, au26, au43 = (
+    au1, au2, au4, au5, au6, au7, au9, au10, au12, au14, au15, au17, au20, au23, au24, au25, au26, au43, au64 = (
         _gain(P[a]) for a in AUS)
+    au26 = 0.5 * (au26 + P["au26"])   # the jaw drops nearer in proportion: an open mouth is too strong a cue to saturate early
 
     # background with low-frequency texture; the height field starts flat, far behind
     tex = torch.rand((n, 5, 5), generator=gen) - 0.5
@@ -311,9 +323,11 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     bw = P["brow_w"]
     xb = (ua - bx) / bw
     tb = xb.clamp(-1, 1)
-    by = ey - P["brow_dy"] - 0.09 * au2 - 0.06 * au1 + 0.12 * au4 - 0.02 * au5 + 0.03 * au9
-    # AU1 lifts the inner end and AU4 pulls it down: with both (fear, sadness) the brow slants
-    lift_in = 0.18 * au1 - 0.1 * au4 - 0.06 * au9
+    # AU4 alone lowers the brows and pulls their inner ends down (anger's V); with AU1 (fear,
+    # sadness) the frontalis holds them up, so AU4 mostly draws them together
+    low4 = au4 * (1 - 0.65 * au1.clamp(max=1))
+    by = ey - P["brow_dy"] - 0.09 * au2 - 0.06 * au1 + 0.12 * low4 - 0.02 * au5 + 0.03 * au9
+    lift_in = 0.2 * au1 - 0.17 * low4 - 0.06 * au9
     arch = P["brow_arch"] * (1 + 0.8 * au2 - 0.6 * au4) + 0.035 * au2
     ycb = by - arch * (1 - tb * tb) - lift_in * (1 - tb) * 0.5
     r = fr.rows(by - 0.36, by + 0.18)
@@ -345,14 +359,15 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     kk = (1 - xe * xe).clamp_(min=0.0)
     # AU5 raises the upper lid (sclera shows above the iris); AU7 tightens and straightens the
     # lower lid; AU6 pushes the lower lid up; AU43 lets the upper lid droop
-    ou = (P["eye_open"] * (1 + 1.6 * au5 - 0.35 * au7 - 0.5 * au6 - 0.6 * au43 - 0.3 * au4 - 0.3 * au9)).clamp(min=0.05)
+    ou = (P["eye_open"] * (1 + 1.6 * au5 - 0.35 * au7 - 0.5 * au6 - 0.6 * au43 - 0.3 * au4 - 0.3 * au9
+                           - 0.3 * au64)).clamp(min=0.05)
     ol = (0.34 * (1 - 0.65 * au7 - 0.8 * au6 - 0.3 * au9) + 0.12 * au5).clamp(min=0.03)
     yu = -ou * kk.sqrt()
     yl = ol * kk.pow(0.6 + 0.8 * au7)                     # a tensed lower lid runs straight
     xo = (xe.abs() - 1.0) * ew
     a_eye = _alpha(torch.maximum(torch.minimum(ye - yu, yl - ye) * -ew, xo), ipx) * af
     sub_a.lerp_((0.62 + 0.35 * skin).clamp(max=0.95).expand_as(sub_a), a_eye)
-    d = _hypot(xe - P["gaze_x"] * torch.sign(uf), ye - P["gaze_y"]).sub_(P["iris"]) * ew
+    d = _hypot(xe - P["gaze_x"] * torch.sign(uf), ye - P["gaze_y"] - 0.35 * au64).sub_(P["iris"]) * ew
     sub_a.lerp_(torch.full_like(sub_a, 0.16), _alpha(d, ipx) * a_eye)
     xo = (xe.abs() - 1.05) * ew
     d = torch.maximum((ye - yu).abs_().sub_(0.14) * ew, xo)                    # the lash line
@@ -394,8 +409,8 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     sub_a.mul_(1 - _alpha(d, ipx) * ((0.3 + 0.2 * au9) * af))
     wrinkles = torch.cos((v_ - ey - 0.02) * (2 * math.pi / 0.045)).clamp_(min=0).pow_(3)
     root = _band(un, 0.14) * _step((v_ - ey + 0.06) / 0.05) * _step((ey + 0.15 - v_) / 0.05)
-    sub_h.sub_(wrinkles * root * (0.07 * au9 * rr))
-    sub_a.mul_(1 - root * (0.2 * au9))
+    sub_h.sub_(wrinkles * root * (0.12 * au9 * rr))
+    sub_a.mul_(1 - root * (0.35 * au9))
 
     # --- nasolabial folds: deepened by the smile, the raised upper lip, the nose wrinkle
     u0, v0 = nw + 0.05, ny - 0.02

@@ -74,9 +74,14 @@ def load_fer_model(batch_size: int = 512) -> Predict:
     size = int(model.input_shape[1])
 
     def predict(images: np.ndarray) -> np.ndarray:
+        import torch
+
         x = prepare(images, size)[..., None]
-        out = [np.asarray(model(x[i:i + batch_size], training=False).detach().cpu()) for i in
-               range(0, len(x), batch_size)]
+        # without no_grad, Keras's torch backend keeps every activation for a backward pass
+        # that never comes: 10+ GB at batch 512
+        with torch.no_grad():
+            out = [np.asarray(model(x[i:i + batch_size], training=False).detach().cpu()) for i in
+                   range(0, len(x), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, 7), np.float32)
 
     return predict

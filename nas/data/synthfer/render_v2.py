@@ -17,12 +17,14 @@ descriptions of the basic emotions):
 * happiness: AU6 (cheeks raised and bulging, lower lids pushed up, crow's feet) + AU12 (lip
   corners up and back, deep nasolabial folds) + AU25 (lips parted over a bright tooth row);
 * sadness: AU1+4 (inner brows raised and drawn together: oblique brows) + AU15 (corners pulled
-  down at the ends) + AU17 (chin boss raised, lower lip pushed up) + AU43 (heavy lids); or the
-  distressed open mouth of crying (AU20+25);
+  down at the ends) + AU17 (chin boss raised, lower lip pushed up) + AU43 (heavy lids) + AU64
+  (eyes down); or, on half the faces, the open, down-turned mouth of crying (AU20+25+26);
 * surprise: AU1+2 (round brows raised high, forehead lines) + AU5 (eyes wide, sclera above the
   iris) + AU26 (jaw dropped: a tall dark oval mouth);
-* fear: AU1+2+4 (brows raised but flattened and drawn together) + AU5+7 (upper lids raised,
-  lower lids tensed) + AU20 (lips stretched sideways, both tooth rows bared) + AU25+26;
+* fear: AU1+2+4 (brows raised but flattened and drawn together: AU4 with AU1 pulls them
+  together rather than down) + AU5+7 (upper lids raised, lower lids tensed) + AU20+15 (lips
+  stretched sideways and down, both tooth rows bared) + AU25+26 (a wide open mouth, wider
+  and squarer than surprise's oval);
 * anger: AU4 (brows lowered and drawn together, glabella furrows, the eyes in shadow) + AU7
   (a glare) + AU23/24 (lips tightened and pressed thin), or AU10+25 (teeth bared);
 * disgust: AU9 (nose wrinkled, its root shaded with creases, brows pulled down medially) +
@@ -31,7 +33,10 @@ descriptions of the basic emotions):
 
 A unit's visible extent rises fastest at low intensity and levels off at the apex
 (:func:`_gain`: ``a (2 - a)``), as FACS's "slight" to "marked" grades already move the
-features most of the way.
+features most of the way; the jaw drop (AU26) is halfway between that and proportional, since
+an open mouth is seen even when slight. Intensities at the default difficulty are weaker and
+more spread than v1's (:data:`INTENSITY_SPREAD`): FER2013 holds many subtle expressions, and
+a face's recognisability should rise with its intensity.
 
 Identity, pose, light, camera and occluders are drawn independently of the expression, with
 v1's samplers (:func:`~nas.data.synthfer.render_v1.sample_expression`,
@@ -94,7 +99,7 @@ def _proto(**kw: float) -> list[float]:
 #: Prototype AU intensities per expression (rows in :data:`EXPRESSIONS` order).
 PROTOTYPES: np.ndarray = np.array([
     _proto(au4=1.0, au5=0.3, au7=0.8, au23=0.8, au24=0.6, au17=0.4, au9=0.15),                 # angry
-    _proto(au9=1.0, au10=1.3, au25=0.6, au17=0.35, au15=0.4),                                  # disgust
+    _proto(au9=1.0, au10=1.3, au25=0.6, au17=0.35, au15=0.6),                                  # disgust
     _proto(au1=1.0, au2=0.5, au4=0.8, au5=1.2, au7=0.2, au20=1.3, au25=1.0, au26=0.85, au10=0.5,
            au15=0.5),                                                                         # fear
     _proto(au6=1.0, au12=1.0, au25=1.0, au26=0.12),                                            # happy
@@ -359,9 +364,9 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     kk = (1 - xe * xe).clamp_(min=0.0)
     # AU5 raises the upper lid (sclera shows above the iris); AU7 tightens and straightens the
     # lower lid; AU6 pushes the lower lid up; AU43 lets the upper lid droop
-    ou = (P["eye_open"] * (1 + 1.6 * au5 - 0.35 * au7 - 0.5 * au6 - 0.6 * au43 - 0.3 * au4 - 0.3 * au9
+    ou = (P["eye_open"] * (1 + 1.6 * au5 - 0.35 * au7 - 0.5 * au6 - 0.6 * au43 - 0.3 * au4 - 0.55 * au9
                            - 0.3 * au64)).clamp(min=0.05)
-    ol = (0.34 * (1 - 0.65 * au7 - 0.8 * au6 - 0.3 * au9) + 0.12 * au5).clamp(min=0.03)
+    ol = (0.34 * (1 - 0.65 * au7 - 0.8 * au6 - 0.6 * au9) + 0.12 * au5).clamp(min=0.03)
     yu = -ou * kk.sqrt()
     yl = ol * kk.pow(0.6 + 0.8 * au7)                     # a tensed lower lid runs straight
     xo = (xe.abs() - 1.0) * ew
@@ -420,7 +425,7 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     t = ((v_ - v0) / (v1 - v0)).clamp(0, 1)
     line_u = u0 + t * (u1 - u0) + 0.05 * t * (1 - t)
     span = _step(t * 6) * _step((1 - t) * 5)
-    k = (0.004 + 0.012 * age + 0.065 * au12 + 0.05 * au10 + 0.045 * au9 + 0.03 * au6 + 0.025 * au20) * rel[:, r]
+    k = (0.004 + 0.012 * age + 0.065 * au12 + 0.09 * au10 + 0.07 * au9 + 0.03 * au6 + 0.025 * au20) * rel[:, r]
     sub_h.sub_(_band(ua - line_u, 0.05) * span * k)
     sub_h.add_(_band(ua - line_u - 0.08, 0.08) * span * (0.8 * k))
 

@@ -161,8 +161,8 @@ def test_a_face_found_in_a_photo_gets_the_class_of_the_same_face_given_directly(
             continue
         found += 1
         agree += int(clf(crop_faces(photo, boxes[:1]), "center").argmax(1)[0]) == int(direct[i])
-    assert found >= 0.6 * len(faces), found  # 75 % of SynthFER v2 faces measured
-    assert agree >= 0.8 * found, (agree, found)  # 89 % measured
+    assert found >= 0.6 * len(faces), found  # 72 % of SynthFER v2 (r2) faces measured
+    assert agree >= 0.8 * found, (agree, found)  # 90 % measured (77 of 86)
 
 
 def test_predict_on_the_astronaut_prints_one_smiling_face_and_draws_it(synth_model, astronaut, tmp_path):
@@ -188,7 +188,7 @@ def test_predict_on_the_astronaut_prints_one_smiling_face_and_draws_it(synth_mod
 def test_a_folder_is_read_recursively_and_batching_does_not_change_the_answers(synth_model, tmp_path):
     from nas.data.synthfer import render
 
-    faces, _, _ = render(5, 3, difficulty=0.5)
+    faces, _, _ = render(8, 3, difficulty=0.5)
     (tmp_path / "pics" / "sub").mkdir(parents=True)
     for i, f in enumerate(faces):
         folder = tmp_path / "pics" / ("sub" if i % 2 else "")
@@ -204,9 +204,10 @@ def test_a_folder_is_read_recursively_and_batching_does_not_change_the_answers(s
     assert outs[1] == outs[64]
     rows = outs[1]
     listed = sorted({r["source"].split("pics/")[1] for r in rows})
-    assert listed == ["p0.png", "p2.png", "p4.png", "sub/coffee.jpg", "sub/p1.png", "sub/p3.png"]  # sorted, recursive
+    assert listed == ["p0.png", "p2.png", "p4.png", "p6.png", "sub/coffee.jpg", "sub/p1.png", "sub/p3.png",
+                      "sub/p5.png", "sub/p7.png"]  # sorted, recursive
     assert {r["status"] for r in rows if r["source"].endswith("coffee.jpg")} == {"no_face"}
-    assert sum(r["status"] == "ok" for r in rows) >= 3  # the cascade finds about 3 in 4 SynthFER faces
+    assert sum(r["status"] == "ok" for r in rows) >= 4  # the cascade finds about 7 in 10 SynthFER v2 faces
 
 
 def test_no_detect_treats_the_image_as_the_face(synth_model, tmp_path):

@@ -265,7 +265,9 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     # (FACS's B-C "slight-marked" already moves the features most of the way): a*(2-a) up to 1
     au1, au2, au4, au5, au6, au7, au9, au10, au12, au14, au15, au17, au20, au23, au24, au25, au26, au43, au64 = (
         _gain(P[a]) for a in AUS)
-    au26 = 0.5 * (au26 + P["au26"])   # the jaw drops nearer in proportion: an open mouth is too strong a cue to saturate early
+    # the jaw drops nearer in proportion (halfway between the gain and linear): an open mouth
+    # is too strong a cue to saturate early
+    au26 = 0.5 * (au26 + P["au26"])
 
     # background with low-frequency texture; the height field starts flat, far behind
     tex = torch.rand((n, 5, 5), generator=gen) - 0.5

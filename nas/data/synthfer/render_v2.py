@@ -339,9 +339,13 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
 
     ex, ey, ew = P["eye_x"], P["eye_y"], P["eye_w"]
     rel = relief * a_face                   # features sit on the face, scaled by its relief
-    # Each feature below touches only the canvas rows and columns it can reach; outside them
-    # its terms are exactly zero (compact bumps and bands, clamped ramps), so the slices save
-    # time without changing a pixel. Paired features reach |uf| <= w, where uf = U - shift:
+    # Each feature below touches only the canvas columns it can reach: outside them its terms
+    # are exactly zero (compact bumps and bands, clamped ramps), so the slices save time without
+    # changing a pixel. Paired features reach |uf| <= w, where uf = U - shift. Its rows are the
+    # span of the chunk's faces; four features reach beyond theirs in r2 (the crow's feet, the
+    # lowered brow's ridge, the mouth's corner creases, the chin's crease) and are cut where the
+    # chunk's span ends, so a face depends a little on its chunk-mates. Exact rows change pixels:
+    # left for the next revision (docs/synthfer.md).
     shift = 0.12 * yaw
 
     # --- brows: raised (AU1 inner, AU2 outer), lowered and drawn together (AU4)

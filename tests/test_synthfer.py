@@ -396,7 +396,7 @@ def test_cli_export_and_one_line_errors(tmp_path, capsys):
 V1_REFERENCE = Path(__file__).resolve().parent / "data" / "synthfer_v1_reference.npz"
 
 
-def _v1_sample(renderer: str = "v1") -> dict[str, np.ndarray]:
+def _sample(renderer: str = "v1") -> dict[str, np.ndarray]:
     """Faces of every style at three difficulties, with their labels and parameters."""
     out = {}
     for style in ("fer", "ck", "jaffe"):
@@ -423,16 +423,16 @@ def _assert_matches(got: dict[str, np.ndarray], ref: np.lib.npyio.NpzFile) -> No
 
 def test_v1_stays_the_same_and_its_cache_names_keep_their_version(tmp_path):
     """Earlier figures were measured on v1: its pictures must not change. The reference
-    (tests/data/synthfer_v1_reference.npz, written by ``_v1_sample`` from v1's code as it was
+    (tests/data/synthfer_v1_reference.npz, written by ``_sample`` from v1's code as it was
     before v2 existed) holds faces of every style at three difficulties, their labels and
     every parameter. Labels must be equal and parameters equal to float rounding; pixels may
     differ by one grey level on a few pixels, because torch's float kernels differ between
     CPUs (an AMD EPYC and an Intel Xeon gave different bytes; AVX-512 against the scalar
     kernels on one CPU: at most 1 level on 0.02 % of the pixels). A change to the renderer
     moves far more. On one machine the bytes repeat exactly."""
-    got = _v1_sample()
+    got = _sample()
     _assert_matches(got, np.load(V1_REFERENCE))
-    again = _v1_sample()
+    again = _sample()
     assert all(np.array_equal(again[k], got[k]) for k in got)
     v1 = export_cached("ck48", size=70, seed=0, cache_dir=tmp_path, renderer="v1")
     v2 = export_cached("ck48", size=70, seed=0, cache_dir=tmp_path, renderer="v2")
@@ -445,13 +445,14 @@ def test_v1_stays_the_same_and_its_cache_names_keep_their_version(tmp_path):
 def test_v2_pictures_match_the_reference_of_its_revision():
     """Figures in the docs were measured on v2 at its current revision: a change that is meant
     to keep v2's pictures (a speed-up, a refactor) must keep them. The reference
-    (tests/data/synthfer_v2<revision>_reference.npz, written by ``_v1_sample("v2")`` from the
-    code of that revision before it was sped up) is checked as v1's is. A revision that changes
-    the pictures bumps ``REVISION`` and writes its own reference."""
+    (tests/data/synthfer_v2<revision>_reference.npz, written by ``_sample("v2")`` from the
+    code of that revision before it was sped up) is checked as v1's is (torch's scalar kernels
+    against the AVX-512 ones that wrote it: at most 1 level on 0.005 % of the pixels). A
+    revision that changes the pictures bumps ``REVISION`` and writes its own reference."""
     from nas.data.synthfer.render_v2 import REVISION
     ref = Path(__file__).resolve().parent / "data" / f"synthfer_v2{REVISION}_reference.npz"
-    assert ref.exists(), f"no reference for v2 revision {REVISION!r}: write {ref.name} with _v1_sample('v2')"
-    _assert_matches(_v1_sample("v2"), np.load(ref))
+    assert ref.exists(), f"no reference for v2 revision {REVISION!r}: write {ref.name} with _sample('v2')"
+    _assert_matches(_sample("v2"), np.load(ref))
 
 
 def test_v2_is_deterministic_and_every_style_reads_back(tmp_path):

@@ -292,6 +292,10 @@ class _Frame:
     def cols(self, lo: Any, hi: Any) -> slice:
         return self._span(self.cu, lo, hi)
 
+    def cols_within(self, centre: Any, w: Any) -> slice:
+        """Canvas columns whose u lies within ``w`` of ``centre`` (per face; the union)."""
+        return self._span(self.cu, centre - w, centre + w)
+
 
 def _hypot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     # faster on CPU than the library hypot, which is not vectorised
@@ -305,7 +309,11 @@ def _alpha(dist: torch.Tensor, ipx: float) -> torch.Tensor:
 
 def _ellipse_dist(du: torch.Tensor, dv: torch.Tensor, ra: Any, rb: Any) -> torch.Tensor:
     """Approximate signed distance to an axis-aligned ellipse (exact for circles)."""
-    q = _hypot(du / ra, dv / rb)
+    return _ellipse_dist_from_radius(_hypot(du / ra, dv / rb), ra, rb)
+
+
+def _ellipse_dist_from_radius(q: torch.Tensor, ra: Any, rb: Any) -> torch.Tensor:
+    """:func:`_ellipse_dist` from the elliptic radius ``q`` = |(du/ra, dv/rb)| (modified in place)."""
     if isinstance(ra, float) and isinstance(rb, float):
         return q.sub_(1.0).mul_(min(ra, rb))
     return q.sub_(1.0).mul_(torch.minimum(torch.as_tensor(ra), torch.as_tensor(rb)))

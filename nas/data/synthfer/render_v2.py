@@ -57,7 +57,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nas.data.synthfer.render_v1 import (EXPRESSIONS, Params, _alpha, _ellipse_dist, _Frame, _hypot, au_row, draw_chunks,
+from nas.data.synthfer.render_v1 import (EXPRESSIONS, Params, _alpha, _ellipse_dist,
+                                         _ellipse_dist_from_radius, _Frame, _hypot, au_row, draw_chunks,
                                          draw_occluders, sample_expression, sample_nuisances)
 
 __all__ = ["REVISION", "AUS", "EXPRESSIONS", "PROTOTYPES", "VARIANTS", "sample_identity", "sample_params", "draw", "Params"]
@@ -295,7 +296,7 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     long_ = P["long_hair"]
     # the cap's elliptic radius serves its outline, its dome and the hairline below
     q_cap = _hypot(U / ha, (V - cy) / hb)
-    e_cap = q_cap.sub(1.0).mul_(torch.minimum(ha, hb))        # what _ellipse_dist gives
+    e_cap = _ellipse_dist_from_radius(q_cap.clone(), ha, hb)
     d_cap = torch.maximum(e_cap, V - (cy - 0.35 + 0.3 * long_))
     d_long = torch.maximum(U.abs() - ha, torch.maximum(V - (0.35 + 0.9 * long_), cy - 0.35 - V)) + (1 - long_) * 9
     a_hair = _alpha(torch.minimum(d_cap, d_long), ipx)
@@ -315,7 +316,7 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     jaw = 0.22 * au26 + 0.03 * au25
     grow = 1 + fr.px / fa
     rf = fr.rows(cy - fb * grow - fr.px, cy + (fb + jaw) * grow + fr.px)
-    cf = fr.cols(-fa - fr.px, fa + fr.px)
+    cf = fr.cols_within(0.0, fa + fr.px)
     dv = V[:, rf] - cy
     below = (dv * 5).clamp_(0.0, 1.0)
     dvn = dv / (fb + jaw * below)
@@ -352,7 +353,7 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     bx = ex - 0.01 - 0.07 * au4 + 0.01 * au2
     bw = P["brow_w"]
     w = torch.clamp(bx + 1.3 * bw, min=0.1) + fr.px             # the ridge; the glabella
-    c = fr.cols(shift - w, shift + w)
+    c = fr.cols_within(shift, w)
     ua_c = ua[:, :, c]
     xb = (ua_c - bx) / bw
     tb = xb.clamp(-1, 1)
@@ -385,7 +386,7 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     # --- eyes: socket, eyeball, lids, sclera, iris, lash line
     r = fr.rows(ey - 2.3 * ew, ey + 2.1 * ew)
     w = ex + torch.maximum(2.0 * ew, 1.05 * ew + 0.17) + fr.px    # the socket; the crow's feet
-    c = fr.cols(shift - w, shift + w)
+    c = fr.cols_within(shift, w)
     sub_a, sub_h, v_, rr, af = A[:, r, c], H[:, r, c], V[:, r], rel[:, r, c], a_face[:, r, c]
     du, dv = ua[:, :, c] - ex, v_ - ey
     sub_h.sub_(_bump(du, dv + 0.01, 2.0 * ew, 1.5 * ew) * ((0.12 + 0.06 * au4 + 0.03 * au9) * rr))
@@ -419,7 +420,7 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     # --- cheeks: raised and bulging with AU6 (and a little with AU12)
     cv = ey + 0.34 - 0.13 * au6 - 0.05 * au12 - 0.04 * au9
     r = fr.rows(cv - 0.3, cv + 0.3)
-    c = fr.cols(shift - ex - 0.34 - fr.px, shift + ex + 0.34 + fr.px)
+    c = fr.cols_within(shift, ex + 0.34 + fr.px)
     H[:, r, c] += (_bump(ua[:, :, c] - (ex + 0.04), V[:, r] - cv, 0.3, 0.24)
                    * ((0.03 + 0.13 * au6 + 0.05 * au12 + 0.04 * au9) * rel[:, r, c]))
 
@@ -437,7 +438,7 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     ra, rb = 0.03 + 0.01 * au9, 0.017 + 0.006 * au9                   # the nostrils' half-axes
     w = torch.maximum(torch.maximum(0.8 * nw + 0.07, 0.55 * nw + ra * (1 + 0.5 * fr.px / torch.minimum(ra, rb))),
                       torch.full_like(nw, 0.14)) + fr.px                 # wings, nostrils, root
-    c = fr.cols(0.2 * yaw - w, 0.2 * yaw + w)
+    c = fr.cols_within(0.2 * yaw, w)
     sub_a, sub_h, v_, rr, af = A[:, r, c], H[:, r, c], V[:, r], rel[:, r, c], a_face[:, r, c]
     un = U[:, :, c] - 0.2 * yaw
     t = ((v_ - (ey - 0.05)) / (ny - ey + 0.05)).clamp(0, 1)
@@ -458,7 +459,7 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     u1, v1 = mw + 0.06, my + cdy + 0.08 + 0.03 * au15
     r = fr.rows(v0 - 0.02, v1 + 0.04)
     w = torch.maximum(u0, u1) + (0.0125 + 0.16) + fr.px      # the line bows out by 0.0125 at most
-    c = fr.cols(shift - w, shift + w)
+    c = fr.cols_within(shift, w)
     sub_h, v_, ua_c = H[:, r, c], V[:, r], ua[:, :, c]
     t = ((v_ - v0) / (v1 - v0)).clamp(0, 1)
     line_u = u0 + t * (u1 - u0) + 0.05 * t * (1 - t)
@@ -516,7 +517,7 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     # --- chin: the boss, raised by AU17; the crease under the lower lip
     chin_v = cy + fb * 0.82 + jaw * 0.9 - 0.03 * au17
     r = fr.rows(chin_v - 0.32, chin_v + 0.2)
-    c = fr.cols(shift - 0.24 - fr.px, shift + 0.24 + fr.px)
+    c = fr.cols_within(shift, 0.24 + fr.px)
     sub_h, v_, rr, uf_c = H[:, r, c], V[:, r], rel[:, r, c], uf[:, :, c]
     sub_h.add_(_bump(uf_c, v_ - chin_v, 0.24, 0.15) * ((0.06 + 0.1 * au17) * rr))
     lower = my + gdn + P["lip_t"] * 1.3

@@ -216,6 +216,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.data:
         result = run_data(args.data, flip=args.flip)
     else:
+        least = len(FER_CLASSES) if args.balanced else 1
+        if args.n < least:
+            raise FerNasError(f"--n {args.n}: render at least {least} face(s)"
+                              + (" (one per class with --balanced)" if args.balanced else ""))
         result = run(args.renderer, args.n, args.difficulty, args.seed, args.flip, balanced=args.balanced)
     text = json.dumps(result)
     print(text)

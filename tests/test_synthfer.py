@@ -197,7 +197,7 @@ def test_ambiguous_export_same_faces_other_flips(tmp_path):
     amb = export_cached("fer2013", size=size, seed=2, noise=noise, noise_mode="ambiguous", cache_dir=tmp_path)
     # the default mode keeps the cache names exports had before modes existed; the renderer
     # is part of the name (v1's exports keep theirs)
-    assert uni.name == "fer2013-n600-seed2-noise0.3-diff1-v2r2" and "ambiguous" in amb.name
+    assert uni.name == "fer2013-n600-seed2-noise0.3-diff1-v2r3" and "ambiguous" in amb.name
     du, da = load_dataset(uni), load_dataset(amb)
     assert torch.equal(du.images, da.images) and torch.equal(du.clean_labels, da.clean_labels)
     assert not torch.equal(du.labels, da.labels)
@@ -232,7 +232,7 @@ def test_synth_noise_mode_flag_reaches_the_export(tmp_path, monkeypatch):
     args = parser.parse_args(["--dataset", "synthfer", "--synth_size", "100", "--synth_noise", "0.3",
                               "--synth_noise_mode", "ambiguous"])
     d = open_data_from_args(args)
-    assert [p.name for p in (tmp_path / "synthfer").iterdir()] == ["fer2013-n100-seed0-noise0.3-ambiguous-diff1-v2r2"]
+    assert [p.name for p in (tmp_path / "synthfer").iterdir()] == ["fer2013-n100-seed0-noise0.3-ambiguous-diff1-v2r3"]
     assert (d.labels != d.clean_labels).sum() == 24
     assert parser.parse_args([]).synth_noise_mode == "uniform"
 
@@ -430,13 +430,14 @@ def test_v1_stays_the_same_and_its_cache_names_keep_their_version(tmp_path):
     CPUs (an AMD EPYC and an Intel Xeon gave different bytes; AVX-512 against the scalar
     kernels on one CPU: at most 1 level on 0.02 % of the pixels). A change to the renderer
     moves far more. On one machine the bytes repeat exactly."""
+    from nas.data.synthfer.render_v2 import REVISION
     got = _sample()
     _assert_matches(got, np.load(V1_REFERENCE))
     again = _sample()
     assert all(np.array_equal(again[k], got[k]) for k in got)
     v1 = export_cached("ck48", size=70, seed=0, cache_dir=tmp_path, renderer="v1")
     v2 = export_cached("ck48", size=70, seed=0, cache_dir=tmp_path, renderer="v2")
-    assert v1.name == "ck48-n70-seed0-noise0-diff1-v1" and v2.name == "ck48-n70-seed0-noise0-diff1-v2r2"
+    assert v1.name == "ck48-n70-seed0-noise0-diff1-v1" and v2.name == f"ck48-n70-seed0-noise0-diff1-v2{REVISION}"
     assert not torch.equal(load_dataset(v1).images, load_dataset(v2).images)
     with pytest.raises(FerNasError, match="--renderer 'v9'"):
         render(4, renderer="v9")
@@ -446,13 +447,31 @@ def test_v2_pictures_match_the_reference_of_its_revision():
     """Figures in the docs were measured on v2 at its current revision: a change that is meant
     to keep v2's pictures (a speed-up, a refactor) must keep them. The reference
     (tests/data/synthfer_v2<revision>_reference.npz, written by ``_sample("v2")`` from the
-    code of that revision before it was sped up) is checked as v1's is (torch's scalar kernels
-    against the AVX-512 ones that wrote it: at most 1 level on 0.005 % of the pixels). A
-    revision that changes the pictures bumps ``REVISION`` and writes its own reference."""
+    code of that revision when it was made) is checked as v1's is (r2's held under torch's
+    scalar kernels against the AVX-512 ones that wrote it: at most 1 level on 0.005 % of the
+    pixels). A revision that changes the pictures bumps ``REVISION`` and writes its own
+    reference (the earlier ones stay in git's history)."""
     from nas.data.synthfer.render_v2 import REVISION
     ref = Path(__file__).resolve().parent / "data" / f"synthfer_v2{REVISION}_reference.npz"
     assert ref.exists(), f"no reference for v2 revision {REVISION!r}: write {ref.name} with _sample('v2')"
     _assert_matches(_sample("v2"), np.load(ref))
+
+
+def test_a_face_does_not_depend_on_the_faces_drawn_beside_it(monkeypatch):
+    """Every feature's rows and columns are taken from the faces' own extents: drawn in blocks of
+    any size the pictures are byte-identical (the random fields are drawn per chunk), and with
+    the random texture, mottling and noise off a face drawn alone equals the same face drawn
+    among 128."""
+    import nas.data.synthfer.render_v1 as R1
+    from nas.data.synthfer import render_v2 as R2
+    rng = np.random.default_rng(7)
+    p = R2.sample_params(rng, rng.integers(0, 7, 150))
+    whole = R2.draw(p, seed=2)
+    monkeypatch.setattr(R1, "BLOCK", 7)
+    assert np.array_equal(R2.draw(p, seed=2), whole)
+    for k in ("bg_tex", "mottle", "noise"):
+        p[k] = np.zeros_like(p[k])
+    assert np.array_equal(R2.draw(p, chunk=1), R2.draw(p, chunk=128))
 
 
 def test_v2_is_deterministic_and_every_style_reads_back(tmp_path):

@@ -327,7 +327,7 @@ def _capsule_dist(u: torch.Tensor, v: torch.Tensor, u0, v0, u1, v1, r) -> torch.
     return _hypot(pu - t * du, pv - t * dv).sub_(r)
 
 
-def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -> torch.Tensor:
+def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, rand: list[torch.Tensor]) -> torch.Tensor:
     """Upright faces on the canvas (N×n×n floats, ~0..1)."""
     n = P["skin"].shape[0]
     C = fr.n
@@ -340,7 +340,7 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     skin = P["skin"]
 
     # background with low-frequency texture
-    tex = torch.rand((n, 5, 5), generator=gen) - 0.5
+    tex = rand[0] - 0.5
     img = fr.up @ tex @ fr.up.T              # bilinear upsampling as two small matmuls
     img = img.mul_(P["bg_tex"] * 2).add_(P["bg"])
 
@@ -585,17 +585,30 @@ def _photometric(img: torch.Tensor, P: dict[str, torch.Tensor], fr: _Frame, gen:
     return img
 
 
-def draw_chunks(params: Params, draw_canvas: Callable[[dict[str, torch.Tensor], _Frame, torch.Generator], torch.Tensor],
-                *, size: int, box: tuple[int, int, int] | None, seed: int, chunk: int,
-                pose_mode: str = "bilinear") -> np.ndarray:
-    """The renderers' outer loop: ``draw_canvas`` draws chunks of faces upright, then each
-    chunk is posed (``pose_mode`` of the warp) and given its photometric nuisances; uint8
-    N×size×size. The result depends only on ``params``, ``seed`` and ``chunk``."""
+#: Faces drawn per tensor op inside a chunk (at 48×48; scaled by the area like the chunk): a
+#: block's canvases stay in a core's cache and its features' spans are tighter (measured: 13 %
+#: faster than drawing 128 at once on the 2-core CPU).
+BLOCK = 64
+
+#: A canvas function: (parameters of a block of faces, the frame, the block's uniform random
+#: 5×5 fields, in the renderer's order) -> upright canvases.
+DrawCanvas = Callable[[dict[str, torch.Tensor], _Frame, list[torch.Tensor]], torch.Tensor]
+
+
+def draw_chunks(params: Params, draw_canvas: DrawCanvas, *, size: int, box: tuple[int, int, int] | None, seed: int,
+                chunk: int, pose_mode: str = "bilinear", fields: int = 1) -> np.ndarray:
+    """The renderers' outer loop: per chunk of faces, ``fields`` uniform 5×5 random fields per
+    face are drawn, ``draw_canvas`` draws the chunk upright in blocks, each block is posed
+    (``pose_mode`` of the warp), and the chunk gets its photometric nuisances; uint8
+    N×size×size. The random numbers are drawn per chunk in a fixed order, so the result depends
+    only on ``params``, ``seed`` and ``chunk``, not on the block size (a face's pixels must not
+    depend on the other faces of its block; ``tests/test_synthfer.py`` checks that)."""
     n = len(params["skin"])
     out = np.empty((n, size, size), dtype=np.uint8)
     fr = _Frame(size, box)
     gen = torch.Generator().manual_seed(int(seed))
     chunk = max(1, chunk * 48 * 48 // (size * size))
+    block = max(1, BLOCK * 48 * 48 // (size * size))
     # Many mid-sized elementwise ops: intra-op threads buy little and, on a busy
     # machine, cost up to 8x (measured on 2 shared cores), so draw on one thread.
     threads = torch.get_num_threads()
@@ -605,8 +618,14 @@ def draw_chunks(params: Params, draw_canvas: Callable[[dict[str, torch.Tensor], 
             for start in range(0, n, chunk):
                 sl = slice(start, min(n, start + chunk))
                 P = {k: torch.from_numpy(np.ascontiguousarray(v[sl])).view(-1, 1, 1) for k, v in params.items()}
-                img = _photometric(_pose(draw_canvas(P, fr, gen), P, fr, mode=pose_mode), P, fr, gen)
-                out[sl] = img.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
+                m = sl.stop - sl.start
+                rand = [torch.rand((m, 5, 5), generator=gen) for _ in range(fields)]
+                img = torch.empty(m, size, size)
+                for b in range(0, m, block):
+                    bl = slice(b, min(m, b + block))
+                    Pb = {k: v[bl] for k, v in P.items()}
+                    img[bl] = _pose(draw_canvas(Pb, fr, [r[bl] for r in rand]), Pb, fr, mode=pose_mode)
+                out[sl] = _photometric(img, P, fr, gen).mul_(255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
     finally:
         torch.set_num_threads(threads)
     return out

@@ -42,9 +42,9 @@ Identity, pose, light, camera and occluders are drawn independently of the expre
 v1's samplers (:func:`~nas.data.synthfer.render_v1.sample_expression`,
 :func:`~nas.data.synthfer.render_v1.sample_nuisances`) and v2's own scales: people's
 proportions spread twice as wide (:data:`IDENTITY_SPREAD`), expressions lose fewer units
-(:data:`EXPRESSION_SPREAD`), and the pose and camera keep FER2013's registration (faces "more
-or less centred", smaller roll, shift and scale, softer blur and noise); the light's direction
-and ambient share shade the relief. Posing (bicubic, which keeps 1–2 pixel features sharper
+(:data:`EXPRESSION_SPREAD`), pose keeps v1's ranges (roll σ 7°, shift σ 6 % of the frame, scale
+σ 7 %: FER2013's crops are "more or less centred", not registered), blur and noise are softer;
+the light's direction and ambient share shade the relief. Posing (bicubic, which keeps 1–2 pixel features sharper
 than a bilinear warp), photometric nuisances and occluders are v1's batched code. Proportions
 follow FER2013's tight crops: the face fills the frame, eyes at about 40 % of its height, the
 mouth at about 75 %.
@@ -65,8 +65,10 @@ __all__ = ["REVISION", "AUS", "EXPRESSIONS", "PROTOTYPES", "VARIANTS", "sample_i
 
 #: Added to v2's cache names ("-v2" + this): bumped whenever v2's pictures change, so that
 #: earlier exports are rebuilt. "" was 0.2's first v2; "r2" moved fear's, sadness's and
-#: anger's cues and drew weaker, wider intensities (docs/synthfer.md).
-REVISION = "r2"
+#: anger's cues and drew weaker, wider intensities; "r3" drew each face independently of the
+#: faces beside it (four features were cut at the chunk's rows), took v1's pose ranges and
+#: raised fear's upper lids further (docs/synthfer.md).
+REVISION = "r3"
 
 #: Action units, in the column order of :data:`PROTOTYPES`.
 AUS: tuple[str, ...] = (
@@ -101,7 +103,7 @@ def _proto(**kw: float) -> list[float]:
 PROTOTYPES: np.ndarray = np.array([
     _proto(au4=1.0, au5=0.3, au7=0.8, au23=0.8, au24=0.6, au17=0.4, au9=0.15),                 # angry
     _proto(au9=1.0, au10=1.3, au25=0.6, au17=0.35, au15=0.6),                                  # disgust
-    _proto(au1=1.0, au2=0.5, au4=0.8, au5=1.2, au7=0.2, au20=1.3, au25=1.0, au26=0.85, au10=0.5,
+    _proto(au1=1.0, au2=0.5, au4=0.8, au5=1.5, au7=0.2, au20=1.3, au25=1.0, au26=0.85, au10=0.5,
            au15=0.5),                                                                         # fear
     _proto(au6=1.0, au12=1.0, au25=1.0, au26=0.12),                                            # happy
     _proto(au1=0.7, au4=0.8, au15=1.0, au17=0.8, au43=0.8, au64=0.5),                          # sad
@@ -209,12 +211,11 @@ def sample_params(rng: np.random.Generator, expressions: np.ndarray, *, difficul
     p["gaze_x"] = 0.1 * rng.standard_normal(n)
     p["gaze_y"] = 0.06 * rng.standard_normal(n)
     sample_nuisances(rng, p, n, style, d)
-    # v1's nuisances were sized for line drawings; v2 keeps FER2013's registration (faces
-    # "more or less centred and occupying about the same amount of space") and its softer blur
-    # and noise: the same draws, scaled
-    for key, k in (("roll", 0.4), ("yaw", 0.6), ("tx", 0.5), ("ty", 0.5), ("blur", 0.6), ("noise", 0.6)):
+    # v1's blur and noise were sized for line drawings; a shaded face keeps FER2013's softer
+    # ones: the same draws, scaled. Pose keeps v1's ranges (r2 had them at 0.4-0.6: a small
+    # CNN then read the faces too easily, while the real model loses little to pose)
+    for key, k in (("blur", 0.6), ("noise", 0.6)):
         p[key] = p[key] * k
-    p["scale"] = p["scale"] ** 0.5
     # the scene light that shades the relief: mostly from above and in front
     if style == "fer":
         p["light_az"] = np.clip(rng.standard_normal(n) * (0.15 + 0.3 * d), -1.1, 1.1)
@@ -259,8 +260,9 @@ def _step(x: torch.Tensor) -> torch.Tensor:
     return (x * x).mul_(x.mul_(-2.0).add_(3.0))    # -2x + 3 is 3 - 2x exactly
 
 
-def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -> torch.Tensor:
-    """Upright shaded faces on the canvas (N×n×n floats, ~0..1)."""
+def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, rand: list[torch.Tensor]) -> torch.Tensor:
+    """Upright shaded faces on the canvas (N×n×n floats, ~0..1); ``rand``: two uniform 5×5
+    fields per face (the background's texture, the skin's mottling)."""
     n = P["skin"].shape[0]
     C = fr.n
     ipx = 1.0 / fr.px
@@ -276,7 +278,7 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
         _gain(P[a], LINEAR_SHARE.get(a, 0.0)) for a in AUS)
 
     # background with low-frequency texture; the height field starts flat, far behind
-    tex = torch.rand((n, 5, 5), generator=gen) - 0.5
+    tex = rand[0] - 0.5
     A = (fr.up @ tex @ fr.up.T).mul_(P["bg_tex"] * 2).add_(P["bg"])      # albedo
     H = torch.zeros(n, C, C)                                             # height towards the viewer
 
@@ -329,7 +331,7 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     sub_a.lerp_(skin.expand_as(sub_a), af)
     dome = q.clamp(max=1.0).square_().neg_().add_(1.0).clamp_(min=0).pow_(0.65)     # -x + 1 is 1 - x exactly
     sub_h.mul_(1 - af).add_(af * dome * (0.6 * relief))
-    mot = torch.rand((n, 5, 5), generator=gen) - 0.5                     # skin: low-frequency mottling
+    mot = rand[1] - 0.5                     # skin: low-frequency mottling
     sub_a.add_((fr.up @ mot @ fr.up.T)[:, rf, cf] * af * (P["mottle"] * 2))
 
     # hairline and fringe over the forehead
@@ -340,13 +342,11 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
 
     ex, ey, ew = P["eye_x"], P["eye_y"], P["eye_w"]
     rel = relief * a_face                   # features sit on the face, scaled by its relief
-    # Each feature below touches only the canvas columns it can reach: outside them its terms
-    # are exactly zero (compact bumps and bands, clamped ramps), so the slices save time without
-    # changing a pixel. Paired features reach |uf| <= w, where uf = U - shift. Its rows are the
-    # span of the chunk's faces; four features reach beyond theirs in r2 (the crow's feet, the
-    # lowered brow's ridge, the mouth's corner creases, the chin's crease) and are cut where the
-    # chunk's span ends, so a face depends a little on its chunk-mates. Exact rows change pixels:
-    # left for the next revision (docs/synthfer.md).
+    # Each feature below touches only the canvas rows and columns it can reach: outside them
+    # its terms are exactly zero (compact bumps and bands, clamped ramps), so the slices save
+    # time without changing a pixel, and a face does not depend on the faces drawn beside it
+    # (in r2 four features reached beyond their rows and were cut there; r3 bounds them).
+    # Paired features reach |uf| <= w, where uf = U - shift.
     shift = 0.12 * yaw
 
     # --- brows: raised (AU1 inner, AU2 outer), lowered and drawn together (AU4)
@@ -364,7 +364,10 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     lift_in = 0.2 * au1 - 0.17 * low4 - 0.06 * au9
     arch = P["brow_arch"] * (1 + 0.8 * au2 - 0.6 * au4) + 0.035 * au2
     ycb = by - arch * (1 - tb * tb) - lift_in * (1 - tb) * 0.5
-    r = fr.rows(by - 0.36, by + 0.18)
+    # the brow's centre line lies between these (tb in [-1, 1]); the ridge reaches 0.155 below it
+    lo = by - arch.clamp(min=0) - lift_in.clamp(min=0)
+    hi = by - arch.clamp(max=0) + (-lift_in).clamp(min=0)
+    r = fr.rows(torch.minimum(by - 0.36, lo - 0.2), torch.maximum(by + 0.18, hi + 0.2))
     sub_a, sub_h, v_, rr = A[:, r, c], H[:, r, c], V[:, r], rel[:, r, c]
     d = torch.maximum((v_ - ycb).abs_() - P["brow_t"] * (1.2 - 0.4 * (tb + 1) * 0.5), (xb.abs() - 1) * bw)
     a_brow = _alpha(d, ipx) * (0.9 * a_face[:, r, c])
@@ -415,6 +418,7 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
     # AU6: crow's feet, creases fanning out of the outer corner
     dx = (du - 1.05 * ew).clamp_(min=0.0)
     fan = torch.cos((dv / (dx + 0.02)).clamp_(-1.2, 1.2) * 5.0).clamp_(min=0).pow_(3)
+    fan.mul_(_band(dv, 1.8 * ew))          # the creases fade out above and below the eye
     sub_h.sub_(fan * _band(dx - 0.09, 0.08) * ((0.035 * au6 + 0.01 * age) * rr))
 
     # --- cheeks: raised and bulging with AU6 (and a little with AU12)
@@ -470,14 +474,17 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
 
     # --- mouth: lip corners up (AU12) or down (AU15), one-sided pull (AU14), upper lip raised
     # (AU10), stretched (AU20), tightened and pressed (AU23/24), parted (AU25), jaw drop (AU26)
-    half = float((mw * 1.15).max()) + 0.12 * float(yaw.abs().max()) + 0.03
-    c = fr.cols(-half, half)
+    c = fr.cols_within(shift, 1.2 * mw + fr.px)       # the corner creases reach |xm| 1.17
     gup = 0.004 + 0.09 * au10 + 0.02 * au25 + 0.06 * au12 * au25            # opening above the lip line
     gdn = 0.004 + 0.025 * au25 + 0.3 * au26 + 0.07 * au20 * au25 + 0.05 * au12 * au25   # and below
     press = (1 - 0.7 * au24.clamp(max=1) - 0.4 * au23.clamp(max=1) - 0.4 * au12.clamp(max=1))
     ul = P["lip_t"] * press * (1 - 0.3 * au10.clamp(max=1))
     ll = P["lip_t"] * 1.3 * press * (1 + 0.4 * au17)
-    r = fr.rows(my - 0.16 - gup - ul, my + gdn + ll + 0.18)
+    # the lip line mc (below) over |xm| <= 1.2 lies between these; the lips, the opening and the
+    # creases reach at most 0.2 beyond it
+    mc_lo = my + 1.44 * c_up.clamp(max=0) + 1.73 * c_dn.clamp(max=0) - 0.12 * au14.clamp(min=0)
+    mc_hi = my + 1.44 * c_up.clamp(min=0) + 1.73 * c_dn.clamp(min=0)
+    r = fr.rows(mc_lo - gup.abs() - 1.1 * ul.abs() - 0.2, mc_hi + gdn.abs() + 1.2 * ll.abs() + 0.2)
     sub_a, sub_h, v_, af = A[:, r, c], H[:, r, c], V[:, r], a_face[:, r, c]
     xm = uf[:, :, c] / mw
     km = (1 - xm * xm).clamp(min=0.0)
@@ -516,12 +523,13 @@ def _draw_canvas(P: dict[str, torch.Tensor], fr: _Frame, gen: torch.Generator) -
 
     # --- chin: the boss, raised by AU17; the crease under the lower lip
     chin_v = cy + fb * 0.82 + jaw * 0.9 - 0.03 * au17
-    r = fr.rows(chin_v - 0.32, chin_v + 0.2)
+    lower = my + gdn + P["lip_t"] * 1.3
+    crease = lower + 0.08 - 0.02 * au17
+    r = fr.rows(torch.minimum(chin_v - 0.15, crease - 0.05), torch.maximum(chin_v + 0.15, crease + 0.05))
     c = fr.cols_within(shift, 0.24 + fr.px)
     sub_h, v_, rr, uf_c = H[:, r, c], V[:, r], rel[:, r, c], uf[:, :, c]
     sub_h.add_(_bump(uf_c, v_ - chin_v, 0.24, 0.15) * ((0.06 + 0.1 * au17) * rr))
-    lower = my + gdn + P["lip_t"] * 1.3
-    sub_h.sub_(_band(v_ - (lower + 0.08 - 0.02 * au17), 0.05) * _band(uf_c, 0.22) * ((0.015 + 0.02 * au17) * rr))
+    sub_h.sub_(_band(v_ - crease, 0.05) * _band(uf_c, 0.22) * ((0.015 + 0.02 * au17) * rr))
 
     img = _shade(A, H, P, fr)
     draw_occluders(img, P, fr, U, V, ua, ex, ey, ew, skin)
@@ -565,4 +573,5 @@ def draw(params: Params, *, size: int = 48, box: tuple[int, int, int] | None = N
     (top, left, side) of the face frame in the image (default: the whole image, FER2013's
     framing); ``seed`` drives pixel noise, background texture and skin mottling."""
     # bicubic: a bilinear warp softens the 1-2 pixel features a shaded face has
-    return draw_chunks(params, _draw_canvas, size=size, box=box, seed=seed, chunk=chunk, pose_mode="bicubic")
+    return draw_chunks(params, _draw_canvas, size=size, box=box, seed=seed, chunk=chunk, pose_mode="bicubic",
+                       fields=2)

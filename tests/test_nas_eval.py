@@ -82,10 +82,14 @@ def test_quick_protocol_end_to_end_and_resumable(tmp_path):
 
 
 @pytest.mark.slow  # a search and two trainings, each a submitit job of its own process
-def test_quick_protocol_through_submitit_local_executor(tmp_path):
+def test_quick_protocol_through_submitit_local_executor(tmp_path, monkeypatch):
     """The same units go out through submitit (the local executor stands in for Slurm): the
-    rows match an in-process run of the same protocol exactly, and the jobs left their logs."""
+    rows match an in-process run of the same protocol exactly, and the jobs left their logs.
+    Both run on one torch thread (tests/conftest.py sets this process's; the jobs inherit the
+    environment): on a CPU, torch's kernels and the channels_last choice depend on the thread
+    count, and a one-epoch search can then export another genotype."""
     pytest.importorskip("submitit")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     ref, sub = tmp_path / "inproc", tmp_path / "submitit"
     nas_eval.main(nas_eval.get_args_parser().parse_args(["--quick", "--out", str(ref), "--random", "0"]))
     nas_eval.main(nas_eval.get_args_parser().parse_args(["--quick", "--out", str(sub), "--random", "0",

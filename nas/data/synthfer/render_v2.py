@@ -45,8 +45,8 @@ proportions spread twice as wide (:data:`IDENTITY_SPREAD`), expressions lose few
 (:data:`EXPRESSION_SPREAD`), pose keeps v1's ranges (roll σ 7°, shift σ 6 % of the frame, scale
 σ 7 %: FER2013's crops are "more or less centred", not registered), blur and noise are softer;
 the light's direction and ambient share shade the relief. Posing (bicubic, which keeps 1–2
-pixel features sharper than a bilinear warp), photometric nuisances and occluders are v1's batched code. Proportions
-follow FER2013's tight crops: the face fills the frame, eyes at about 40 % of its height, the
+pixel features sharper than a bilinear warp), photometric nuisances and occluders are v1's
+batched code. Proportions follow FER2013's tight crops: the face fills the frame, eyes at about 40 % of its height, the
 mouth at about 75 %.
 """
 from __future__ import annotations

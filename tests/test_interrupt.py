@@ -31,7 +31,7 @@ import torch
 from nas.runtime.checkpoint import safe_load
 from tests.cli_util import assert_one_line_error, child_env, run_inprocess
 from tests.fer_files import small_fer2013, write_fer2013_csv
-from tests.zygote import Zygote
+from tests.zygote import Run, Zygote
 
 pytestmark = pytest.mark.slow  # real processes killed and resumed many times
 
@@ -159,6 +159,39 @@ def resume_or_restart(z: Zygote, script: str, args: list, run: Path):
 
 
 # ------------------------------------------------------------------------------------ SIGKILL
+def kill_chain(z: Zygote, script: str, args: list, run: Path, rng: random.Random,
+               window: float) -> tuple[Run, int, int, list]:
+    """Start or resume the run until it ends, SIGKILLing it at seeded random moments: twice
+    within the first 75 % of ``window`` after its log is written, and, should neither kill have
+    come after the first checkpoint, once more within 30 % of it after last.pt appears. Returns
+    the last process, the kills, the resumes, and (start|resume, exit status, saved epoch.step)
+    per process."""
+    kills, resumed, log = 0, 0, []
+    for _ in range(6):
+        resuming = (run / "last.pt").exists()
+        t0 = time.time()
+        r = resume_or_restart(z, script, args, run)
+        resumed += resuming
+        if kills < 2 or (kills == 2 and not resumed):
+            if kills < 2:
+                wait_for_log(run, t0)
+            else:
+                while not (run / "last.pt").exists() and r.returncode is None:
+                    time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 0.75 if kills < 2 else 0.3) * window)
+            r.kill(signal.SIGKILL)
+        r.wait()
+        # whatever is on disk after a kill is a whole checkpoint (safe_load would refuse half of one)
+        saved = safe_load(run / "last.pt") if (run / "last.pt").exists() else None
+        log.append(("resume" if resuming else "start", r.returncode,
+                    None if saved is None else f"{saved['epoch']}.{saved['step']}"))
+        if r.returncode == 0:
+            break
+        assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+        kills += 1
+    return r, kills, resumed, log
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(env, script, seed):
@@ -167,44 +200,19 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(env, script,
     third lands at a random moment after it, so every chain resumes at least once.
 
     The moments are drawn from the reference run's duration, which a busy machine can stretch:
-    when a run ends before its kill lands, the chain starts again from an empty folder with the
-    window halved (the test is about resuming, not about how long a run takes)."""
+    when a run ends before it was killed and resumed, the chain starts again from an empty folder
+    with the window halved (the test is about resuming, not about how long a run takes)."""
     z, (ref, work_time) = env["z"], env["refs"][script]
     rng = random.Random(f"{script}-{seed}")
     run = env["tmp"] / f"kill-{script}-{seed}"
     args = SCRIPTS[script](env["data"])
     window, history = work_time, []
-    for _chain in range(5):
-        kills, resumed, log, too_late = 0, 0, [], False
-        for _ in range(6):
-            resuming = (run / "last.pt").exists()
-            t0 = time.time()
-            r = resume_or_restart(z, script, args, run)
-            resumed += resuming
-            killing = kills < 2 or (kills == 2 and not resumed)
-            if killing:
-                if kills < 2:
-                    wait_for_log(run, t0)
-                else:
-                    while not (run / "last.pt").exists() and r.returncode is None:
-                        time.sleep(0.02)
-                delay = rng.uniform(0.0, 0.75 if kills < 2 else 0.3) * window
-                time.sleep(delay)
-                r.kill(signal.SIGKILL)
-            r.wait()
-            # whatever is on disk after a kill is a whole checkpoint (safe_load would refuse half of one)
-            saved = safe_load(run / "last.pt") if (run / "last.pt").exists() else None
-            log.append(("resume" if resuming else "start", r.returncode,
-                        None if saved is None else f"{saved['epoch']}.{saved['step']}"))
-            if r.returncode == 0:
-                too_late = killing and not (kills >= 1 and resumed >= 1)
-                break
-            assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
-            kills += 1
+    for _ in range(5):
+        r, kills, resumed, log = kill_chain(z, script, args, run, rng, window)
         history.append(log)
-        if not too_late:
+        if r.returncode != 0 or (kills >= 1 and resumed >= 1):
             break
-        shutil.rmtree(run)  # the run ended before its kill: again, from nothing, in half the window
+        shutil.rmtree(run)  # it ended before a kill landed: again, from nothing, in half the window
         window /= 2
     print(f"{script} seed {seed}: {history}")
     assert r.returncode == 0, r.stderr[-2000:]

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nas.runtime.heap import retain_freed_heap
+
 __all__ = ["AUS", "EXPRESSIONS", "PROTOTYPES", "sample_identity", "sample_params", "sample_expression", "sample_nuisances", "draw",
            "draw_occluders", "Params"]
 
@@ -610,7 +612,11 @@ def draw_chunks(params: Params, draw_canvas: DrawCanvas, *, size: int, box: tupl
     chunk = max(1, chunk * 48 * 48 // (size * size))
     block = max(1, BLOCK * 48 * 48 // (size * size))
     # Many mid-sized elementwise ops: intra-op threads buy little and, on a busy
-    # machine, cost up to 8x (measured on 2 shared cores), so draw on one thread.
+    # machine, cost up to 8x (measured on 2 shared cores), so draw on one thread. Their
+    # temporaries of about a megabyte made glibc shrink and regrow its heap all the time
+    # (a page fault per page: 0.3 s of system time per 1.0 s of drawing), hence
+    # retain_freed_heap.
+    retain_freed_heap()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

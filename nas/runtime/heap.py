@@ -33,6 +33,5 @@ def retain_freed_heap() -> bool:
         if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
             mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
             if mallopt is not None:
-                _done = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD,
-                                                                                           TRIM_THRESHOLD))
+                _done = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     return _done

@@ -13,7 +13,8 @@ GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 # The renderer's pattern: a second draw of 256 v2 faces, after a first has grown the heap.
 # Prints its minor page faults: 68 with the thresholds fixed (`retain`), 8,356 with glibc's
-# adaptive ones (`plain`; glibc 2.36, 2026-12-05), which shrink and regrow the heap between the temporaries.
+# adaptive ones (`plain`; glibc 2.36, 2026-12-05), which shrink and regrow the heap between
+# the temporaries.
 DRAW = textwrap.dedent("""
     import resource, sys, numpy as np
     from nas.runtime import heap

@@ -19,6 +19,7 @@ from nas.data.dataset import FER_CLASSES
 from nas.data.synthfer import (CK_CLASSES, CK_COUNTS, FER_SPLIT_SIZES, FER_TRAIN_COUNTS, JAFFE_COUNTS,
                                JAFFE_SUBJECTS, ambiguity_score, class_counts, export, export_cached, fes_matrix,
                                flip_labels, render)
+from nas.data.synthfer.render_v2 import REVISION
 from nas.runtime.errors import FerNasError
 from nas.fes import DEFAULT_FES, FERPLUS_DISAGREEMENT_DECILES
 
@@ -201,7 +202,7 @@ def test_ambiguous_export_same_faces_other_flips(tmp_path):
     amb = export_cached("fer2013", size=size, seed=2, noise=noise, noise_mode="ambiguous", cache_dir=tmp_path)
     # the default mode keeps the cache names exports had before modes existed; the renderer
     # is part of the name (v1's exports keep theirs)
-    assert uni.name == "fer2013-n600-seed2-noise0.3-diff1-v2r4" and "ambiguous" in amb.name
+    assert uni.name == f"fer2013-n600-seed2-noise0.3-diff1-v2{REVISION}" and "ambiguous" in amb.name
     du, da = load_dataset(uni), load_dataset(amb)
     assert torch.equal(du.images, da.images) and torch.equal(du.clean_labels, da.clean_labels)
     assert not torch.equal(du.labels, da.labels)
@@ -236,7 +237,7 @@ def test_synth_noise_mode_flag_reaches_the_export(tmp_path, monkeypatch):
     args = parser.parse_args(["--dataset", "synthfer", "--synth_size", "100", "--synth_noise", "0.3",
                               "--synth_noise_mode", "ambiguous"])
     d = open_data_from_args(args)
-    assert [p.name for p in (tmp_path / "synthfer").iterdir()] == ["fer2013-n100-seed0-noise0.3-ambiguous-diff1-v2r4"]
+    assert [p.name for p in (tmp_path / "synthfer").iterdir()] == [f"fer2013-n100-seed0-noise0.3-ambiguous-diff1-v2{REVISION}"]
     assert (d.labels != d.clean_labels).sum() == 24
     assert parser.parse_args([]).synth_noise_mode == "uniform"
 
@@ -434,7 +435,6 @@ def test_v1_stays_the_same_and_its_cache_names_keep_their_version(tmp_path):
     CPUs (an AMD EPYC and an Intel Xeon gave different bytes; AVX-512 against the scalar
     kernels on one CPU: at most 1 level on 0.02 % of the pixels). A change to the renderer
     moves far more. On one machine the bytes repeat exactly."""
-    from nas.data.synthfer.render_v2 import REVISION
     got = _sample()
     _assert_matches(got, np.load(V1_REFERENCE))
     again = _sample()
@@ -455,7 +455,6 @@ def test_v2_pictures_match_the_reference_of_its_revision():
     scalar kernels against the AVX-512 ones that wrote it: at most 1 level on 0.005 % of the
     pixels). A revision that changes the pictures bumps ``REVISION`` and writes its own
     reference (the earlier ones stay in git's history)."""
-    from nas.data.synthfer.render_v2 import REVISION
     ref = Path(__file__).resolve().parent / "data" / f"synthfer_v2{REVISION}_reference.npz"
     assert ref.exists(), f"no reference for v2 revision {REVISION!r}: write {ref.name} with _sample('v2')"
     _assert_matches(_sample("v2"), np.load(ref))

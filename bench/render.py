@@ -31,6 +31,10 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
+if __package__ in (None, ""):
+    from common import cpu_model
+else:
+    from bench.common import cpu_model
 from nas.data.synthfer import DEFAULT_RENDERER, RENDERERS, renderer_module
 from nas.runtime.cli import ArgumentParser, run as cli_run
 
@@ -64,7 +68,7 @@ def run(device: str = "cpu", quick: bool = False, *, n: int | None = None, round
     for _ in range(rounds):
         best["batched"] = max(best["batched"], _rate(mod, batched_params, 128))
         best["per_sample"] = max(best["per_sample"], _rate(mod, slow_params, 1))
-    return {"bench": "synthfer_render", "device": "cpu", "torch": torch.__version__, "threads": 1,
+    return {"bench": "synthfer_render", "device": "cpu", "cpu": cpu_model(), "torch": torch.__version__, "threads": 1,
             "renderer": renderer, "settings": {"images_batched": n, "images_per_sample": n_slow, "rounds": rounds, "size": 48,
                          "batched": "draw(), 128 faces per chunk", "per_sample": "draw(chunk=1), one face at a time"},
             "images_per_s": {"batched": round(best["batched"], 1), "per_sample": round(best["per_sample"], 1)},

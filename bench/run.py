@@ -56,8 +56,10 @@ from nas.runtime.device import resolve_device
 
 if __package__ in (None, ""):
     import augment, evaluate, relabel, render, search_step, train_step  # noqa: E401
+    from common import cpu_model
 else:
     from bench import augment, evaluate, relabel, render, search_step, train_step
+    from bench.common import cpu_model
 
 BENCHES = ("search", "train", "evaluate", "augment", "relabel", "render")
 # Targets of issue 8 on CPU (a ratio fast / naive at or above the figure); None: none set.
@@ -259,7 +261,7 @@ def run_suite(device: str = "auto", quick: bool = False, only: list[str] | None 
         "suite": "fer-nas bench/run.py", "quick": quick,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpu": cpu_model(),
                     "cpu_count": os.cpu_count(), "load_avg": _loadavg()},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": {**seconds, "total": round(time.perf_counter() - t_all, 1)},
         "targets": {k: v for k, v in TARGETS.items() if k in names},

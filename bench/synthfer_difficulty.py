@@ -18,6 +18,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+if __package__ in (None, ""):
+    from common import cpu_model
+else:
+    from bench.common import cpu_model
 from nas.runtime.cli import ArgumentParser, run
 from nas.data.dataset import FER_CLASSES
 from nas.data.synthfer import FER_TRAIN_COUNTS, render
@@ -158,7 +162,7 @@ def main(args: argparse.Namespace) -> dict:
         "cnn_curve": curve, "cnn_per_class": {c: round(a, 3) for c, a in zip(FER_CLASSES, per_class)},
         "cnn_most_confused_with": confused, "ordering_ok": acc_major < acc_lin < acc_cnn,
         "cnn_in_range": 0.55 <= acc_cnn <= 0.90,
-        "render_images_per_s_1core": speed,
+        "render_images_per_s_1core": speed, "cpu": cpu_model(),
         "seconds": {"render": round(t_render, 1), "linear": round(t_lin, 1), "cnn": round(t_cnn, 1),
                     "total": round(time.perf_counter() - t0, 1)},
     }

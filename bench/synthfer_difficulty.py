@@ -7,24 +7,32 @@ learnable, need spatial features, and leave room for better architectures.
 Also reports the renderer's speed on one core. Prints one JSON object.
 
     python bench/synthfer_difficulty.py [--renderer v2] [--difficulty 1.0] [--seed 0] [--threads 1]
+    python bench/synthfer_difficulty.py --speed_only [--renderer v2] [--against v1] [--rounds 10]
+
+``--speed_only`` times the renderer alone, ``--rounds`` times, taking turns with ``--against``
+when given: the machine's speed drifts from minute to minute, and the other renderer's rate in
+the same round shows how much (the faces/s target of issue 14 is 2,000 on one core).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 if __package__ in (None, ""):
     from common import cpu_model
 else:
     from bench.common import cpu_model
 from nas.runtime.cli import ArgumentParser, run
+from nas.runtime.errors import FerNasError
 from nas.data.dataset import FER_CLASSES
-from nas.data.synthfer import FER_TRAIN_COUNTS, render
+from nas.data.synthfer import FER_TRAIN_COUNTS, RENDERERS, render
 
 
 class SmallCNN(nn.Module):
@@ -120,9 +128,29 @@ def render_speed(n: int = 4000, difficulty: float = 1.0, renderer: str = "v2") -
     return {"wall": round(n / wall), "cpu_time": round(n / cpu)}
 
 
+SPEED_TARGET = 2000  # faces/s on one core (issue 14)
+
+
+def speed_in_turns(renderers: list[str], n: int = 4000, rounds: int = 10, difficulty: float = 1.0) -> dict:
+    """:func:`render_speed` of each renderer, ``rounds`` times, in turns (one JSON-able dict)."""
+    rates: dict[str, list[int]] = {r: [] for r in renderers}
+    for _ in tqdm(range(rounds), desc="speed rounds", unit="round"):
+        for r in renderers:
+            rates[r].append(render_speed(n, difficulty, r)["cpu_time"])
+    first = renderers[0]
+    out = {"bench": "synthfer_render_speed", "cpu": cpu_model(), "torch": torch.__version__, "threads": 1,
+           "n": n, "difficulty": difficulty, "rounds": rounds, "clock": "process CPU time",
+           "faces_per_s": rates,
+           "summary": {r: {"min": min(v), "median": round(statistics.median(v)), "max": max(v)} for r, v in rates.items()},
+           "target": SPEED_TARGET, "rounds_at_target": sum(v >= SPEED_TARGET for v in rates[first])}
+    if len(renderers) > 1:
+        out["ratio_per_round"] = [round(a / b, 3) for a, b in zip(rates[first], rates[renderers[1]])]
+    return out
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="bench/synthfer_difficulty.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--renderer", default="v2", help="SynthFER renderer (v1 or v2)")
+    p.add_argument("--renderer", default="v2", choices=sorted(RENDERERS), help="SynthFER renderer")
     p.add_argument("--difficulty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n_train", type=int, default=10000)
@@ -131,13 +159,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (one is fastest for this small CNN on a shared 2-core machine)")
     p.add_argument("--skip_speed", action="store_true", help="do not time the renderer")
+    p.add_argument("--speed_only", action="store_true", help="only time the renderer (--rounds times)")
+    p.add_argument("--against", default=None, choices=sorted(RENDERERS), help="with --speed_only: a second renderer timed in turns (e.g. v1)")
+    p.add_argument("--rounds", type=int, default=10, help="with --speed_only: rounds of --speed_n faces")
+    p.add_argument("--speed_n", type=int, default=4000, help="faces per timed render")
     return p
 
 
 def main(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
+    if args.speed_only:
+        if args.rounds < 1 or args.speed_n < 1:
+            raise FerNasError(f"--rounds {args.rounds} --speed_n {args.speed_n}: both must be at least 1")
+        renderers = [args.renderer] + ([args.against] if args.against else [])
+        out = speed_in_turns(renderers, args.speed_n, args.rounds, args.difficulty)
+        print(json.dumps(out))
+        return out
     t0 = time.perf_counter()
-    speed = None if args.skip_speed else render_speed(difficulty=args.difficulty, renderer=args.renderer)
+    speed = None if args.skip_speed else render_speed(args.speed_n, args.difficulty, args.renderer)
     # train and test are two independent renders with FER2013's Training balance
     x_tr, y_tr, _ = render(args.n_train, args.seed, difficulty=args.difficulty, renderer=args.renderer)
     x_te, y_te, _ = render(args.n_test, args.seed + 10_000, difficulty=args.difficulty, renderer=args.renderer)

@@ -1,0 +1,36 @@
+"""Small helpers of bench/: the CPU model that speed figures name, and the render-speed
+rounds of bench/synthfer_difficulty.py --speed_only."""
+from __future__ import annotations
+
+import platform
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import common  # noqa: E402
+import synthfer_difficulty as sd  # noqa: E402
+
+
+def test_cpu_model_reads_the_model_name(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Example CPU @ 2.10GHz\nflags\t: fpu\n")
+    assert common.cpu_model(info) == "Example CPU @ 2.10GHz"
+    assert common.cpu_model(tmp_path / "absent") == (platform.processor() or platform.machine())
+
+
+def test_speed_in_turns_summarises_by_hand(monkeypatch):
+    """bench/synthfer_difficulty.py --speed_only: rounds taken in turns, summarised against the
+    2,000 faces/s target (render_speed replaced by fixed figures)."""
+    figures = iter([2500, 5000, 1800, 4500, 2100, 6000])
+    calls = []
+
+    def fake(n, difficulty, renderer):
+        calls.append(renderer)
+        return {"wall": 0, "cpu_time": next(figures)}
+
+    monkeypatch.setattr(sd, "render_speed", fake)
+    out = sd.main(sd.get_args_parser().parse_args(["--speed_only", "--against", "v1", "--rounds", "3"]))
+    assert calls == ["v2", "v1"] * 3
+    assert out["faces_per_s"] == {"v2": [2500, 1800, 2100], "v1": [5000, 4500, 6000]}
+    assert out["summary"]["v2"] == {"min": 1800, "median": 2100, "max": 2500}
+    assert out["rounds_at_target"] == 2 and out["ratio_per_round"] == [0.5, 0.4, 0.35]

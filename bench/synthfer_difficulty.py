@@ -138,7 +138,7 @@ def speed_in_turns(renderers: list[str], n: int = 4000, rounds: int = 10, diffic
         for r in renderers:
             rates[r].append(render_speed(n, difficulty, r)["cpu_time"])
     first = renderers[0]
-    out = {"bench": "synthfer_render_speed", "cpu": cpu_model(), "torch": torch.__version__, "threads": 1,
+    out = {"bench": "synthfer_render_speed", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_model(), "torch": torch.__version__, "threads": 1,
            "n": n, "difficulty": difficulty, "rounds": rounds, "clock": "process CPU time",
            "faces_per_s": rates,
            "summary": {r: {"min": min(v), "median": round(statistics.median(v)), "max": max(v)} for r, v in rates.items()},

@@ -138,8 +138,9 @@ def speed_in_turns(renderers: list[str], n: int = 4000, rounds: int = 10, diffic
         for r in renderers:
             rates[r].append(render_speed(n, difficulty, r)["cpu_time"])
     first = renderers[0]
-    out = {"bench": "synthfer_render_speed", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_model(), "torch": torch.__version__, "threads": 1,
-           "n": n, "difficulty": difficulty, "rounds": rounds, "clock": "process CPU time",
+    out = {"bench": "synthfer_render_speed", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_model(),
+           "torch": torch.__version__, "threads": 1, "n": n, "difficulty": difficulty, "rounds": rounds,
+           "clock": "process CPU time",
            "faces_per_s": rates,
            "summary": {r: {"min": min(v), "median": round(statistics.median(v)), "max": max(v)} for r, v in rates.items()},
            "target": SPEED_TARGET, "rounds_at_target": sum(v >= SPEED_TARGET for v in rates[first])}
@@ -171,6 +172,8 @@ def main(args: argparse.Namespace) -> dict:
     if args.speed_only:
         if args.rounds < 1 or args.speed_n < 1:
             raise FerNasError(f"--rounds {args.rounds} --speed_n {args.speed_n}: both must be at least 1")
+        if args.against == args.renderer:
+            raise FerNasError(f"--against {args.against}: name a renderer other than --renderer")
         renderers = [args.renderer] + ([args.against] if args.against else [])
         out = speed_in_turns(renderers, args.speed_n, args.rounds, args.difficulty)
         print(json.dumps(out))

@@ -6,9 +6,13 @@ import platform
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import common  # noqa: E402
 import synthfer_difficulty as sd  # noqa: E402
+
+from nas.runtime.cli import run  # noqa: E402
 
 
 def test_cpu_model_reads_the_model_name(tmp_path):
@@ -34,3 +38,12 @@ def test_speed_in_turns_summarises_by_hand(monkeypatch):
     assert out["faces_per_s"] == {"v2": [2500, 1800, 2100], "v1": [5000, 4500, 6000]}
     assert out["summary"]["v2"] == {"min": 1800, "median": 2100, "max": 2500}
     assert out["rounds_at_target"] == 2 and out["ratio_per_round"] == [0.5, 0.4, 0.35]
+
+
+def test_speed_only_refuses_a_bad_request(capsys):
+    for argv in (["--rounds", "0"], ["--against", "v2"]):
+        with pytest.raises(SystemExit) as e:
+            run(sd.main, sd.get_args_parser(), ["--speed_only", *argv])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "bench/synthfer_difficulty.py" in err[0], err

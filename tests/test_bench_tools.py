@@ -47,3 +47,18 @@ def test_speed_only_refuses_a_bad_request(capsys):
         assert e.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "bench/synthfer_difficulty.py" in err[0], err
+
+
+def test_linear_baseline_does_not_depend_on_the_global_generator():
+    """The linear baseline of bench/synthfer_difficulty.py gives the same accuracy whatever the
+    global torch generator holds (it used to start from nn.Linear's random weights)."""
+    import torch
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(300, 1, 6, 6, generator=g)
+    y = torch.randint(0, 7, (300,), generator=g)
+    x[:, 0, 0, 0] += y * 0.05                      # a weak cue, so that a few steps matter
+    accs = []
+    for s in (1, 2, 3):
+        torch.manual_seed(s)
+        accs.append(sd.linear(x[:200], y[:200], x[200:], y[200:], steps=2))
+    assert accs[0] == accs[1] == accs[2]

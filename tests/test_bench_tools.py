@@ -1,5 +1,5 @@
-"""Small helpers of bench/: the CPU model that speed figures name, and the render-speed
-rounds of bench/synthfer_difficulty.py --speed_only."""
+"""Small helpers of bench/: the CPU model that speed figures name, the render-speed rounds of
+bench/synthfer_difficulty.py --speed_only, and that bench's linear baseline."""
 from __future__ import annotations
 
 import platform
@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import common  # noqa: E402
@@ -52,7 +53,6 @@ def test_speed_only_refuses_a_bad_request(capsys):
 def test_linear_baseline_does_not_depend_on_the_global_generator():
     """The linear baseline of bench/synthfer_difficulty.py gives the same accuracy whatever the
     global torch generator holds (it used to start from nn.Linear's random weights)."""
-    import torch
     g = torch.Generator().manual_seed(0)
     x = torch.rand(300, 1, 6, 6, generator=g)
     y = torch.randint(0, 7, (300,), generator=g)

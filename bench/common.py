@@ -1,16 +1,35 @@
-"""What the experiment benchmarks share (bench/relabel_grid.py, bench/nas_eval.py): idempotent
-runs of a toolkit command, results CSV rows, and the statistics of their reports."""
+"""What the benchmarks share: provenance for every results file, idempotent runs of a toolkit
+command, results CSV rows. Statistics come from :mod:`nas.runtime.stats`.
+
+Every results file a bench writes records what produced it (:func:`provenance`): the fernas
+version, the git commit and whether the tree was dirty, every SynthFER renderer's revision,
+torch's version, the device, the CPU and GPU model, the thread count, the date and every flag.
+A JSON document carries it under ``"provenance"``, a JSONL line the same, a CSV row as the
+:data:`PROVENANCE_COLUMNS` (``flags`` as compact JSON). ``tests/test_provenance.py`` checks
+every committed ``bench/results-*`` file for these fields.
+"""
 from __future__ import annotations
 
-import itertools
+import argparse
+import datetime as _dt
+import json
 import math
+import os
 import platform
+import subprocess
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-import numpy as np
+__all__ = ["cpu_model", "gpu_model", "git_state", "provenance", "provenance_columns", "PROVENANCE_FIELDS",
+           "PROVENANCE_COLUMNS", "with_provenance", "check_protocol", "run_app", "run_or_resume", "num", "read_rows"]
 
-__all__ = ["cpu_model", "run_app", "run_or_resume", "num", "t_interval", "percentile_among", "permutation_test", "read_rows"]
+ROOT = Path(__file__).resolve().parent.parent
+
+#: The fields of a provenance record (a JSON document's ``provenance``, a JSONL line's).
+PROVENANCE_FIELDS = ("fernas_version", "git_commit", "git_dirty", "synthfer_revisions", "torch", "device",
+                     "cpu_model", "gpu_model", "threads", "python", "date", "flags")
+#: The same as CSV columns (``synthfer_revisions`` and ``flags`` as compact JSON).
+PROVENANCE_COLUMNS = PROVENANCE_FIELDS
 
 
 def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
@@ -27,6 +46,92 @@ def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     return platform.processor() or platform.machine()
 
 
+def gpu_model(device: str | None = None) -> str | None:
+    """The CUDA device's name when ``device`` is a CUDA device (or any is present and ``device``
+    is None), else None."""
+    import torch
+
+    if device is not None and not str(device).startswith("cuda"):
+        return None
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_name(torch.device(device) if device else None)
+
+
+def git_state(root: Path = ROOT) -> tuple[str, bool | None]:
+    """``(commit, dirty)`` of the checkout holding the benches: the HEAD commit and whether a
+    tracked file differs from it (untracked files, such as run folders, do not count);
+    ``("unknown", None)`` outside a git checkout."""
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=30, check=True).stdout.strip()
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", None
+    return commit, bool(status.strip())
+
+
+def _flags(flags: argparse.Namespace | Mapping[str, Any] | None) -> dict[str, Any]:
+    from nas.runtime.checkpoint import json_safe, plain
+
+    d = vars(flags) if isinstance(flags, argparse.Namespace) else dict(flags or {})
+    return json_safe(plain(d))
+
+
+def provenance(flags: argparse.Namespace | Mapping[str, Any] | None, device: str | None = None) -> dict[str, Any]:
+    """What produced a result: see the module docstring. ``flags``: the bench's parsed flags
+    (or any mapping of its settings); ``device``: where it ran (default: ``flags.device``, else cpu)."""
+    import torch
+
+    from nas import __version__
+    from nas.data.synthfer import RENDER_VERSION, RENDERERS
+
+    f = _flags(flags)
+    device = str(device or f.get("device") or "cpu")
+    commit, dirty = git_state()
+    revisions = {name: (RENDER_VERSION if name == "v1" else name + mod.REVISION) for name, mod in RENDERERS.items()}
+    return {"fernas_version": __version__, "git_commit": commit, "git_dirty": dirty, "synthfer_revisions": revisions,
+            "torch": torch.__version__, "device": device, "cpu_model": cpu_model(), "gpu_model": gpu_model(device),
+            "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "flags": f}
+
+
+def provenance_columns(prov: Mapping[str, Any]) -> dict[str, Any]:
+    """A provenance record as CSV cells (nested values as compact JSON)."""
+    return {k: json.dumps(prov[k], sort_keys=True, separators=(",", ":")) if isinstance(prov[k], (dict, list))
+            else ("" if prov[k] is None else prov[k]) for k in PROVENANCE_COLUMNS}
+
+
+def with_provenance(doc: Mapping[str, Any], flags: argparse.Namespace | Mapping[str, Any] | None,
+                    device: str | None = None) -> dict[str, Any]:
+    """``doc`` with its ``provenance`` (a results JSON document)."""
+    return {**doc, "provenance": provenance(flags, device)}
+
+
+def check_protocol(out: Path, protocol: Mapping[str, Any], name: str = "protocol.json") -> None:
+    """A resumable bench's folder holds one protocol: refuse ``out`` when its ``name`` file
+    records other settings (one line naming the ones that differ), else write it."""
+    from nas.runtime.checkpoint import atomic_write_text, json_safe
+    from nas.runtime.errors import FerNasError
+
+    path = Path(out) / name
+    new = json_safe(dict(protocol))
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = None
+        if not isinstance(old, dict):
+            raise FerNasError(f"{path}: not a protocol file; choose another --out")
+        if old != new:
+            changed = sorted(k for k in set(new) | set(old) if old.get(k) != new.get(k))
+            raise FerNasError(f"{out}: holds runs of another protocol (differs in {', '.join(changed)}); "
+                              f"rerun with its flags or choose another --out")
+        return
+    atomic_write_text(json.dumps(new, indent=2) + "\n", path)
+
+
 def run_app(app: Any, argv: Sequence[Any]) -> dict[str, Any]:
     """A command of ``nas.apps`` in this process (its parser, then ``main``)."""
     return app.main(app.get_args_parser().parse_args([str(a) for a in argv]))
@@ -35,8 +140,6 @@ def run_app(app: Any, argv: Sequence[Any]) -> dict[str, Any]:
 def run_or_resume(app: Any, folder: Path, argv: Sequence[Any], done: str = "results.json") -> dict[str, Any]:
     """One idempotent unit of work in its run folder: a finished run (``done`` written) is read
     back, an interrupted one resumed from its ``last.pt``, else ``argv`` starts it there."""
-    import json
-
     folder = Path(folder)
     if (folder / done).exists():
         return json.loads((folder / done).read_text())
@@ -52,51 +155,6 @@ def num(v: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if math.isnan(f) else f
-
-
-def t_interval(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and half-width of the two-sided 95 % Student-t interval (half-width NaN for one value)."""
-    from scipy.stats import t
-
-    v = [float(x) for x in values]
-    m = sum(v) / len(v)
-    if len(v) < 2:
-        return m, float("nan")
-    sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
-    return m, float(t.ppf(0.975, len(v) - 1)) * sd / math.sqrt(len(v))
-
-
-def percentile_among(value: float, others: Sequence[float]) -> float:
-    """% of ``others`` strictly below ``value``, ties counting half (the mid-rank percentile)."""
-    if not others:
-        return float("nan")
-    below = sum(o < value for o in others)
-    ties = sum(o == value for o in others)
-    return 100.0 * (below + 0.5 * ties) / len(others)
-
-
-def permutation_test(a: Sequence[float], b: Sequence[float], *, n_perm: int = 20_000, seed: int = 0) -> float:
-    """One-sided p-value of ``mean(a) - mean(b)`` under exchangeable labels: exact over every
-    split when there are at most 50,000, else ``n_perm`` seeded random permutations (with the
-    +1 correction). A small p says ``a`` beats ``b``."""
-    a, b = [float(x) for x in a], [float(x) for x in b]
-    pooled = np.array(a + b)
-    k, n = len(a), len(a) + len(b)
-    observed = np.mean(a) - np.mean(b)
-    if math.comb(n, k) <= 50_000:
-        hits = total = 0
-        for idx in itertools.combinations(range(n), k):
-            mask = np.zeros(n, dtype=bool)
-            mask[list(idx)] = True
-            hits += pooled[mask].mean() - pooled[~mask].mean() >= observed - 1e-12
-            total += 1
-        return hits / total
-    rng = np.random.default_rng(seed)
-    hits = 0
-    for _ in range(n_perm):
-        p = rng.permutation(pooled)
-        hits += p[:k].mean() - p[k:].mean() >= observed - 1e-12
-    return (hits + 1) / (n_perm + 1)
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

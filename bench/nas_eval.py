@@ -46,25 +46,28 @@ from nas.runtime.checkpoint import atomic_write_text
 from nas.runtime.cli import ArgumentParser, run as cli_run
 
 if __package__ in (None, ""):
-    from common import num as _num, percentile_among, permutation_test, read_rows, run_or_resume, t_interval
+    from common import check_protocol, num as _num, provenance, provenance_columns, PROVENANCE_COLUMNS, read_rows, \
+        run_or_resume
 else:
-    from bench.common import num as _num, percentile_among, permutation_test, read_rows, run_or_resume, t_interval
+    from bench.common import check_protocol, num as _num, provenance, provenance_columns, PROVENANCE_COLUMNS, \
+        read_rows, run_or_resume
+from nas.runtime.stats import percentile_among, t_interval, two_sample
 
 CSV_NAME = "nas_eval.csv"
 PROXY_CSV = "oneshot.csv"
-PROXY_COLUMNS = ["search", "strategy", "search_seed", "genotype", "alpha_score", "oneshot_acc"]
+PROXY_COLUMNS = ["search", "strategy", "search_seed", "genotype", "alpha_score", "oneshot_acc", *PROVENANCE_COLUMNS]
 COLUMNS = ["genotype", "kind", "strategy", "search_seed", "train_seed", "params", "flops", "val_acc", "test_acc",
-           "selected_epoch", "seconds"]
+           "selected_epoch", "last_test_acc", "last_epoch", "seconds", *PROVENANCE_COLUMNS]
 REFERENCES = ("FER_V1", "DARTS_V2")
 
 # The documented CPU size, and the --quick one (tests, smoke runs).
 FULL: dict[str, Any] = {
-    "size": 3000, "space": "darts", "search": {"init_channels": 8, "layers": 5, "batch_size": 32, "crop": 32,
+    "size": 3000, "public_size": 2000, "private_size": 3000, "space": "darts", "search": {"init_channels": 8, "layers": 5, "batch_size": 32, "crop": 32,
                                                "darts_epochs": 10, "train_portion": 0.5},
     "train": {"init_channels": 8, "layers": 5, "epochs": 8, "batch_size": 64, "learning_rate": 0.025},
 }
 QUICK: dict[str, Any] = {
-    "size": 400, "space": "none,max_pool_3x3,skip_connect,sep_conv_3x3,dil_conv_3x3",
+    "size": 400, "public_size": 100, "private_size": 100, "space": "none,max_pool_3x3,skip_connect,sep_conv_3x3,dil_conv_3x3",
     "search": {"init_channels": 4, "layers": 3, "batch_size": 16, "crop": 24, "darts_epochs": 1, "train_portion": 0.5},
     "train": {"init_channels": 4, "layers": 3, "epochs": 1, "batch_size": 32, "learning_rate": 0.025},
 }
@@ -89,7 +92,11 @@ def get_args_parser() -> ArgumentParser:
                    help="a JSON file whose keys replace the protocol's sizes (FULL in this file: size, space, "
                         "search.{init_channels,layers,batch_size,crop,darts_epochs,train_portion}, "
                         "train.{init_channels,layers,epochs,batch_size,learning_rate})")
-    p.add_argument("--size", type=int, default=None, help="SynthFER images (default 3000; quick 400)")
+    p.add_argument("--size", type=int, default=None,
+                   help="SynthFER images; Training is 80 %% of them (default 3000; quick 400)")
+    p.add_argument("--public_size", type=int, default=None, help="SynthFER PublicTest faces (default 2000; quick 100)")
+    p.add_argument("--private_size", type=int, default=None,
+                   help="SynthFER PrivateTest faces (default 3000; quick 100)")
     p.add_argument("--train_epochs", type=int, default=None, help="retraining epochs (default 8; quick 1)")
     p.add_argument("--workers", type=int, default=1, help="units of work at once (one torch thread each when > 1)")
     p.add_argument("--device", default="cpu", help="device of every unit (cuda on GPU nodes)")
@@ -132,8 +139,12 @@ def merge_recipe(recipe: dict[str, Any], path: str) -> dict[str, Any]:
 def _data_flags(recipe: Mapping[str, Any]) -> list[str]:
     if recipe.get("data"):
         return ["--data", str(recipe["data"])]
+    # Training is 80 % of size; the test splits have their own sizes (and people): search sees
+    # Training only, so the searched cells do not depend on the test sizes
     return ["--dataset", "synthfer", "--synth_renderer", "v2", "--synth_size", str(recipe["size"]),
-            "--synth_noise", "0", "--synth_difficulty", "1.0", "--data_seed", "0"]
+            "--synth_public_size", str(recipe["public_size"]), "--synth_private_size",
+            str(recipe["private_size"]), "--synth_noise", "0", "--synth_difficulty", "1.0",
+            "--data_seed", "0"]
 
 
 def search_unit(out: str, strategy: str, seed: int, recipe: Mapping[str, Any], device: str,
@@ -226,7 +237,8 @@ def proxy_rows(out: Path, searched: Sequence[Mapping[str, Any]], genos: Sequence
                 continue  # a reference from another space
             row = {"search": folder.name, "strategy": s["strategy"], "search_seed": s["seed"], "genotype": g["name"],
                    "alpha_score": round(alpha_score(model, geno), 5),
-                   "oneshot_acc": round(oneshot_accuracy(model, geno, images, labels, crop=crop), 3)}
+                   "oneshot_acc": round(oneshot_accuracy(model, geno, images, labels, crop=crop), 3),
+                   **provenance_columns(provenance({"search": folder.name, "genotype": g["name"]}))}
             _append(path, row, PROXY_COLUMNS)
     return read_rows(path)
 
@@ -234,7 +246,7 @@ def proxy_rows(out: Path, searched: Sequence[Mapping[str, Any]], genos: Sequence
 def proxy_taus(proxies: Sequence[Mapping[str, Any]], accs: Mapping[str, float]) -> dict[str, dict[str, float]]:
     """Per search, Kendall τ of each proxy against the retrained accuracy of the cells in
     ``accs`` (the random ones)."""
-    from nas.search.oneshot import kendall_tau
+    from nas.runtime.stats import kendall_tau
 
     by: dict[str, list[Mapping[str, Any]]] = {}
     for r in proxies:
@@ -270,8 +282,11 @@ def seed_agreement(genotypes: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 
 def summarize(rows: Sequence[Mapping[str, Any]], searched: Sequence[Mapping[str, Any]],
               proxies: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
-    """Per genotype mean ± interval; percentiles, permutation tests, seed agreement and the
-    one-shot proxies' Kendall τ against the random cells' retrained accuracy."""
+    """Per genotype mean ± interval; percentiles, the comparison of each strategy's cells with
+    the random ones (:func:`nas.runtime.stats.two_sample`: difference, interval, exact
+    permutation p, the smallest difference detectable at 80 % power), seed agreement, how many
+    runs were selected at their last epoch, and the one-shot proxies' Kendall τ against the
+    random cells' retrained accuracy."""
     by: dict[str, list[Mapping[str, Any]]] = {}
     for r in rows:
         by.setdefault(r["genotype"], []).append(r)
@@ -295,17 +310,21 @@ def summarize(rows: Sequence[Mapping[str, Any]], searched: Sequence[Mapping[str,
     for s in strategies:
         mine = [e for e in table if e["kind"] == "searched" and e["strategy"] == s]
         gs = [g["genotype"] for g in searched if g["strategy"] == s]
+        vs = two_sample([e["test_acc"] for e in mine], random_means) if random_means else None
         per_strategy[s] = {
             "mean_test_acc": float(np.mean([e["test_acc"] for e in mine])),
             "mean_percentile_vs_random": float(np.mean([e["percentile_vs_random"] for e in mine])),
-            "p_value_vs_random": permutation_test([e["test_acc"] for e in mine], random_means)
-            if random_means else float("nan"),
+            "p_value_vs_random": vs.p if vs else float("nan"),
+            "vs_random": vs.as_dict() if vs else None,
             "seed_agreement": seed_agreement(gs),
             "param_free_share": float(np.mean([_param_free(g) for g in gs])) if gs else float("nan"),
             "kendall_tau_alpha": _mean_or_nan([t["tau_alpha"] for t in taus.values() if t["strategy"] == s]),
             "kendall_tau_oneshot": _mean_or_nan([t["tau_oneshot"] for t in taus.values() if t["strategy"] == s]),
         }
+    at_last = [r for r in rows if _num(r.get("selected_epoch")) is not None and _num(r.get("last_epoch")) is not None
+               and int(float(r["selected_epoch"])) == int(float(r["last_epoch"]))]
     return {"genotypes": table, "strategies": per_strategy, "proxy_taus": taus,
+            "selected_at_last_epoch": {"runs": len(at_last), "of": len(rows)},
             "random": {"n": len(random_means), "mean_test_acc": float(np.mean(random_means)) if random_means else None}}
 
 
@@ -329,15 +348,25 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         pct = e.get("percentile_vs_random")
         lines.append(f"| {e['genotype']} | {e['kind']} | {e['strategy']} | {e['search_seed']} | {e['params']:,} | "
                      f"{e['flops']:,} | {e['test_acc']:.2f}{ci} | {'' if pct is None else f'{pct:.0f}'} |")
-    lines += ["", "| strategy | mean PrivateTest % | mean percentile vs random | p (searched > random) | "
-                  "seed agreement: edges / edges+ops % | parameter-free share | Kendall τ: alphas / one-shot |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "| strategy | mean PrivateTest % | mean percentile vs random | searched − random (95 % CI) | "
+                  "p (searched > random) | detectable at 80 % power | seed agreement: edges / edges+ops % | "
+                  "parameter-free share | Kendall τ: alphas / one-shot |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for s, v in summary["strategies"].items():
         a = v["seed_agreement"]
-        lines.append(f"| {s} | {v['mean_test_acc']:.2f} | {v['mean_percentile_vs_random']:.0f} | "
-                     f"{v['p_value_vs_random']:.3g} | {a['edges']:.0f} / {a['edges_and_ops']:.0f} | "
+        vs = v.get("vs_random") or {}
+        diff = (f"{vs['diff']:+.2f} ({vs['low']:+.2f} to {vs['high']:+.2f})"
+                if vs and all(vs.get(k) is not None and math.isfinite(vs[k]) for k in ("diff", "low", "high"))
+                else "–")
+        mde = vs.get("mde") if vs else None
+        lines.append(f"| {s} | {v['mean_test_acc']:.2f} | {v['mean_percentile_vs_random']:.0f} | {diff} | "
+                     f"{v['p_value_vs_random']:.3g} | {'–' if mde is None or not math.isfinite(mde) else f'{mde:.2f}'} | "
+                     f"{a['edges']:.0f} / {a['edges_and_ops']:.0f} | "
                      f"{100 * v['param_free_share']:.0f} % | {v['kendall_tau_alpha']:.2f} / "
                      f"{v['kendall_tau_oneshot']:.2f} |")
+    last = summary.get("selected_at_last_epoch") or {}
+    if last.get("of"):
+        lines += ["", f"{last['runs']} of {last['of']} trainings were selected at their last epoch."]
     return "\n".join(lines) + "\n"
 
 
@@ -449,6 +478,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     from nas.models.genotypes import genotype_from_dict, genotype_to_dict, genotype_to_json, load_genotype
     from nas.models.ops import search_space
+    from nas.runtime.checkpoint import json_safe
     from nas.runtime.errors import FerNasError
     from nas.search.random_cells import sample_matched
     from nas.search.searcher import STRATEGIES
@@ -456,8 +486,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     recipe = json.loads(json.dumps(QUICK if args.quick else FULL))
     if args.recipe:
         recipe = merge_recipe(recipe, args.recipe)
-    if args.size:
-        recipe["size"] = args.size
+    for key in ("size", "public_size", "private_size"):
+        if getattr(args, key) is not None:
+            if getattr(args, key) < 1:
+                raise FerNasError(f"--{key} {getattr(args, key)}: must be at least 1")
+            recipe[key] = getattr(args, key)
     if args.train_epochs:
         recipe["train"]["epochs"] = args.train_epochs
     if args.data:
@@ -477,17 +510,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                   references=refs)
     # units are found again by name (random_03, train seed 1): a folder holding another
     # protocol's units would silently mix them (other random cells under the same names)
-    if (out / "protocol.json").exists():
-        try:
-            old = json.loads((out / "protocol.json").read_text())
-        except ValueError:
-            old = None
-        if old != recipe:
-            changed = sorted(k for k in set(recipe) | set(old or {}) if (old or {}).get(k) != recipe.get(k))
-            raise FerNasError(f"{out}: holds a run of another protocol (differs in {', '.join(changed)}); "
-                              f"rerun with its flags or choose another --out")
+    check_protocol(out, recipe)
     (out / "genotypes").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(json.dumps(recipe, indent=2) + "\n", out / "protocol.json")
     executor = make_executor(args, out)
     threads = 1 if args.workers > 1 and executor is None else None
     t0 = time.time()
@@ -545,7 +569,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                                if g["kind"] == "searched"], proxies)
     summary["protocol"] = recipe
     summary["wall_seconds_this_call"] = round(time.time() - t0, 1)
-    atomic_write_text(json.dumps(summary, indent=2) + "\n", out / "summary.json")
+    summary["provenance"] = provenance({**vars(args), **recipe}, args.device)
+    atomic_write_text(json.dumps(json_safe(summary), indent=2) + "\n", out / "summary.json")
     atomic_write_text(summary_markdown(summary), out / "summary.md")
     plot(summary, out / "nas_eval.png")
     print(summary_markdown(summary))
@@ -559,7 +584,9 @@ def _train_row(out: str, g: Mapping[str, Any], seed: int, recipe: Mapping[str, A
     return {"genotype": g["name"], "kind": g["kind"], "strategy": g["strategy"], "search_seed": g["search_seed"],
             "train_seed": seed, "params": size[0], "flops": size[1], "val_acc": res.get("val_acc"),
             "test_acc": res.get("test_acc"), "selected_epoch": res.get("selected_epoch"),
-            "seconds": round(time.time() - t0, 1)}
+            "last_test_acc": res.get("last_test_acc"), "last_epoch": res.get("last_epoch"),
+            "seconds": round(time.time() - t0, 1),
+            **provenance_columns(provenance({**recipe, "genotype": g["name"], "train_seed": seed}, device))}
 
 
 if __name__ == "__main__":

@@ -3,9 +3,14 @@
     python bench/relabel_grid.py [--out runs/relabel_grid] [--quick] [--workers 2]
                                  [--noise 0.1,0.2,0.3,0.4] [--modes uniform,ambiguous] [--seeds 3]
                                  [--rules control,autofernet,confident,consensus,soft,clean]
+                                 [--size 3000] [--public_size 2000] [--private_size 3000]
+                                 [--noise_splits train+val]
 
-For every noise rate, noise mode and seed: SynthFER (``--synth_difficulty``, the v2 renderer)
-with that share of training labels flipped (data seed = seed), a ``cnn_shallow`` trained on
+For every noise rate, noise mode and seed: SynthFER (``--synth_difficulty``, the v2 renderer;
+Training is 80 % of ``--size``, PublicTest and PrivateTest ``--public_size`` and
+``--private_size`` faces, each split with its own people) with that share of training labels
+flipped, and of PublicTest labels too under ``--noise_splits train+val`` (PrivateTest stays
+clean; data seed = seed), a ``cnn_shallow`` trained on
 the noisy labels (``train_searched.py``, the *base*), then one relabelling run per rule, each
 continued from the base's ``best.pt`` (the noisy-label model selected on PublicTest) with the
 same recipe (``relabel_training.py``):
@@ -22,11 +27,16 @@ same recipe (``relabel_training.py``):
 Each run has its own folder under ``--out``; one row per finished relabelling run goes to
 ``relabel_grid.csv`` (label changes restored / harmed against the clean labels, precision,
 final recall and harm, final share of wrong training labels, the targets' mean mass on the
-clean class, PublicTest and PrivateTest at the best-PublicTest epoch). Interrupted, it
-continues: finished runs are read back from their ``results.json``, an interrupted one
-resumes from its ``last.pt``. ``summary.json`` / ``summary.md`` give per (mode, noise, rule)
-the mean and 95 % t-interval over seeds and the paired difference to the control;
-``relabel_grid.png`` plots PrivateTest against the noise rate, one line per rule.
+clean class, PublicTest and PrivateTest at the best-PublicTest epoch and at the last epoch,
+the final training accuracy on the given labels, and the provenance columns of
+:mod:`bench.common`). Interrupted, it continues: finished runs are read back from their
+``results.json``, an interrupted one resumes from its ``last.pt``; a folder made with other
+settings (``grid.json``) is refused with one line. More noise rates, modes, seeds or rules may
+be added to a folder's grid later. ``summary.json`` / ``summary.md`` give per (mode, noise,
+rule) the mean and 95 % t-interval over seeds, and the paired comparison with the control at
+the selected and at the last epoch (:func:`nas.runtime.stats.paired`: interval, exact
+sign-flip p, the smallest difference detectable at 80 % power); ``relabel_grid.png`` plots
+PrivateTest against the noise rate, one line per rule.
 """
 from __future__ import annotations
 
@@ -48,9 +58,11 @@ from nas.runtime.checkpoint import atomic_write_text
 from nas.runtime.cli import ArgumentParser, run as cli_run
 
 if __package__ in (None, ""):
-    from common import num as _num, read_rows, run_or_resume, t_interval
+    from common import check_protocol, num as _num, provenance, provenance_columns, PROVENANCE_COLUMNS, read_rows, \
+        run_or_resume
 else:
-    from bench.common import num as _num, read_rows, run_or_resume, t_interval
+    from bench.common import check_protocol, num as _num, provenance, provenance_columns, PROVENANCE_COLUMNS, \
+        read_rows, run_or_resume
 
 RULE_FLAGS: dict[str, list[str]] = {
     "control": ["--no_relabel"],
@@ -64,15 +76,20 @@ RULE_FLAGS: dict[str, list[str]] = {
     "clean": ["--no_relabel"],
 }
 COLUMNS = ["mode", "noise", "seed", "rule", "changed", "restored", "harmed", "precision", "recall", "harm",
-           "label_noise", "clean_mass", "val_acc", "test_acc", "selected_epoch", "base_test_acc", "seconds"]
-METRICS = ["test_acc", "restored", "harmed", "precision", "recall", "harm", "label_noise", "clean_mass"]
+           "label_noise", "clean_mass", "val_acc", "test_acc", "selected_epoch", "last_val_acc", "last_test_acc",
+           "last_epoch", "train_acc", "base_test_acc", "base_last_test_acc", "seconds", *PROVENANCE_COLUMNS]
+METRICS = ["test_acc", "last_test_acc", "train_acc", "restored", "harmed", "precision", "recall", "harm",
+           "label_noise", "clean_mass"]
 CSV_NAME = "relabel_grid.csv"
 
-FULL = {"arch": "cnn_shallow", "size": 3000, "difficulty": 1.0, "base_epochs": 20, "relabel_epochs": 12,
-        "batch_size": 32,
-        "learning_rate": 0.01}
-QUICK = {"arch": "cnn_shallow", "size": 600, "difficulty": 1.0, "base_epochs": 3, "relabel_epochs": 3, "batch_size": 32,
-         "learning_rate": 0.01}
+# the settings of every run in a grid folder (grid.json; a folder holds one); the noise rates,
+# modes, seeds and rules are what to run in it and may grow
+FULL = {"arch": "cnn_shallow", "size": 3000, "public_size": 2000, "private_size": 3000, "noise_splits": "train+val",
+        "difficulty": 1.0, "base_epochs": 20, "relabel_epochs": 12, "batch_size": 32, "learning_rate": 0.01}
+QUICK = {"arch": "cnn_shallow", "size": 600, "public_size": 200, "private_size": 200, "noise_splits": "train+val",
+         "difficulty": 1.0, "base_epochs": 3, "relabel_epochs": 3, "batch_size": 32, "learning_rate": 0.01}
+RECIPE_FLAGS = ("size", "public_size", "private_size", "noise_splits", "difficulty", "arch", "base_epochs",
+                "relabel_epochs")
 
 
 def get_args_parser() -> ArgumentParser:
@@ -85,7 +102,15 @@ def get_args_parser() -> ArgumentParser:
     p.add_argument("--modes", default=None, help="noise modes, comma-separated (default uniform,ambiguous)")
     p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 3)")
     p.add_argument("--rules", default=",".join(RULE_FLAGS), help="rules, comma-separated")
-    p.add_argument("--size", type=int, default=None, help=f"SynthFER images (default {FULL['size']})")
+    p.add_argument("--size", type=int, default=None,
+                   help=f"SynthFER images; Training is 80 %% of them (default {FULL['size']})")
+    p.add_argument("--public_size", type=int, default=None,
+                   help=f"SynthFER PublicTest faces (default {FULL['public_size']})")
+    p.add_argument("--private_size", type=int, default=None,
+                   help=f"SynthFER PrivateTest faces (default {FULL['private_size']})")
+    p.add_argument("--noise_splits", default=None, choices=("train", "train+val"),
+                   help=f"splits with flipped labels: train (a clean PublicTest selects) or train+val (PublicTest "
+                        f"as noisy as Training, as on FER2013; default {FULL['noise_splits']})")
     p.add_argument("--difficulty", type=float, default=None,
                    help=f"SynthFER difficulty (default {FULL['difficulty']})")
     p.add_argument("--arch", default=None, help=f"the network (default {FULL['arch']})")
@@ -109,11 +134,14 @@ def run_cell(out: str, mode: str, noise: float, seed: int, rules: Sequence[str],
 
     if threads:
         torch.set_num_threads(threads)
+    prov = provenance_columns(provenance({**recipe, "mode": mode, "noise": noise, "seed": seed}, device))
 
     def data(flipped: float) -> list[str]:
         return ["--dataset", "synthfer", "--synth_renderer", "v2", "--synth_size", str(recipe["size"]),
-                "--synth_noise", str(flipped), "--synth_noise_mode", mode,
-                "--synth_difficulty", str(recipe["difficulty"]), "--data_seed", str(seed)]
+                "--synth_public_size", str(recipe["public_size"]), "--synth_private_size",
+                str(recipe["private_size"]), "--synth_noise", str(flipped), "--synth_noise_mode", mode,
+                "--synth_noise_splits", recipe["noise_splits"], "--synth_difficulty", str(recipe["difficulty"]),
+                "--data_seed", str(seed)]
 
     common = ["--batch_size", str(recipe["batch_size"]), "--learning_rate", str(recipe["learning_rate"]),
               "--seed", str(seed), "--device", device]
@@ -134,31 +162,43 @@ def run_cell(out: str, mode: str, noise: float, seed: int, rules: Sequence[str],
                      "harm": rel.get("last_harm"), "label_noise": rel.get("last_label_noise"),
                      "clean_mass": rel.get("last_clean_mass"), "val_acc": res.get("val_acc"),
                      "test_acc": res.get("test_acc"), "selected_epoch": res.get("selected_epoch"),
-                     "base_test_acc": base.get("test_acc"), "seconds": round(time.time() - t0, 1)})
+                     "last_val_acc": res.get("last_val_acc"), "last_test_acc": res.get("last_test_acc"),
+                     "last_epoch": res.get("last_epoch"), "train_acc": res.get("final_train_acc"),
+                     "base_test_acc": base.get("test_acc"), "base_last_test_acc": base.get("last_test_acc"),
+                     "seconds": round(time.time() - t0, 1), **prov})
     return rows
 
 
 # ----------------------------------------------------------------------------- the report
 def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per (mode, noise, rule): mean and 95 % half-width over seeds of each metric, and of
-    PrivateTest minus the control's on the same seed (the paired difference)."""
-    control = {(r["mode"], float(r["noise"]), int(r["seed"])): _num(r["test_acc"]) for r in rows
-               if r["rule"] == "control"}
+    """Per (mode, noise, rule): mean and 95 % half-width over seeds of each metric, and the
+    paired comparison of PrivateTest with the control's on the same seeds, at the selected
+    epoch (``vs_control``) and at the last one (``vs_control_last``)."""
+    from nas.runtime.stats import paired, t_interval
+
+    by_seed = {(r["mode"], float(r["noise"]), int(r["seed"]), r["rule"]): r for r in rows}
     groups: dict[tuple[str, float, str], list[Mapping[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["mode"], float(r["noise"]), r["rule"]), []).append(r)
+    order = list(RULE_FLAGS)
     out = []
     for (mode, noise, rule), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1],
-                                                                         list(RULE_FLAGS).index(kv[0][2]))):
+                                                                         order.index(kv[0][2]) if kv[0][2] in order
+                                                                         else len(order))):
         entry: dict[str, Any] = {"mode": mode, "noise": noise, "rule": rule, "seeds": len(rs)}
         for m in METRICS:
             vals = [x for x in (_num(r.get(m)) for r in rs) if x is not None]
             if vals:
                 entry[m], entry[m + "_ci"] = t_interval(vals)
-        diffs = [_num(r["test_acc"]) - control[(mode, noise, int(r["seed"]))] for r in rs
-                 if control.get((mode, noise, int(r["seed"]))) is not None and _num(r["test_acc"]) is not None]
-        if diffs and rule != "control":
-            entry["vs_control"], entry["vs_control_ci"] = t_interval(diffs)
+        if rule != "control":
+            for key, col in (("vs_control", "test_acc"), ("vs_control_last", "last_test_acc")):
+                pairs = [(_num(r.get(col)), _num((by_seed.get((mode, noise, int(r["seed"]), "control")) or {}).get(col)))
+                         for r in rs]
+                pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+                if pairs:
+                    c = paired([a for a, _ in pairs], [b for _, b in pairs])
+                    entry[key], entry[key + "_ci"] = c.diff, c.half_width
+                    entry[key + "_stats"] = c.as_dict()
         out.append(entry)
     return out
 
@@ -171,10 +211,19 @@ def _pm(entry: Mapping[str, Any], key: str, digits: int = 2, signed: bool = Fals
     return s if math.isnan(ci) else f"{s} ± {ci:.{digits}f}"
 
 
+def _p_mde(entry: Mapping[str, Any], key: str) -> str:
+    st = entry.get(key + "_stats")
+    if not st:
+        return "–"
+    mde = st["mde"]
+    return f"{st['p']:.2g} / {'–' if mde is None or math.isnan(mde) else f'{mde:.2f}'}"
+
+
 def summary_markdown(summary: Sequence[Mapping[str, Any]]) -> str:
-    lines = ["| noise mode | noise | rule | seeds | PrivateTest % | vs control (points) | restored | harmed | "
-             "restored/harmed | final wrong labels % | clean mass % |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| noise mode | noise | rule | seeds | PrivateTest %, selected | vs control | p / detectable | "
+             "PrivateTest %, last epoch | vs control, last | p / detectable, last | train acc % | restored | harmed | "
+             "restored/harmed | final wrong labels % |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in summary:
         ratio = "–"
         if e["rule"] != "control" and e.get("harmed"):
@@ -182,13 +231,20 @@ def summary_markdown(summary: Sequence[Mapping[str, Any]]) -> str:
         elif e["rule"] != "control" and e.get("restored"):
             ratio = "∞"
         lines.append(f"| {e['mode']} | {round(e['noise'] * 100)} % | {e['rule']} | {e['seeds']} | "
-                     f"{_pm(e, 'test_acc')} | {_pm(e, 'vs_control', signed=True)} | {_pm(e, 'restored', 0)} | "
-                     f"{_pm(e, 'harmed', 0)} | {ratio} | {_pm(e, 'label_noise', 1)} | {_pm(e, 'clean_mass', 1)} |")
+                     f"{_pm(e, 'test_acc')} | {_pm(e, 'vs_control', signed=True)} | {_p_mde(e, 'vs_control')} | "
+                     f"{_pm(e, 'last_test_acc')} | {_pm(e, 'vs_control_last', signed=True)} | "
+                     f"{_p_mde(e, 'vs_control_last')} | {_pm(e, 'train_acc', 1)} | {_pm(e, 'restored', 0)} | "
+                     f"{_pm(e, 'harmed', 0)} | {ratio} | {_pm(e, 'label_noise', 1)} |")
+    lines.append("")
+    lines.append("± : 95 % t-interval over seeds; vs control: paired difference in points (same seeds and data); "
+                 "p: exact sign-flip test, two-sided; detectable: the smallest difference a paired t-test would "
+                 "find with 80 % power at these seeds' spread.")
     return "\n".join(lines) + "\n"
 
 
 def plot(summary: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
-    """PrivateTest against the noise rate, a panel per noise mode, a line per rule (95 % bars)."""
+    """PrivateTest against the noise rate, a column per noise mode, a line per rule (95 % bars);
+    the top row at the best-PublicTest epoch, the bottom row at the last epoch."""
     from nas.engine.report import have_matplotlib, save_figure
 
     if not summary or not have_matplotlib():
@@ -199,22 +255,25 @@ def plot(summary: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     modes = sorted({e["mode"] for e in summary})
-    fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4.2), squeeze=False)
-    for ax, mode in zip(axes[0], modes):
-        for k, rule in enumerate(RULE_FLAGS):
-            es = [e for e in summary if e["mode"] == mode and e["rule"] == rule and "test_acc" in e]
-            if not es:
-                continue
-            x = [100 * e["noise"] + (k - 2) * 0.4 for e in es]
-            y = [e["test_acc"] for e in es]
-            err = [0 if math.isnan(e.get("test_acc_ci", float("nan"))) else e["test_acc_ci"] for e in es]
-            ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=3, label=rule,
-                        color="black" if rule == "control" else None, ls="--" if rule == "control" else "-")
-        ax.set_xlabel("training labels flipped (%)")
-        ax.set_ylabel("PrivateTest accuracy at the best-PublicTest epoch (%)")
-        ax.set_title(f"noise mode: {mode}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    rules = list(dict.fromkeys([*RULE_FLAGS, *(e["rule"] for e in summary)]))
+    fig, axes = plt.subplots(2, len(modes), figsize=(5.5 * len(modes), 8.0), squeeze=False)
+    for row, (key, what) in enumerate((("test_acc", "at the best-PublicTest epoch"),
+                                       ("last_test_acc", "at the last epoch"))):
+        for ax, mode in zip(axes[row], modes):
+            for k, rule in enumerate(rules):
+                es = [e for e in summary if e["mode"] == mode and e["rule"] == rule and key in e]
+                if not es:
+                    continue
+                x = [100 * e["noise"] + (k - len(rules) / 2) * 0.3 for e in es]
+                y = [e[key] for e in es]
+                err = [0 if math.isnan(e.get(key + "_ci", float("nan"))) else e[key + "_ci"] for e in es]
+                ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=3, label=rule,
+                            color="black" if rule == "control" else None, ls="--" if rule == "control" else "-")
+            ax.set_xlabel("training labels flipped (%)")
+            ax.set_ylabel(f"clean PrivateTest % {what}")
+            ax.set_title(f"noise mode: {mode}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -230,11 +289,15 @@ def _append_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
         f.flush()
 
 
-def write_report(out: Path, recipe: Mapping[str, Any]) -> dict[str, Any]:
+def write_report(out: Path, recipe: Mapping[str, Any], args: argparse.Namespace | None = None) -> dict[str, Any]:
+    from nas.runtime.checkpoint import json_safe
+
     rows = read_rows(out / CSV_NAME)
     summary = summarize(rows)
-    result = {"recipe": dict(recipe), "runs": len(rows), "summary": summary}
-    atomic_write_text(json.dumps(result, indent=2) + "\n", out / "summary.json")
+    result = {"recipe": dict(recipe), "runs": len(rows), "summary": summary,
+              "provenance": provenance({**vars(args or argparse.Namespace()), **recipe},
+                                       getattr(args, "device", None))}
+    atomic_write_text(json.dumps(json_safe(result), indent=2) + "\n", out / "summary.json")
     atomic_write_text(summary_markdown(summary), out / "summary.md")
     plot(summary, out / "relabel_grid.png")
     return result
@@ -244,9 +307,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from nas.runtime.errors import FerNasError
 
     recipe = dict(QUICK if args.quick else FULL)
-    for key in ("size", "difficulty", "arch", "base_epochs", "relabel_epochs"):
+    for key in RECIPE_FLAGS:
         if getattr(args, key) is not None:
             recipe[key] = getattr(args, key)
+    for key in ("size", "public_size", "private_size", "base_epochs", "relabel_epochs"):
+        if int(recipe[key]) < 1:
+            raise FerNasError(f"--{key} {recipe[key]}: must be at least 1")
     noise = args.noise or ([0.3] if args.quick else [0.1, 0.2, 0.3, 0.4])
     modes = (args.modes or ("uniform" if args.quick else "uniform,ambiguous")).split(",")
     seeds = args.seeds or (1 if args.quick else 3)
@@ -256,10 +322,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             raise FerNasError(f"--rules: unknown rule {r!r}; choose from {', '.join(RULE_FLAGS)}")
     if "control" not in rules:
         rules.insert(0, "control")  # every comparison is against it
+    if any(not 0.0 <= n <= 1.0 for n in noise):
+        raise FerNasError(f"--noise {','.join(map(str, noise))}: rates must be fractions between 0 and 1")
+    if seeds < 1:
+        raise FerNasError(f"--seeds {seeds}: must be at least 1")
+    from nas.data.synthfer import NOISE_MODES
+
+    for m in modes:
+        if m not in NOISE_MODES:
+            raise FerNasError(f"--modes: unknown noise mode {m!r}; choose from {', '.join(NOISE_MODES)}")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    # every run in the folder was made with these settings (grid.json); the lists may grow
+    check_protocol(out, recipe, "grid.json")
     recipe.update(noise=noise, modes=modes, seeds=seeds, rules=rules)
-    atomic_write_text(json.dumps(recipe, indent=2) + "\n", out / "grid.json")
     if not args.summary_only:
         done = {(r["mode"], float(r["noise"]), int(r["seed"]), r["rule"]) for r in read_rows(out / CSV_NAME)}
         cells = [(m, n, s) for m in modes for n in noise for s in range(seeds)
@@ -286,7 +361,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             for m, n, s in cells:
                 record(run_cell(str(out), m, n, s, rules, recipe, args.device, threads))
         bar.close()
-    result = write_report(out, recipe)
+    result = write_report(out, recipe, args)
     print(summary_markdown(result["summary"]))
     return result
 

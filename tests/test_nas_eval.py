@@ -15,26 +15,6 @@ import nas_eval  # noqa: E402
 from nas.runtime.errors import FerNasError  # noqa: E402
 
 
-def test_percentile_counts_ties_half():
-    assert nas_eval.percentile_among(5.0, [1, 2, 3, 4]) == 100.0
-    assert nas_eval.percentile_among(0.0, [1, 2, 3, 4]) == 0.0
-    assert nas_eval.percentile_among(2.0, [1, 2, 3, 4]) == pytest.approx(100 * 1.5 / 4)
-    assert math.isnan(nas_eval.percentile_among(1.0, []))
-
-
-def test_permutation_test_exact_by_hand():
-    # a = {3}, b = {1, 2}: the three splits give mean differences 3-1.5=1.5, 2-2=0, 1-2.5=-1.5;
-    # one of three is >= the observed 1.5
-    assert nas_eval.permutation_test([3.0], [1.0, 2.0]) == pytest.approx(1 / 3)
-    # a = {1, 2} vs b = {3, 4}: observed -2, every split of 4 into 2+2 (6) is >= -2
-    assert nas_eval.permutation_test([1.0, 2.0], [3.0, 4.0]) == pytest.approx(1.0)
-    assert nas_eval.permutation_test([3.0, 4.0], [1.0, 2.0]) == pytest.approx(1 / 6)
-    # the sampled path agrees with the exact one where both apply (large n forces sampling)
-    a, b = [5.0] * 3, [1.0] * 30
-    p = nas_eval.permutation_test(a, b, n_perm=4000, seed=1)
-    assert p == pytest.approx(1 / math.comb(33, 3), abs=2e-3)
-
-
 def test_seed_agreement_by_hand():
     g1 = {"normal": [["sep_conv_3x3", 0], ["skip_connect", 1]] * 4, "reduce": [["max_pool_3x3", 0], ["dil_conv_3x3", 1]] * 4}
     g2 = {"normal": [["sep_conv_3x3", 0], ["sep_conv_3x3", 1]] * 4, "reduce": [["max_pool_3x3", 0], ["dil_conv_3x3", 2]] * 4}

@@ -202,13 +202,15 @@ def test_ambiguous_export_same_faces_other_flips(tmp_path):
     amb = export_cached("fer2013", size=size, seed=2, noise=noise, noise_mode="ambiguous", cache_dir=tmp_path)
     # the default mode keeps the cache names exports had before modes existed; the renderer
     # is part of the name (v1's exports keep theirs)
-    assert uni.name == f"fer2013-n600-seed2-noise0.3-diff1-v2{REVISION}" and "ambiguous" in amb.name
+    assert uni.name == f"fer2013-train480-pub60-priv60-seed2-noise0.3-diff1-v2{REVISION}" and "ambiguous" in amb.name
     du, da = load_dataset(uni), load_dataset(amb)
     assert torch.equal(du.images, da.images) and torch.equal(du.clean_labels, da.clean_labels)
     assert not torch.equal(du.labels, da.labels)
     train = du.split.numpy() == 0
-    _, _, extra = render(size, 2, labels=du.clean_labels.numpy())
-    inten = extra["intensity"]
+    # Training is drawn from its own stream of the seed (substream 0)
+    _, _, extra = render(int(train.sum()), 2, labels=du.clean_labels.numpy()[train], substream=0)
+    inten = np.zeros(size)
+    inten[train] = extra["intensity"]
     gaps = {}
     for name, d in (("uniform", du), ("ambiguous", da)):
         flipped = (d.labels != d.clean_labels).numpy()
@@ -237,7 +239,7 @@ def test_synth_noise_mode_flag_reaches_the_export(tmp_path, monkeypatch):
     args = parser.parse_args(["--dataset", "synthfer", "--synth_size", "100", "--synth_noise", "0.3",
                               "--synth_noise_mode", "ambiguous"])
     d = open_data_from_args(args)
-    assert [p.name for p in (tmp_path / "synthfer").iterdir()] == [f"fer2013-n100-seed0-noise0.3-ambiguous-diff1-v2{REVISION}"]
+    assert [p.name for p in (tmp_path / "synthfer").iterdir()] == [f"fer2013-train80-pub10-priv10-seed0-noise0.3-ambiguous-diff1-v2{REVISION}"]
     assert (d.labels != d.clean_labels).sum() == 24
     assert parser.parse_args([]).synth_noise_mode == "uniform"
 
@@ -261,8 +263,10 @@ def test_fer2013_export_reads_back_with_counts_noise_and_pixels(tmp_path, monkey
     assert np.bincount(clean[train], minlength=7).tolist() == class_counts(sizes[0], FER_TRAIN_COUNTS).tolist()
     assert (labels != clean).sum() == round(noise * sizes[0])
     assert (labels == clean)[~train].all()
-    # the pixels are the renderer's, row for row
-    again, _, _ = render(size, 1, labels=clean)
+    # the pixels are the renderer's, row for row: each split from its own substream of the seed
+    split = d.split.numpy()
+    again = np.concatenate([render(int((split == k).sum()), 1, labels=clean[split == k], substream=k)[0]
+                            for k in range(3)])
     assert np.array_equal(d.images[:, 0].numpy(), again)
     # every option is part of the cache key
     other = export_cached("fer2013", size=size, seed=1, noise=0.0, cache_dir=tmp_path)
@@ -485,3 +489,82 @@ def test_v2_is_deterministic_and_every_style_reads_back(tmp_path):
         info = export(fmt, tmp_path / fmt, size=n, seed=1, renderer="v2")
         d = load_dataset(tmp_path / fmt)
         assert len(d) == info["n_images"] and info["renderer"] == "v2" and d.clean_labels is not None
+
+
+# ----------------------------------------------------------------------------- split sizes and noisy validation
+def test_split_sizes_are_set_separately_and_training_faces_do_not_depend_on_them(tmp_path):
+    """A bench trains on 2,400 faces and tests on 5,000 (issue 32): each split's size can be set,
+    and the same seed gives the same Training faces and labels (noisy ones included) whatever the
+    test splits' sizes, because each split is drawn from its own stream of the seed."""
+    small = load_dataset(export_cached("fer2013", size=100, seed=4, noise=0.3, cache_dir=tmp_path))
+    big = load_dataset(export_cached("fer2013", size=100, seed=4, noise=0.3, public_size=70, private_size=130,
+                                     cache_dir=tmp_path))
+    assert _split_sizes(small) == [80, 10, 10] and _split_sizes(big) == [80, 70, 130]
+    ts, tb = small.subset("Training"), big.subset("Training")
+    assert torch.equal(ts.images, tb.images) and torch.equal(ts.labels, tb.labels)
+    assert torch.equal(ts.clean_labels, tb.clean_labels)
+    # a larger test split extends nothing: its own people, not the small split's plus more
+    assert not torch.equal(big.subset("PrivateTest").images[:10], small.subset("PrivateTest").images)
+    # --train_size sets Training alone; the test splits keep their share of --size
+    t = load_dataset(export_cached("fer2013", size=100, seed=4, noise=0.3, train_size=50, cache_dir=tmp_path))
+    assert _split_sizes(t) == [50, 10, 10]
+    # every size is part of the cache name
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [f"fer2013-train{a}-pub{b}-priv{c}-seed4-noise0.3-diff1-v2{REVISION}"
+                     for a, b, c in ((50, 10, 10), (80, 10, 10), (80, 70, 130))]
+    info = export("fer2013", tmp_path / "e", size=100, seed=4, noise=0.3, public_size=70, private_size=130)
+    assert info["splits"] == {"Training": 80, "PublicTest": 70, "PrivateTest": 130} and info["n_images"] == 280
+
+
+def test_noisy_validation_flips_public_test_as_training_and_leaves_private_test_clean(tmp_path):
+    clean_val = load_dataset(export_cached("fer2013", size=400, seed=5, noise=0.3, public_size=200,
+                                           cache_dir=tmp_path))
+    noisy_val = load_dataset(export_cached("fer2013", size=400, seed=5, noise=0.3, public_size=200,
+                                           noise_splits="train+val", noise_mode="ambiguous", cache_dir=tmp_path))
+    flipped = (noisy_val.labels != noisy_val.clean_labels).numpy()
+    split = noisy_val.split.numpy()
+    assert flipped[split == 0].sum() == round(0.3 * 320) and flipped[split == 1].sum() == round(0.3 * 200)
+    assert not flipped[split == 2].any()
+    # the sidecar holds the truth of every split; the pictures are the same as with a clean PublicTest
+    assert torch.equal(noisy_val.images, clean_val.images)
+    assert torch.equal(noisy_val.clean_labels, clean_val.clean_labels)
+    assert ((clean_val.labels != clean_val.clean_labels).numpy()[split != 0] == 0).all()
+    # with nothing flipped the noise splits name the same export
+    assert export_cached("fer2013", size=100, noise=0.0, noise_splits="train+val", cache_dir=tmp_path) \
+        == export_cached("fer2013", size=100, noise=0.0, cache_dir=tmp_path)
+    assert "-noisyval-" in export_cached("fer2013", size=100, noise=0.1, noise_splits="train+val",
+                                         cache_dir=tmp_path).name
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    ({"fmt": "fer2013", "public_size": 0}, "--public_size 0: must be a positive"),
+    ({"fmt": "fer2013", "private_size": -3}, "--private_size -3: must be a positive"),
+    ({"fmt": "fer2013", "noise_splits": "val"}, "--noise_splits 'val': choose from train, train+val"),
+    ({"fmt": "ck48", "private_size": 100}, "--private_size: only the FER2013-style exports"),
+    ({"fmt": "jaffe", "noise_splits": "train+val"}, "--noise_splits: only the FER2013-style exports"),
+    ({"fmt": "fer2013", "size": 5}, "need at least 10 rows"),
+])
+def test_bad_split_options_are_one_line_errors_before_anything_is_written(tmp_path, kwargs, msg):
+    fmt = kwargs.pop("fmt")
+    with pytest.raises(FerNasError, match=re.escape(msg)):
+        export(fmt, tmp_path / "out", **kwargs)
+    with pytest.raises(FerNasError, match=re.escape(msg)):
+        export_cached(fmt, cache_dir=tmp_path / "cache", **kwargs)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def test_stage_flags_reach_the_split_sizes_and_noise_splits(tmp_path, monkeypatch):
+    import argparse
+
+    from nas.data.source import add_data_args, open_data_from_args
+
+    monkeypatch.setenv("FERNAS_CACHE", str(tmp_path))
+    parser = argparse.ArgumentParser()
+    add_data_args(parser)
+    args = parser.parse_args(["--dataset", "synthfer", "--synth_size", "100", "--synth_public_size", "30",
+                              "--synth_private_size", "40", "--synth_noise", "0.5", "--synth_noise_splits",
+                              "train+val"])
+    d = open_data_from_args(args)
+    assert _split_sizes(d) == [80, 30, 40]
+    flipped = (d.labels != d.clean_labels).numpy()
+    assert flipped[d.split.numpy() == 1].sum() == 15 and not flipped[d.split.numpy() == 2].any()

@@ -13,7 +13,7 @@ __all__ = ["get_args_parser", "main", "cli"]
 
 
 def get_args_parser(prog: str = "python -m nas.data.synthfer") -> ArgumentParser:
-    from nas.data.synthfer import DEFAULT_RENDERER, FORMATS, NOISE_MODES, RENDERERS
+    from nas.data.synthfer import DEFAULT_RENDERER, FORMATS, NOISE_MODES, NOISE_SPLITS, RENDERERS
 
     p = ArgumentParser(prog=prog, description="Export SynthFER, the synthetic facial-expression benchmark, in a "
                                               "real file format.")
@@ -23,10 +23,19 @@ def get_args_parser(prog: str = "python -m nas.data.synthfer") -> ArgumentParser
                         "rafdb: RAF-DB basic (list file, aligned colour JPEGs); affectnet: AffectNet lists with face boxes")
     p.add_argument("--size", type=int, default=None,
                    help="number of images (default: 35887 for fer2013/folder/rafdb/affectnet, 981 for ck48, 213 for jaffe)")
+    p.add_argument("--train_size", type=int, default=None,
+                   help="Training rows instead of their share of --size (fer2013/folder/rafdb/affectnet)")
+    p.add_argument("--public_size", type=int, default=None,
+                   help="PublicTest rows instead of their share of --size (each split has its own people: "
+                        "the Training faces do not depend on the test sizes)")
+    p.add_argument("--private_size", type=int, default=None, help="PrivateTest rows instead of their share of --size")
     p.add_argument("--noise", type=float, default=0.1, help="fraction of Training labels flipped along FES (fer2013/folder/rafdb/affectnet)")
     p.add_argument("--noise_mode", default="uniform", choices=NOISE_MODES,
                    help="which labels are flipped: uniform (at random) or ambiguous (weak expressions more often, "
                         "following FER+ single-tagger disagreement)")
+    p.add_argument("--noise_splits", default="train", choices=NOISE_SPLITS,
+                   help="splits whose labels are flipped: train, or train+val (PublicTest too, as on FER2013); "
+                        "PrivateTest stays clean")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--difficulty", type=float, default=1.0, help="0 clean prototypes, 1 default, 2 hard")
     p.add_argument("--renderer", default=DEFAULT_RENDERER, choices=tuple(RENDERERS),
@@ -41,8 +50,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from nas.data import synthfer
 
     t0 = time.perf_counter()
+    splits = {"train_size": args.train_size, "public_size": args.public_size, "private_size": args.private_size,
+              "noise_splits": args.noise_splits}
     if args.preview:
-        synthfer.check_export(args.format, args.size, args.noise, args.difficulty, args.noise_mode, args.renderer)
+        synthfer.check_export(args.format, args.size, args.noise, args.difficulty, args.noise_mode, args.renderer,
+                              **splits)
         style = {"ck48": "ck", "jaffe": "jaffe"}.get(args.format, "fer")
         path = synthfer.preview(Path(args.out) / "preview.png", style=style, difficulty=args.difficulty, seed=args.seed,
                                 renderer=args.renderer)
@@ -50,7 +62,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     else:
         info = synthfer.export(args.format, args.out, size=args.size, seed=args.seed, noise=args.noise,
                                difficulty=args.difficulty, force=args.force, noise_mode=args.noise_mode,
-                               renderer=args.renderer)
+                               renderer=args.renderer, **splits)
         info["out"] = str(args.out)
     info["seconds"] = round(time.perf_counter() - t0, 2)
     print(json.dumps(info))

@@ -20,10 +20,13 @@ SYNTH_FORMATS = {"fer2013": "fer2013_csv", "folder": "fer2013_folders", "ck48": 
 
 def open_data(dataset: str = "auto", data: str | Path | None = None, *, size: int | None = None, seed: int = 0,
               noise: float = 0.1, difficulty: float = 1.0, synth_format: str = "fer2013",
-              noise_mode: str = "uniform", renderer: str | None = None, **reader_opts: Any) -> FERData:
+              noise_mode: str = "uniform", renderer: str | None = None, train_size: int | None = None,
+              public_size: int | None = None, private_size: int | None = None, noise_splits: str = "train",
+              **reader_opts: Any) -> FERData:
     """Open a dataset by kind. ``auto`` reads ``data`` in its detected format, or SynthFER
     when there is no ``data``; ``synthfer`` without ``data`` exports SynthFER
-    (``size``, ``seed``, ``noise``, ``noise_mode``, ``difficulty``, ``renderer``) in ``synth_format`` to a cached folder and
+    (``size``, ``seed``, ``noise``, ``noise_mode``, ``difficulty``, ``renderer``, ``train_size``,
+    ``public_size``, ``private_size``, ``noise_splits``) in ``synth_format`` to a cached folder and
     reads it back with the real reader; ``fer2013`` accepts either FER2013 format;
     ``ferplus`` the FER+ image folders; ``ck48``/``jaffe``/``folder`` and the others read that format. ``reader_opts`` go to :func:`load_dataset`
     (``skip_bad_rows``, ``ferplus``, ``labels``, ``classes``, ``jaffe_crop``, ``val_fraction``,
@@ -39,7 +42,9 @@ def open_data(dataset: str = "auto", data: str | Path | None = None, *, size: in
         from nas.data import synthfer  # lazy: only SynthFER users pay for the renderer
 
         folder = synthfer.export_cached(synth_format, size=size, seed=seed, noise=noise, difficulty=difficulty,
-                                        noise_mode=noise_mode, renderer=renderer or synthfer.DEFAULT_RENDERER)
+                                        noise_mode=noise_mode, renderer=renderer or synthfer.DEFAULT_RENDERER,
+                                        train_size=train_size, public_size=public_size, private_size=private_size,
+                                        noise_splits=noise_splits)
         return load_dataset(folder, SYNTH_FORMATS[synth_format], **reader_opts)
     if data is None:
         raise FerNasError(f"--dataset {dataset} needs --data PATH")
@@ -90,11 +95,20 @@ def add_data_args(parser: argparse.ArgumentParser, *, dataset: str = "auto", syn
     g.add_argument("--val_fraction", default=0.1, type=float,
                    help="held-out PublicTest fraction of Training where a format has no PublicTest")
     g.add_argument("--data_seed", default=0, type=int, help="seed of SynthFER and of held-out splits")
-    g.add_argument("--synth_size", default=None, type=int, help="SynthFER size (default: the exporter's)")
+    g.add_argument("--synth_size", default=None, type=int,
+                   help="SynthFER size (default: the exporter's); FER2013-style splits take 80/10/10 %% of it")
+    g.add_argument("--synth_train_size", default=None, type=int, help="SynthFER Training rows instead of their share")
+    g.add_argument("--synth_public_size", default=None, type=int,
+                   help="SynthFER PublicTest rows instead of their share (the Training faces stay the same)")
+    g.add_argument("--synth_private_size", default=None, type=int,
+                   help="SynthFER PrivateTest rows instead of their share (the Training faces stay the same)")
     g.add_argument("--synth_noise", default=0.1, type=float, help="SynthFER fraction of flipped training labels")
     g.add_argument("--synth_noise_mode", default="uniform", choices=("uniform", "ambiguous"),
                    help="which SynthFER labels are flipped: uniform (at random) or ambiguous (weak expressions "
                         "more often, following FER+ single-tagger disagreement)")
+    g.add_argument("--synth_noise_splits", default="train", choices=("train", "train+val"),
+                   help="SynthFER splits whose labels are flipped: train, or train+val (PublicTest too, so model "
+                        "selection sees noisy labels as on FER2013); PrivateTest stays clean")
     g.add_argument("--synth_difficulty", default=1.0, type=float, help="SynthFER nuisance strength")
     g.add_argument("--synth_renderer", default=None, choices=("v1", "v2"),
                    help="SynthFER renderer: v2 shaded faces, v1 the flat drawings of earlier figures (default: v2)")
@@ -120,6 +134,10 @@ def open_data_from_args(args: argparse.Namespace) -> FERData:
                      difficulty=args.synth_difficulty, synth_format=getattr(args, "synth_format", "fer2013"),
                      noise_mode=getattr(args, "synth_noise_mode", "uniform"),
                      renderer=getattr(args, "synth_renderer", None),
+                     train_size=getattr(args, "synth_train_size", None),
+                     public_size=getattr(args, "synth_public_size", None),
+                     private_size=getattr(args, "synth_private_size", None),
+                     noise_splits=getattr(args, "synth_noise_splits", "train"),
                      skip_bad_rows=args.skip_bad_rows, ferplus=args.ferplus, labels=args.labels,
                      classes=args.classes, jaffe_crop=args.jaffe_crop, val_fraction=args.val_fraction,
                      image_size=getattr(args, "image_size", 48), cache_dir=getattr(args, "cache_dir", None),

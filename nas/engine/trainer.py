@@ -419,6 +419,9 @@ class ModelSelection(Callback):
         self.obj, self.patience = objective, int(patience)
         self.best: dict[str, Any] = {"score": -1.0, "epoch": None, "val_acc": None, "val_loss": None,
                                      "test_acc": None, "best_test_acc": -1.0, "best_test_epoch": None}
+        # the latest evaluated epoch: with noisy labels the figure at the end of training tells
+        # whether the network memorised them, which the selected epoch can hide
+        self.last: dict[str, Any] = {"epoch": None, "val_acc": None, "test_acc": None}
         self.new_best = False
 
     def on_epoch_end(self, loop: Loop, epoch: int, row: dict[str, Any]) -> None:
@@ -435,6 +438,8 @@ class ModelSelection(Callback):
             row.update(test_loss=test["loss"], test_acc=test["acc"])
             if test["acc"] > self.best["best_test_acc"]:
                 self.best.update(best_test_acc=test["acc"], best_test_epoch=epoch + 1)
+        self.last = {"epoch": epoch + 1, "val_acc": val["acc"] if val is not None else None,
+                     "test_acc": test["acc"] if test is not None else None}
         score = val["acc"] if val is not None else float(epoch + 1)
         if score > self.best["score"]:
             self.new_best = True
@@ -454,10 +459,11 @@ class ModelSelection(Callback):
         return " *" if self.new_best else ""
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": dict(self.best)}
+        return {"best": dict(self.best), "last": dict(self.last)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.best = dict(state["best"])
+        self.last = dict(state.get("last") or self.last)
 
 
 class Snapshots(Callback):
@@ -556,6 +562,9 @@ class Trainer:
             "selection": "best PublicTest accuracy" if obj.val_idx.numel() else "last epoch (no PublicTest split)",
             "val_acc": b["val_acc"],
             "test_acc": b["test_acc"],
+            "last_epoch": self.selection.last["epoch"],
+            "last_val_acc": self.selection.last["val_acc"],
+            "last_test_acc": self.selection.last["test_acc"],
             "best_test_acc_for_reference_only": b["best_test_acc"] if b["best_test_epoch"] else None,
             "best_test_epoch_for_reference_only": b["best_test_epoch"],
             "final_train_acc": self.loop.last_row.get("train_acc"),
@@ -585,6 +594,8 @@ def summary_line(res: Mapping[str, Any]) -> str:
         line += f" (selected by PublicTest {pct(res['val_acc'])})"
     else:
         line += f" ({res.get('selection')})"
+    if res.get("last_epoch") and res.get("last_epoch") != res["selected_epoch"] and res.get("last_test_acc") is not None:
+        line += f"; at the last epoch ({res['last_epoch']}) PrivateTest {pct(res['last_test_acc'])}"
     if res.get("best_test_epoch_for_reference_only"):
         line += (f"; best PrivateTest {pct(res['best_test_acc_for_reference_only'])} at epoch "
                  f"{res['best_test_epoch_for_reference_only']} (for reference only, not a result)")

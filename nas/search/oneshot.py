@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from nas.models.genotypes import Genotype
 from nas.runtime.errors import FerNasError
+from nas.runtime.stats import kendall_tau  # re-exported: the proxies' agreement measure
 from nas.search.supernet import PRUNED, SearchNetwork, edge_list
 
 __all__ = ["force_genotype", "alpha_score", "oneshot_accuracy", "kendall_tau", "load_supernet"]
@@ -104,17 +105,6 @@ def oneshot_accuracy(model: SearchNetwork, genotype: Genotype, images: torch.Ten
             m.running_var.copy_(var)
             m.num_batches_tracked.copy_(n)
         model.train(was_training)
-
-
-def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
-    """Kendall's τ-b of two equally long sequences (scipy's; NaN when one is constant)."""
-    from scipy.stats import kendalltau
-
-    if len(a) != len(b):
-        raise ValueError("kendall_tau needs two sequences of the same length")
-    with warnings.catch_warnings():  # a constant sequence: NaN is the answer, not a warning
-        warnings.simplefilter("ignore")
-        return float(kendalltau(a, b).statistic)
 
 
 def load_supernet(folder: str | Path) -> tuple[SearchNetwork, torch.Tensor, torch.Tensor, int]:

@@ -40,6 +40,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Sequence
@@ -54,7 +55,7 @@ from nas.data.ferplus import DEFAULT_FES, FERPLUS_DISAGREEMENT_DECILES
 __all__ = [
     "RENDERERS", "DEFAULT_RENDERER", "RENDER_VERSION", "FORMATS", "STYLES", "FER_TRAIN_COUNTS", "FER_SPLIT_SIZES", "CK_COUNTS", "CK_CLASSES",
     "JAFFE_COUNTS", "JAFFE_CODES", "JAFFE_SUBJECTS", "fes_matrix", "class_counts",
-    "NOISE_MODES", "render", "ambiguity_score", "flip_labels", "export", "export_cached", "cache_root", "preview",
+    "NOISE_MODES", "NOISE_SPLITS", "NOISY_FORMATS", "ExportSpec", "render", "ambiguity_score", "flip_labels", "export", "export_cached", "cache_root", "preview",
     "check_export",
 ]
 
@@ -77,6 +78,12 @@ def renderer_module(name: str) -> ModuleType:
 FORMATS: tuple[str, ...] = ("fer2013", "ck48", "jaffe", "folder", "rafdb", "affectnet")
 #: Which Training labels get flipped: at random, or weak expressions more often.
 NOISE_MODES: tuple[str, ...] = ("uniform", "ambiguous")
+#: Which splits carry the label noise: Training only, or Training and PublicTest, as on FER2013,
+#: whose PublicTest labels come from the same annotators (model selection then sees noisy labels
+#: too). PrivateTest is always clean: it is what a result is measured on.
+NOISE_SPLITS: tuple[str, ...] = ("train", "train+val")
+#: The formats with Training / PublicTest / PrivateTest rows, and so with label noise.
+NOISY_FORMATS: tuple[str, ...] = ("fer2013", "folder", "rafdb", "affectnet")
 STYLES: tuple[str, ...] = ("fer", "ck", "jaffe")
 
 #: FER2013 Training class counts (FER order) and split sizes.
@@ -219,9 +226,10 @@ def flip_labels(labels: np.ndarray, fraction: float, rng: np.random.Generator, *
 
 
 # --------------------------------------------------------------------------- rendering
-def _rng(seed: int, stream: int) -> np.random.Generator:
-    # independent streams per purpose, so adding draws to one leaves the others alone
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(seed) >> 32, stream])
+def _rng(seed: int, stream: int, *key: int) -> np.random.Generator:
+    # independent streams per purpose (and per split: ``key``), so adding draws to one leaves
+    # the others alone
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(seed) >> 32, stream, *key])
 
 
 def _check(difficulty: float, style: str | None = None) -> None:
@@ -236,7 +244,8 @@ def _frame(style: str) -> dict[str, Any]:
 
 
 def render(n: int, seed: int = 0, *, labels: Sequence[int] | np.ndarray | None = None, difficulty: float = 1.0,
-           style: str = "fer", renderer: str = DEFAULT_RENDERER) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+           style: str = "fer", renderer: str = DEFAULT_RENDERER,
+           substream: int | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Render ``n`` faces.
 
     Args:
@@ -250,6 +259,8 @@ def render(n: int, seed: int = 0, *, labels: Sequence[int] | np.ndarray | None =
             apex expressions, 48×48) or ``jaffe`` (lab conditions, 256×256 with
             the face in rows/cols 48..208).
         renderer: ``v1`` or ``v2`` (:data:`RENDERERS`).
+        substream: another set of people from the same seed (the exports draw each split
+            from its own: ``0`` Training, ``1`` PublicTest, ``2`` PrivateTest).
 
     For a given ``n`` and ``seed`` the people, poses and light do not depend on
     ``labels``: rendering the same seed with other labels shows the same faces
@@ -277,8 +288,9 @@ def render(n: int, seed: int = 0, *, labels: Sequence[int] | np.ndarray | None =
     expr = labels.copy()
     if style == "ck":
         expr[labels == 6] = R.EXPRESSIONS.index("contempt")
-    params = R.sample_params(_rng(seed, 2), expr, difficulty=difficulty, style=style)
-    images = R.draw(params, seed=int(_rng(seed, 3).integers(2**62)), **_frame(style))
+    key = () if substream is None else (int(substream),)
+    params = R.sample_params(_rng(seed, 2, *key), expr, difficulty=difficulty, style=style)
+    images = R.draw(params, seed=int(_rng(seed, 3, *key).integers(2**62)), **_frame(style))
     classes = list(CK_CLASSES if style == "ck" else FER_CLASSES)
     extra = {"classes": classes, "au": np.stack([params[a] for a in R.AUS], 1), "intensity": params["intensity"],
              "params": params}
@@ -286,27 +298,115 @@ def render(n: int, seed: int = 0, *, labels: Sequence[int] | np.ndarray | None =
 
 
 # --------------------------------------------------------------------------- exports
-def _fer_rows(size: int | None, seed: int, noise: float, difficulty: float,
-              noise_mode: str = "uniform", renderer: str = DEFAULT_RENDERER) -> dict[str, Any]:
-    """The FER2013-style rows shared by the ``fer2013`` and ``folder`` exports."""
-    total = _DEFAULT_FER_TOTAL if size is None else int(size)
-    if total < 10:
-        raise FerNasError(f"--size {total}: need at least 10 rows (every split needs images)")
-    split_sizes = class_counts(total, FER_SPLIT_SIZES)
-    rng = _rng(seed, 1)
-    labels, usage = [], []
-    for code, m in enumerate(split_sizes):
-        lab = np.repeat(np.arange(7), class_counts(int(m), FER_TRAIN_COUNTS))
-        rng.shuffle(lab)
-        labels.append(lab)
-        usage.append(np.full(int(m), code))
-    clean = np.concatenate(labels)
-    usage_a = np.concatenate(usage)
-    images, _, extra = render(total, seed, labels=clean, difficulty=difficulty, style="fer", renderer=renderer)
-    ambiguity = ambiguity_score(clean, extra["intensity"], extra["au"])
-    noisy = flip_labels(clean, noise, _rng(seed, 4), mask=usage_a == 0, mode=noise_mode, ambiguity=ambiguity)
-    return {"images": images, "clean": clean, "labels": noisy, "usage": usage_a,
-            "intensity": np.asarray(extra["intensity"])}
+@dataclass(frozen=True)
+class ExportSpec:
+    """Everything a SynthFER export is made from; equal specs give equal exports, and the cache
+    name is a function of the spec (:meth:`cache_name`).
+
+    FER2013-style formats (:data:`NOISY_FORMATS`) have three splits. ``size`` is the total,
+    divided in FER2013's proportions (80 / 10 / 10 %); ``train_size``, ``public_size`` and
+    ``private_size`` set a split's size instead of its share. Each split is drawn from its own
+    stream of the seed (people, expressions, labels, flips), so the same seed gives the same
+    Training faces and labels whatever the test splits' sizes. ``noise_splits`` says which
+    splits carry the label noise (:data:`NOISE_SPLITS`); PrivateTest is always clean.
+    """
+
+    fmt: str
+    size: int | None = None
+    seed: int = 0
+    noise: float = 0.1
+    difficulty: float = 1.0
+    noise_mode: str = "uniform"
+    renderer: str = DEFAULT_RENDERER
+    train_size: int | None = None
+    public_size: int | None = None
+    private_size: int | None = None
+    noise_splits: str = "train"
+
+    @property
+    def fer_like(self) -> bool:
+        """True for the formats with Training / PublicTest / PrivateTest rows (and label noise)."""
+        return self.fmt in NOISY_FORMATS
+
+    def check(self) -> None:
+        """One-line errors for every bad value, before anything is written."""
+        renderer_module(self.renderer)
+        if self.fmt not in FORMATS:
+            raise FerNasError(f"--format {self.fmt!r}: choose from {', '.join(FORMATS)}")
+        if self.noise_mode not in NOISE_MODES:
+            raise FerNasError(f"--noise_mode {self.noise_mode!r}: choose from {', '.join(NOISE_MODES)}")
+        if self.noise_splits not in NOISE_SPLITS:
+            raise FerNasError(f"--noise_splits {self.noise_splits!r}: choose from {', '.join(NOISE_SPLITS)}")
+        if self.size is not None and int(self.size) <= 0:
+            raise FerNasError(f"--size {self.size}: must be a positive number of images")
+        if not (np.isfinite(self.noise) and 0.0 <= self.noise <= 1.0):
+            raise FerNasError(f"--noise {self.noise}: must be a fraction between 0 and 1")
+        _check(self.difficulty)
+        given = {f"--{k}": v for k, v in (("train_size", self.train_size), ("public_size", self.public_size),
+                                          ("private_size", self.private_size)) if v is not None}
+        if not self.fer_like:
+            if given or self.noise_splits != "train":
+                flag = next(iter(given), "--noise_splits")
+                raise FerNasError(f"{flag}: only the FER2013-style exports ({', '.join(NOISY_FORMATS)}) have "
+                                  f"Training/PublicTest/PrivateTest splits, not --format {self.fmt}")
+            return
+        for flag, v in given.items():
+            if int(v) <= 0:
+                raise FerNasError(f"{flag} {v}: must be a positive number of images")
+        if 0 in self.split_sizes():
+            raise FerNasError(f"--size {self.size}: need at least 10 rows (every split needs images)")
+
+    def split_sizes(self) -> tuple[int, int, int]:
+        """Training, PublicTest and PrivateTest sizes (FER-like formats)."""
+        share = class_counts(_DEFAULT_FER_TOTAL if self.size is None else int(self.size), FER_SPLIT_SIZES)
+        given = (self.train_size, self.public_size, self.private_size)
+        return tuple(int(share[k]) if g is None else int(g) for k, g in enumerate(given))  # type: ignore[return-value]
+
+    def normalized(self) -> "ExportSpec":
+        """The same export under one name: test-set formats carry no noise, and with nothing
+        flipped every noise mode and noise split is the same export."""
+        spec = self
+        if not self.fer_like:
+            spec = replace(spec, noise=0.0)
+        if spec.noise == 0.0:
+            spec = replace(spec, noise_mode="uniform", noise_splits="train")
+        return spec
+
+    def cache_name(self) -> str:
+        """The cached export's folder name (of the normalized spec)."""
+        s = self.normalized()
+        # the default mode keeps the names that exports had before modes existed
+        mode_key = "" if s.noise_mode == "uniform" else f"-{s.noise_mode}"
+        # v1's names are those its exports always had; v2's carry its revision after the first
+        version = RENDER_VERSION if s.renderer == "v1" else s.renderer[1:] + renderer_module(s.renderer).REVISION
+        tail = f"-seed{int(s.seed)}-noise{float(s.noise):.6g}{mode_key}"
+        if s.fer_like:
+            # the three sizes by name: exports from before splits were drawn separately had
+            # "-n<size>" here and are never mistaken for these
+            train, public, private = s.split_sizes()
+            head = f"{s.fmt}-train{train}-pub{public}-priv{private}"
+            tail += "-noisyval" if s.noise_splits == "train+val" else ""
+        else:
+            head = f"{s.fmt}-n{'full' if s.size is None else int(s.size)}"
+        return f"{head}{tail}-diff{float(s.difficulty):.6g}-v{version}"
+
+
+def _fer_rows(spec: ExportSpec) -> dict[str, Any]:
+    """The FER2013-style rows shared by the ``fer2013``, ``folder`` and wild exports: Training,
+    then PublicTest, then PrivateTest, each split drawn from its own stream of the seed."""
+    noisy_codes = {0, 1} if spec.noise_splits == "train+val" else {0}
+    parts: list[dict[str, np.ndarray]] = []
+    for code, m in enumerate(spec.split_sizes()):
+        clean = np.repeat(np.arange(7), class_counts(m, FER_TRAIN_COUNTS))
+        _rng(spec.seed, 1, code).shuffle(clean)
+        images, _, extra = render(m, spec.seed, labels=clean, difficulty=spec.difficulty, style="fer",
+                                  renderer=spec.renderer, substream=code)
+        ambiguity = ambiguity_score(clean, extra["intensity"], extra["au"])
+        noise = spec.noise if code in noisy_codes else 0.0
+        labels = flip_labels(clean, noise, _rng(spec.seed, 4, code), mode=spec.noise_mode, ambiguity=ambiguity)
+        parts.append({"images": images, "clean": clean, "labels": labels, "usage": np.full(m, code),
+                      "intensity": np.asarray(extra["intensity"])})
+    return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
 
 
 def _write_clean(path: Path, files: Sequence[Any], clean: np.ndarray) -> None:
@@ -322,9 +422,8 @@ def _save_png(path: Path, img: np.ndarray, fmt: str = "PNG") -> None:
     Image.fromarray(np.ascontiguousarray(img)).save(path, format=fmt)
 
 
-def _export_fer2013(out: Path, size: int | None, seed: int, noise: float, difficulty: float,
-                    noise_mode: str = "uniform", renderer: str = DEFAULT_RENDERER) -> dict[str, Any]:
-    rows = _fer_rows(size, seed, noise, difficulty, noise_mode, renderer)
+def _export_fer2013(out: Path, spec: ExportSpec) -> dict[str, Any]:
+    rows = _fer_rows(spec)
     lut = [str(i) for i in range(256)]
     flat = rows["images"].reshape(len(rows["images"]), -1)
     with open(out / "fer2013.csv", "w", newline="") as f:
@@ -335,9 +434,8 @@ def _export_fer2013(out: Path, size: int | None, seed: int, noise: float, diffic
     return rows
 
 
-def _export_folder(out: Path, size: int | None, seed: int, noise: float, difficulty: float,
-                   noise_mode: str = "uniform", renderer: str = DEFAULT_RENDERER) -> dict[str, Any]:
-    rows = _fer_rows(size, seed, noise, difficulty, noise_mode, renderer)
+def _export_folder(out: Path, spec: ExportSpec) -> dict[str, Any]:
+    rows = _fer_rows(spec)
     for top in ("train", "test"):
         for c in FER_CLASSES:
             (out / top / c).mkdir(parents=True, exist_ok=True)
@@ -362,17 +460,17 @@ def _colour_photo(img: np.ndarray, side: int, pad: int = 0) -> np.ndarray:
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def _export_wild(out: Path, fmt: str, size: int | None, seed: int, noise: float, difficulty: float,
-                 noise_mode: str = "uniform", renderer: str = DEFAULT_RENDERER) -> dict[str, Any]:
+def _export_wild(out: Path, spec: ExportSpec) -> dict[str, Any]:
     """FER2013-style SynthFER rows in RAF-DB's official layout (aligned 100x100 colour JPEGs and
     list_patition_label.txt) or AffectNet's (photos with a face box in training.csv and
     validation.csv). Training is the dataset's training part; PublicTest and PrivateTest its
     test part (RAF-DB test, AffectNet validation). Labels go through each dataset's own numbering."""
     from nas.data.labelmap import NATIVE, canonical
 
-    rows = _fer_rows(size, seed, noise, difficulty, noise_mode, renderer)
+    fmt = spec.fmt
+    rows = _fer_rows(spec)
     to_native = {FER_CLASSES.index(canonical(v)): k for k, v in NATIVE[fmt].items() if canonical(v) in FER_CLASSES}
-    rng = _rng(seed, 9)
+    rng = _rng(spec.seed, 9)
     files, lines = [], []
     for i, (img, lab, use) in enumerate(zip(rows["images"], rows["labels"].tolist(), rows["usage"].tolist())):
         part = "train" if use == 0 else "test"
@@ -525,41 +623,38 @@ def _export_jaffe(out: Path, size: int | None, seed: int, difficulty: float,
             "subjects": np.array([JAFFE_SUBJECTS[s] for s in subj])}
 
 
-def check_export(fmt: str, size: int | None, noise: float, difficulty: float, noise_mode: str = "uniform",
-                 renderer: str = DEFAULT_RENDERER) -> None:
-    renderer_module(renderer)
-    if fmt not in FORMATS:
-        raise FerNasError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
-    if noise_mode not in NOISE_MODES:
-        raise FerNasError(f"--noise_mode {noise_mode!r}: choose from {', '.join(NOISE_MODES)}")
-    if size is not None and int(size) <= 0:
-        raise FerNasError(f"--size {size}: must be a positive number of images")
-    if not (np.isfinite(noise) and 0.0 <= noise <= 1.0):
-        raise FerNasError(f"--noise {noise}: must be a fraction between 0 and 1")
-    _check(difficulty)
+def check_export(fmt: str, size: int | None = None, noise: float = 0.1, difficulty: float = 1.0,
+                 noise_mode: str = "uniform", renderer: str = DEFAULT_RENDERER, **splits: Any) -> None:
+    """One-line errors for bad export options (``splits``: ``train_size``, ``public_size``,
+    ``private_size``, ``noise_splits``), before anything is written."""
+    ExportSpec(fmt, size, 0, noise, difficulty, noise_mode, renderer, **splits).check()
 
 
-def _write_into(out: Path, fmt: str, size: int | None, seed: int, noise: float, difficulty: float,
-                noise_mode: str = "uniform", renderer: str = DEFAULT_RENDERER) -> dict[str, Any]:
-    if fmt == "fer2013":
-        return _export_fer2013(out, size, seed, noise, difficulty, noise_mode, renderer)
-    if fmt == "folder":
-        return _export_folder(out, size, seed, noise, difficulty, noise_mode, renderer)
-    if fmt in ("rafdb", "affectnet"):
-        return _export_wild(out, fmt, size, seed, noise, difficulty, noise_mode, renderer)
-    if fmt == "ck48":
-        return _export_ck48(out, size, seed, difficulty, renderer)
-    return _export_jaffe(out, size, seed, difficulty, renderer)
+def _write_into(out: Path, spec: ExportSpec) -> dict[str, Any]:
+    if spec.fmt == "fer2013":
+        return _export_fer2013(out, spec)
+    if spec.fmt == "folder":
+        return _export_folder(out, spec)
+    if spec.fmt in ("rafdb", "affectnet"):
+        return _export_wild(out, spec)
+    if spec.fmt == "ck48":
+        return _export_ck48(out, spec.size, spec.seed, spec.difficulty, spec.renderer)
+    return _export_jaffe(out, spec.size, spec.seed, spec.difficulty, spec.renderer)
 
 
-def _manifest(fmt: str, size: int | None, seed: int, noise: float, difficulty: float, rows: dict[str, Any],
-              noise_mode: str = "uniform", renderer: str = DEFAULT_RENDERER) -> dict[str, Any]:
-    noisy_fmt = fmt in ("fer2013", "folder", "rafdb", "affectnet")
-    info = {"format": fmt, "size": None if size is None else int(size), "n_images": int(len(rows["clean"])),
-            "seed": int(seed), "noise": float(noise) if noisy_fmt else 0.0,
-            "noise_mode": noise_mode if noisy_fmt else "uniform",
-            "difficulty": float(difficulty), "renderer": renderer,
-            "flipped": int((rows["labels"] != rows["clean"]).sum())}
+def _manifest(spec: ExportSpec, rows: dict[str, Any]) -> dict[str, Any]:
+    noisy_fmt = spec.fer_like
+    info: dict[str, Any] = {
+        "format": spec.fmt, "size": None if spec.size is None else int(spec.size),
+        "n_images": int(len(rows["clean"])), "seed": int(spec.seed), "noise": float(spec.noise) if noisy_fmt else 0.0,
+        "noise_mode": spec.noise_mode if noisy_fmt else "uniform", "difficulty": float(spec.difficulty),
+        "renderer": spec.renderer, "flipped": int((rows["labels"] != rows["clean"]).sum())}
+    if noisy_fmt:
+        usage = rows["usage"]
+        info["splits"] = {name: int((usage == code).sum()) for code, name in enumerate(SPLITS)}
+        info["noise_splits"] = spec.noise_splits
+        info["flipped_by_split"] = {name: int((rows["labels"] != rows["clean"])[usage == code].sum())
+                                    for code, name in enumerate(SPLITS)}
     if noisy_fmt and info["flipped"]:
         # how strongly the flips sit on weak expressions (lower = weaker)
         flipped = rows["labels"] != rows["clean"]
@@ -570,15 +665,14 @@ def _manifest(fmt: str, size: int | None, seed: int, noise: float, difficulty: f
     return info
 
 
-def _export_atomic(final: Path, fmt: str, size: int | None, seed: int, noise: float, difficulty: float,
-                   noise_mode: str = "uniform", renderer: str = DEFAULT_RENDERER) -> dict[str, Any]:
+def _export_atomic(final: Path, spec: ExportSpec) -> dict[str, Any]:
     """Write into a temporary sibling folder, then rename it to ``final``: a crash
     never leaves a half export under the final name."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
-        rows = _write_into(tmp, fmt, size, seed, noise, difficulty, noise_mode, renderer)
-        info = _manifest(fmt, size, seed, noise, difficulty, rows, noise_mode, renderer)
+        rows = _write_into(tmp, spec)
+        info = _manifest(spec, rows)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -599,18 +693,23 @@ def _is_export(folder: Path) -> bool:
 
 def export(fmt: str, out: str | os.PathLike, *, size: int | None = None, seed: int = 0, noise: float = 0.1,
            difficulty: float = 1.0, force: bool = False, noise_mode: str = "uniform",
-           renderer: str = DEFAULT_RENDERER) -> dict[str, Any]:
+           renderer: str = DEFAULT_RENDERER, train_size: int | None = None, public_size: int | None = None,
+           private_size: int | None = None, noise_splits: str = "train") -> dict[str, Any]:
     """Write a SynthFER export in format ``fmt`` to the folder ``out`` (created;
     it must not exist, or be empty, or with ``force`` be an earlier SynthFER
     export, which is replaced). Returns a summary: format, image count, seed,
-    options and the number of flipped labels.
+    options, split sizes and the number of flipped labels.
 
     ``size``: total images (default: 35887 rows for ``fer2013``/``folder``, 981
     for ``ck48``, 213 for ``jaffe``; smaller sizes keep the proportions).
-    ``noise_mode``: which Training labels are flipped (:func:`flip_labels`); ``renderer``:
+    ``train_size``/``public_size``/``private_size``: a FER-like split's size instead of its
+    share of ``size``; ``noise_splits``: ``train`` or ``train+val`` (:class:`ExportSpec`).
+    ``noise_mode``: which labels are flipped (:func:`flip_labels`); ``renderer``:
     ``v1`` or ``v2``.
     """
-    check_export(fmt, size, noise, difficulty, noise_mode, renderer)
+    spec = ExportSpec(fmt, size, seed, noise, difficulty, noise_mode, renderer, train_size, public_size,
+                      private_size, noise_splits)
+    spec.check()
     out = Path(out)
     if out.exists():
         if not out.is_dir():
@@ -623,7 +722,7 @@ def export(fmt: str, out: str | os.PathLike, *, size: int | None = None, seed: i
             shutil.rmtree(out)
         else:
             out.rmdir()
-    return _export_atomic(out, fmt, size, seed, noise, difficulty, noise_mode, renderer)
+    return _export_atomic(out, spec)
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -651,28 +750,22 @@ def _remove_stale_temps(final: Path, max_age_s: float = 6 * 3600) -> None:
 
 def export_cached(fmt: str, *, size: int | None = None, seed: int = 0, noise: float = 0.1, difficulty: float = 1.0,
                   cache_dir: str | os.PathLike | None = None, noise_mode: str = "uniform",
-                  renderer: str = DEFAULT_RENDERER) -> Path:
-    """The folder of a SynthFER export, rendered on first use and cached by
-    (format, size, seed, noise, noise mode, difficulty, renderer version). Concurrent
-    callers may both render; the first rename wins, the other result is dropped."""
-    check_export(fmt, size, noise, difficulty, noise_mode, renderer)
-    if fmt in ("ck48", "jaffe"):
-        noise = 0.0  # test-set formats carry no label noise
-    if noise == 0.0:
-        noise_mode = "uniform"  # nothing flipped: every mode is the same export
-    size_key = "full" if size is None else str(int(size))
-    # the default mode keeps the names that exports had before modes existed
-    mode_key = "" if noise_mode == "uniform" else f"-{noise_mode}"
-    # v1's names are those its exports always had; v2's carry its revision after the first
-    version = RENDER_VERSION if renderer == "v1" else renderer[1:] + renderer_module(renderer).REVISION
-    name = (f"{fmt}-n{size_key}-seed{int(seed)}-noise{float(noise):.6g}{mode_key}-diff{float(difficulty):.6g}"
-            f"-v{version}")
-    final = cache_root(cache_dir) / name
+                  renderer: str = DEFAULT_RENDERER, train_size: int | None = None, public_size: int | None = None,
+                  private_size: int | None = None, noise_splits: str = "train") -> Path:
+    """The folder of a SynthFER export, rendered on first use and cached by its
+    :class:`ExportSpec` (:meth:`ExportSpec.cache_name`: format, split sizes, seed, noise, noise
+    mode and splits, difficulty, renderer version). Concurrent callers may both render; the
+    first rename wins, the other result is dropped."""
+    spec = ExportSpec(fmt, size, seed, noise, difficulty, noise_mode, renderer, train_size, public_size,
+                      private_size, noise_splits)
+    spec.check()
+    spec = spec.normalized()
+    final = cache_root(cache_dir) / spec.cache_name()
     if _is_export(final):
         return final
     _remove_stale_temps(final)
     try:
-        _export_atomic(final, fmt, size, seed, noise, difficulty, noise_mode, renderer)
+        _export_atomic(final, spec)
     except OSError:
         if not _is_export(final):  # lost a race to another process: use its result
             raise

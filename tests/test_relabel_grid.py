@@ -1,0 +1,59 @@
+"""bench/relabel_grid.py end to end at a toy size: rows with both epochs' PrivateTest, the
+training accuracy and provenance; resumable; a folder of other settings refused in one line."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import relabel_grid  # noqa: E402
+from common import PROVENANCE_COLUMNS  # noqa: E402
+
+from nas.runtime.checkpoint import read_csv_rows  # noqa: E402
+from nas.runtime.errors import FerNasError  # noqa: E402
+
+def toy(private: int = 60) -> list[str]:
+    return ["--quick", "--size", "200", "--public_size", "40", "--private_size", str(private), "--base_epochs", "1",
+            "--relabel_epochs", "1", "--rules", "control,clean"]
+
+
+def test_grid_rows_summary_and_refusal(tmp_path, monkeypatch):
+    monkeypatch.setenv("FERNAS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "grid"
+    parser = relabel_grid.get_args_parser()
+    res = relabel_grid.main(parser.parse_args([*toy(), "--out", str(out)]))
+    rows = read_csv_rows(out / relabel_grid.CSV_NAME)
+    assert [r["rule"] for r in rows] == ["control", "clean"]
+    for r in rows:
+        assert all(r[k] != "" for k in ("test_acc", "last_test_acc", "last_epoch", "train_acc", "git_commit",
+                                        "torch", "cpu_model", "threads", "flags", "synthfer_revisions"))
+        assert set(PROVENANCE_COLUMNS) <= set(r)
+        assert json.loads(r["flags"])["private_size"] == 60
+    # the PrivateTest figure counts faces out of 60
+    assert float(rows[0]["test_acc"]) * 0.6 == pytest.approx(round(float(rows[0]["test_acc"]) * 0.6))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["provenance"]["flags"]["noise_splits"] == "train+val" and summary["runs"] == 2
+    clean = [e for e in res["summary"] if e["rule"] == "clean"][0]
+    assert "vs_control" in clean and "vs_control_last" in clean
+    # resumed: nothing is trained again, the rows stay
+    monkeypatch.setattr(relabel_grid, "run_cell", lambda *a, **k: pytest.fail("ran a finished cell again"))
+    relabel_grid.main(parser.parse_args([*toy(), "--out", str(out)]))
+    # another setting in the same folder: one line, nothing written
+    before = (out / relabel_grid.CSV_NAME).read_text()
+    with pytest.raises(FerNasError, match="holds runs of another protocol .*private_size"):
+        relabel_grid.main(parser.parse_args([*toy(80), "--out", str(out)]))
+    assert (out / relabel_grid.CSV_NAME).read_text() == before
+
+
+def test_bad_grid_flags_are_refused_before_anything_is_written(tmp_path):
+    parser = relabel_grid.get_args_parser()
+    for argv, msg in ((["--modes", "uniform,typo"], "unknown noise mode 'typo'"),
+                      (["--rules", "control,magic"], "unknown rule 'magic'"),
+                      (["--private_size", "0"], "--private_size 0: must be at least 1"),
+                      (["--noise", "1.5"], "fractions between 0 and 1")):
+        with pytest.raises(FerNasError, match=msg):
+            relabel_grid.main(parser.parse_args([*argv, "--out", str(tmp_path / "g")]))
+        assert not (tmp_path / "g").exists()

@@ -1,0 +1,96 @@
+"""nas.runtime.stats, the one statistics helper of the benches, against hand computations,
+scipy's own tests and a published power table."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from nas.runtime import stats
+
+
+def test_t_interval_by_hand():
+    m, half = stats.t_interval([1.0, 2.0, 3.0])
+    assert m == 2.0 and half == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)  # sd 1, t(0.975, 2)
+    assert math.isnan(stats.t_interval([5.0])[1])
+    with pytest.raises(ValueError):
+        stats.t_interval([1.0, float("nan")])
+
+
+def test_sign_flip_is_exact_over_every_pattern():
+    # [1, 2, 3]: 8 sign patterns with means (±1 ±2 ±3)/3; only ±(1+2+3) reach |mean| >= 2
+    assert stats.sign_flip_p([1, 2, 3]) == pytest.approx(2 / 8)
+    assert stats.sign_flip_p([1, 2, 3], "greater") == pytest.approx(1 / 8)
+    assert stats.sign_flip_p([1, 2, 3], "less") == pytest.approx(1.0)
+    # [1, -1]: patterns give means 0, 1, -1, 0: |mean| >= 0 for all
+    assert stats.sign_flip_p([1, -1]) == pytest.approx(1.0)
+    # beyond 16 pairs it samples, and agrees with the exact tail: 20 equal positive differences
+    p = stats.sign_flip_p([1.0] * 20, "greater", n_random=20_000)
+    assert p == pytest.approx(1 / 20_001, abs=1e-4)
+
+
+def test_permutation_exact_by_hand():
+    # a = {3}, b = {1, 2}: the three splits give 1.5, 0, -1.5; one of three is >= the observed 1.5
+    assert stats.permutation_p([3.0], [1.0, 2.0]) == pytest.approx(1 / 3)
+    assert stats.permutation_p([1.0, 2.0], [3.0, 4.0]) == pytest.approx(1.0)
+    assert stats.permutation_p([3.0, 4.0], [1.0, 2.0]) == pytest.approx(1 / 6)
+    assert stats.permutation_p([3.0, 4.0], [1.0, 2.0], "two-sided") == pytest.approx(2 / 6)
+    # the sampled path (C(33, 3) = 5456 splits is exact; C(43, 3) > 50,000 samples) agrees
+    p = stats.permutation_p([5.0] * 3, [1.0] * 40, n_random=20_000, seed=1)
+    assert p == pytest.approx(1 / math.comb(43, 3), abs=3e-4)
+
+
+def test_power_matches_a_published_table_and_simulation():
+    # G*Power, one-sample (paired) t-test, two-sided alpha 0.05, power 0.8: n = 10 needs d = 0.996
+    assert stats.mde_paired(1.0, 10) == pytest.approx(0.996, abs=0.002)
+    # scales with the spread; shrinks like 1/sqrt(n) towards the normal value for large n
+    assert stats.mde_paired(2.5, 10) == pytest.approx(2.5 * stats.mde_paired(1.0, 10), rel=1e-5)
+    normal = (sps.norm.ppf(0.975) + sps.norm.ppf(0.8)) / math.sqrt(400)
+    assert normal < stats.mde_paired(1.0, 400) < normal * 1.01
+    assert math.isnan(stats.mde_paired(1.0, 1)) and stats.mde_paired(0.0, 5) == 0.0
+    # two groups: power of the pooled t-test at the detectable difference is 80 % (seeded simulation)
+    d = stats.mde_two_sample(1.0, 3, 30)
+    x = np.random.default_rng(0).normal(0, 1, (20_000, 33))
+    x[:, :3] += d
+    power = (sps.ttest_ind(x[:, :3], x[:, 3:], axis=1).pvalue < 0.05).mean()
+    assert power == pytest.approx(0.8, abs=0.015)
+
+
+def test_paired_comparison_fields():
+    a, b = [75.0, 76.0, 78.0], [74.0, 74.0, 75.0]  # differences 1, 2, 3
+    c = stats.paired(a, b)
+    assert c.kind == "paired" and c.n == 3 and c.diff == pytest.approx(2.0)
+    assert c.half_width == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6) and c.sd == pytest.approx(1.0)
+    assert c.p == pytest.approx(0.25) and c.mde == pytest.approx(stats.mde_paired(1.0, 3))
+    assert not c.excludes_zero and "exact sign-flip" in c.sentence()
+    with pytest.raises(ValueError):
+        stats.paired([1.0], [1.0, 2.0])
+
+
+def test_two_sample_interval_is_welchs():
+    a, b = [80.0, 81.5, 82.0, 79.0], [75.0, 76.0, 77.0, 78.0, 74.5]
+    c = stats.two_sample(a, b)
+    ref = sps.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert (c.low, c.high) == pytest.approx((ref.low, ref.high))
+    assert c.p == pytest.approx(stats.permutation_p(a, b, "greater")) and c.excludes_zero
+
+
+def test_ranks_and_bootstrap():
+    assert stats.percentile_among(5.0, [1, 2, 3, 4]) == 100.0
+    assert stats.percentile_among(2.0, [1, 2, 3, 4]) == pytest.approx(100 * 1.5 / 4)
+    assert math.isnan(stats.percentile_among(1.0, []))
+    assert stats.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+    assert stats.spearman_rho([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert math.isnan(stats.kendall_tau([1, 1, 1], [1, 2, 3]))
+    x, y = list(range(12)), [0, 2, 1, 3, 5, 4, 6, 8, 7, 9, 11, 10]
+    v, lo, hi = stats.bootstrap_ci(x, y, seed=3)
+    assert v == pytest.approx(stats.kendall_tau(x, y)) and lo < v <= hi <= 1.0
+    assert stats.bootstrap_ci(x, y, seed=3) == (v, lo, hi)  # seeded
+
+
+def test_binomial_standard_error():
+    # 300 faces at 75 %: 2.5 points, the figure issue 32 starts from
+    assert stats.binomial_se(75.0, 300) == pytest.approx(2.5, abs=0.01)
+    assert stats.binomial_se(75.0, 3000) == pytest.approx(0.79, abs=0.01)

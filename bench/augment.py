@@ -19,7 +19,6 @@ long enough to average out). torch uses ``--threads`` CPU threads (default 1).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,11 @@ from nas.runtime.cli import ArgumentParser, run as cli_run
 from nas.data.augment import BatchAugment
 from nas.data.loader import BatchSampler
 from nas.runtime.device import resolve_device
+
+if __package__ in (None, ""):
+    from common import add_out_arg, emit
+else:
+    from bench.common import add_out_arg, emit
 
 
 def _images(n: int, seed: int = 0) -> torch.Tensor:
@@ -121,11 +125,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=256)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers for the PIL pipeline")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave torch's default)")
+    add_out_arg(p)
     return p
 
 
-def main(args: argparse.Namespace) -> None:
-    print(json.dumps(run(args.device, args.n, args.batch_size, args.workers, args.threads or None)))
+def main(args: argparse.Namespace) -> dict:
+    return emit(run(args.device, args.n, args.batch_size, args.workers, args.threads or None), args, indent=None)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ The issue's criterion: bf16 within 1 point of fp32. Prints one JSON document.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -27,9 +26,13 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
-from nas.runtime.checkpoint import atomic_write_text
 from nas.runtime.cli import ArgumentParser, run as cli_run
 from nas.runtime.device import resolve_device
+
+if __package__ in (None, ""):
+    from common import add_out_arg, emit
+else:
+    from bench.common import add_out_arg, emit
 
 
 def synthfer_data(n_train: int, n_test: int, seed: int = 0):
@@ -100,7 +103,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--out", default=None, help="also write the JSON here")
+    add_out_arg(p)
     return p
 
 
@@ -110,11 +113,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
     res = run(args.device, arch=args.arch, init_channels=args.init_channels, layers=args.layers,
               epochs=args.epochs, n_train=args.n_train, n_test=args.n_test, batch_size=args.batch_size, seeds=seeds)
-    text = json.dumps(res, indent=1)
-    print(text)
-    if args.out:
-        atomic_write_text(text + "\n", args.out)
-    return res
+    return emit(res, args)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import argparse
 import datetime as _dt
 import json
 import math
-import os
 import platform
 import subprocess
 from pathlib import Path
@@ -162,3 +161,31 @@ def read_rows(path: Path) -> list[dict[str, str]]:
     from nas.runtime.checkpoint import read_csv_rows
 
     return read_csv_rows(path) if Path(path).exists() else []
+
+
+def add_out_arg(parser: argparse.ArgumentParser) -> None:
+    """``--out FILE``: also write the result there (``.jsonl``: append one line; else a JSON document)."""
+    parser.add_argument("--out", default=None,
+                        help="also write the result here, with its provenance (FILE.jsonl: append one line)")
+
+
+def emit(doc: Mapping[str, Any], args: argparse.Namespace, *, device: str | None = None, indent: int | None = 1,
+         echo: bool = True) -> dict[str, Any]:
+    """A bench's result with its provenance: printed as JSON, and written to ``args.out`` when
+    given (a ``.jsonl`` file gets the document appended as one line; any other name is written
+    whole, atomically). Returns the document with its provenance."""
+    from nas.runtime.checkpoint import atomic_write_text, json_safe
+
+    full = json_safe(with_provenance(doc, args, device))
+    if echo:
+        print(json.dumps(full, indent=indent))
+    out = getattr(args, "out", None)
+    if out:
+        path = Path(out)
+        if path.suffix == ".jsonl":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(full) + "\n")
+        else:
+            atomic_write_text(json.dumps(full, indent=1) + "\n", path)
+    return full

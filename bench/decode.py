@@ -10,7 +10,6 @@ temporary folder) and reused. Prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -22,8 +21,12 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nas.runtime.checkpoint import atomic_write_text
 from nas.runtime.cli import ArgumentParser, run as cli_run
+
+if __package__ in (None, ""):
+    from common import add_out_arg, emit
+else:
+    from bench.common import add_out_arg, emit
 
 
 def run(size: int, fmt: str, folder: str | None) -> dict[str, Any]:
@@ -58,17 +61,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=100_000)
     p.add_argument("--format", default="rafdb", choices=("rafdb", "affectnet"))
     p.add_argument("--folder", default=None, help="keep the export here (made once, reused)")
-    p.add_argument("--out", default=None, help="also write the JSON here")
+    add_out_arg(p)
     return p
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     res = run(args.size, args.format, args.folder)
-    text = json.dumps(res)
-    print(text)
-    if args.out:
-        atomic_write_text(text + "\n", args.out)
-    return res
+    return emit(res, args, device="cpu", indent=None)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ best of the rounds, fast and naive taking turns. Prints one JSON document;
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,11 @@ import torch
 
 from nas.runtime.cli import ArgumentParser, run as cli_run
 from nas.runtime.device import resolve_device
+
+if __package__ in (None, ""):
+    from common import add_out_arg, emit
+else:
+    from bench.common import add_out_arg, emit
 
 MEAN, STD, CROP = 0.5, 0.25, 44
 
@@ -175,14 +179,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=None, help="test images (default 64; 16 with --quick)")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    add_out_arg(p)
     return p
 
 
-def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(json.dumps(run(args.device, args.quick, arch=args.arch, init_channels=args.init_channels,
-                         layers=args.layers, n=args.n, batch_size=args.batch_size), indent=1))
+    return emit(run(args.device, args.quick, arch=args.arch, init_channels=args.init_channels,
+                    layers=args.layers, n=args.n, batch_size=args.batch_size), args)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ document and a table.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -27,8 +26,12 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
-from nas.runtime.checkpoint import atomic_write_text
 from nas.runtime.cli import ArgumentParser, run as cli_run
+
+if __package__ in (None, ""):
+    from common import add_out_arg, emit
+else:
+    from bench.common import add_out_arg, emit
 
 ARCHES = (("FER_V1", {"init_channels": 36, "layers": 12}), ("cnn_deep", {}))
 
@@ -129,18 +132,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="two rounds, one at batch 64")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads for both (default 1)")
     p.add_argument("--rounds", type=int, default=None)
-    p.add_argument("--out", default=None, help="also write the JSON here")
+    add_out_arg(p)
     return p
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     res = run(args.quick, args.threads, args.rounds)
-    text = json.dumps(res, indent=1)
-    print(text)
+    doc = emit(res, args, device="cpu")
     print(table(res))
-    if args.out:
-        atomic_write_text(text + "\n", args.out)
-    return res
+    return doc
 
 
 if __name__ == "__main__":

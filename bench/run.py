@@ -35,7 +35,6 @@ rounds; see ``settings`` in the JSON) to run in a few minutes on a 2-core CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -55,6 +54,11 @@ from nas.runtime.errors import FerNasError
 from nas.runtime.device import resolve_device
 
 if __package__ in (None, ""):
+    from common import add_out_arg, emit
+else:
+    from bench.common import add_out_arg, emit
+
+if __package__ in (None, ""):
     import augment, evaluate, relabel, render, search_step, train_step  # noqa: E401
     from common import cpu_model
 else:
@@ -64,8 +68,6 @@ else:
 BENCHES = ("search", "train", "evaluate", "augment", "relabel", "render")
 # Targets of issue 8 on CPU (a ratio fast / naive at or above the figure); None: none set.
 TARGETS = {"search": 1.0, "train": 1.0, "evaluate": 1.0, "augment": 10.0, "relabel": 50.0, "render": None}
-
-
 
 
 def _search(dev: torch.device, quick: bool) -> dict[str, Any]:
@@ -283,7 +285,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                        "baseline, ratios against the targets.")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--quick", action="store_true", help="smaller settings: a few minutes on a 2-core CPU")
-    p.add_argument("--out", default=None, help="also write the JSON document here")
+    add_out_arg(p)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 on CPU)")
     p.add_argument("--only", default=None, help=f"comma-separated subset of: {', '.join(BENCHES)}")
     return p
@@ -293,13 +295,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
     if args.threads is not None and args.threads < 1:
         raise FerNasError(f"--threads {args.threads}: must be >= 1")
-    doc = run_suite(args.device, args.quick, only, args.threads)
-    text = json.dumps(doc, indent=1)
-    if args.out:
-        from nas.runtime.checkpoint import atomic_write_text
-
-        atomic_write_text(text + "\n", Path(args.out))
-    print(text)
+    doc = emit(run_suite(args.device, args.quick, only, args.threads), args)
     print()
     print(markdown(doc["summary"]))
     return doc

@@ -33,7 +33,6 @@ Prints one JSON document; :func:`run` returns it for ``bench/run.py``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from contextlib import contextmanager, nullcontext
@@ -50,6 +49,11 @@ from nas.runtime.cli import ArgumentParser, run as cli_run
 from nas.search.searcher import search_step
 from nas.search.supernet import PRUNED, SearchNetwork, node_edge_ranges
 from nas.runtime.device import resolve_device
+
+if __package__ in (None, ""):
+    from common import add_out_arg, emit
+else:
+    from bench.common import add_out_arg, emit
 
 PHASES = ("start", "mid", "late")
 
@@ -301,16 +305,17 @@ def get_args_parser() -> ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--memory_batch", type=int, default=96,
                    help="also measure activation memory at this batch, with and without --partial_channels 4 (0: skip)")
+    add_out_arg(p)
     return p
 
 
-def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     res = run(args.device, args.quick, unrolled=True if args.unrolled else None, batch_size=args.batch_size,
               init_channels=args.init_channels, layers=args.layers, size=args.size, steps=args.steps,
               memory_batch=args.memory_batch or None)
-    print(json.dumps(res, indent=2))
+    return emit(res, args, indent=2)
 
 
 if __name__ == "__main__":

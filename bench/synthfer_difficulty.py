@@ -16,7 +16,6 @@ the same round shows how much (the faces/s target of issue 14 is 2,000 on one co
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -26,9 +25,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 if __package__ in (None, ""):
-    from common import cpu_model
+    from common import add_out_arg, cpu_model, emit
 else:
-    from bench.common import cpu_model
+    from bench.common import add_out_arg, cpu_model, emit
 from nas.runtime.cli import ArgumentParser, run
 from nas.runtime.errors import FerNasError
 from nas.data.dataset import FER_CLASSES
@@ -170,6 +169,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--against", default=None, choices=sorted(RENDERERS), help="with --speed_only: a second renderer timed in turns (e.g. v1)")
     p.add_argument("--rounds", type=int, default=10, help="with --speed_only: rounds of --speed_n faces")
     p.add_argument("--speed_n", type=int, default=4000, help="faces per timed render")
+    add_out_arg(p)
     return p
 
 
@@ -182,8 +182,7 @@ def main(args: argparse.Namespace) -> dict:
             raise FerNasError(f"--against {args.against}: name a renderer other than --renderer")
         renderers = [args.renderer] + ([args.against] if args.against else [])
         out = speed_in_turns(renderers, args.speed_n, args.rounds, args.difficulty)
-        print(json.dumps(out))
-        return out
+        return emit(out, args, indent=None)
     t0 = time.perf_counter()
     speed = None if args.skip_speed else render_speed(args.speed_n, args.difficulty, args.renderer)
     # train and test are two independent renders with FER2013's Training balance
@@ -214,8 +213,7 @@ def main(args: argparse.Namespace) -> dict:
         "seconds": {"render": round(t_render, 1), "linear": round(t_lin, 1), "cnn": round(t_cnn, 1),
                     "total": round(time.perf_counter() - t0, 1)},
     }
-    print(json.dumps(out))
-    return out
+    return emit(out, args, indent=None)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Prints one JSON document; ``ratio`` = fast images/s / naive images/s.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
 import time
@@ -26,6 +25,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+if __package__ in (None, ""):
+    from common import add_out_arg, emit
+else:
+    from bench.common import add_out_arg, emit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -228,14 +232,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (CUDA)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    add_out_arg(p)
     return p
 
 
-def main(a: argparse.Namespace) -> None:
+def main(a: argparse.Namespace) -> dict:
     if a.threads:
         torch.set_num_threads(a.threads)
-    print(json.dumps(run(a.device, a.quick, a.arch, a.batch_size, a.init_channels, a.layers, a.steps, a.compile,
-                         a.rounds), indent=2))
+    return emit(run(a.device, a.quick, a.arch, a.batch_size, a.init_channels, a.layers, a.steps, a.compile,
+                    a.rounds), a, indent=2)
 
 
 if __name__ == "__main__":

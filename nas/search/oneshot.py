@@ -18,9 +18,8 @@ of search and never sees PublicTest/PrivateTest.
 from __future__ import annotations
 
 import argparse
-import warnings
 from pathlib import Path
-from typing import Sequence
+
 
 import torch
 import torch.nn as nn

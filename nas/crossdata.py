@@ -65,6 +65,7 @@ from nas.runtime.errors import FerNasError
 __all__ = ["REFERENCE_BLOCKS", "REFERENCE_COUNTS", "REFERENCE_FOLDERS", "HEADS", "Fold", "subject_folds",
            "reference_folds", "loso_folds", "fold_report", "head_keys", "prepare_model", "fold_dataset",
            "direct_scores", "cross_validate", "mean_std", "add_crossdata_args", "checked_checkpoint", "run_crossdata",
+           "plan_crossdata", "check_crossdata_args", "CrossPlan",
            "CROSSVAL_KIND"]
 
 #: The reference's CK+48 class order (its h5 file: folders in this order, files sorted by name).
@@ -623,25 +624,41 @@ def checked_checkpoint(args: argparse.Namespace, kind: str) -> dict[str, Any] | 
     return ckpt
 
 
-def run_crossdata(s: Session, kind: str, ckpt: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The body of test_ck48.py (``kind="ck48"``), test_jaffe.py (``kind="jaffe"``) and
-    ``fernas crosstest`` (``kind="any"``) in a session. The run folder's own ``last.pt`` holds
-    the flags (what ``--resume`` takes
-    back); finished folds are reused on resume and an interrupted one continues."""
+@dataclass
+class CrossPlan:
+    """What a cross-dataset run tests, worked out from the flags and the data before its run
+    folder exists: the data, its folds, what a fold is called, the CSV and the protocol notes."""
+
+    data: FERData
+    folds: list
+    label: str
+    csv_name: str
+    extra: dict[str, Any]
+
+
+def check_crossdata_args(args: argparse.Namespace, kind: str) -> None:
+    """The flags' one-line errors (no data read)."""
+    from nas.engine.trainer import check_train_args
+
+    if getattr(args, "folds", 2) < 2:
+        raise FerNasError(f"--folds {args.folds}: need at least 2")
+    if getattr(args, "only_folds", None) and min(args.only_folds) < 1:
+        raise FerNasError(f"--only_folds {min(args.only_folds)}: folds are numbered from 1")
+    if args.eval_every is not None and args.eval_every < 1:
+        raise FerNasError(f"--eval_every {args.eval_every}: must be at least 1")
+    check_train_args(args, eval_every=args.eval_every or args.epochs, snapshot_at=[])
+
+
+def plan_crossdata(args: argparse.Namespace, kind: str) -> CrossPlan:
+    """Read the data and draw the folds (every data-dependent refusal happens here, before a
+    run folder exists): subject ids where folds need them, the checkpoint's head against the
+    data's classes, the folds asked for."""
     from nas.data import open_data_from_args
     from nas.data.ck48 import CK48_CLASSES
     from nas.data.dataset import FER_CLASSES
-    from nas.engine.trainer import config_from_args
-    from nas.runtime.checkpoint import safe_load
 
-    args, run, dist = s.args, s.run, s.dist
+    check_crossdata_args(args, kind)
     finetune = _finetunes(args, kind)
-    if ckpt is None:
-        ckpt = safe_load(args.checkpoint)
-    if s.state is None:
-        run.save("last.pt", {"kind": CROSSVAL_KIND, "stage": "crosstest" if kind == "any" else kind,
-                             "args": {k: v for k, v in vars(args).items()},
-                             "epoch": 0, "step": 0})
     data = open_data_from_args(args)
     expected = list(CK48_CLASSES if kind == "ck48" else FER_CLASSES if kind == "jaffe" else data.classes)
     if data.subjects is None and kind != "any":
@@ -676,6 +693,31 @@ def run_crossdata(s: Session, kind: str, ckpt: Mapping[str, Any] | None = None) 
         label, csv_name = "subject", "subjects.csv"
         extra = {"protocol": "leave-one-subject-out" if finetune else "direct test, per subject",
                  "coverage": fold_report(folds, n, data.subjects)}
+    return CrossPlan(data, list(folds), label, csv_name, extra)
+
+
+def run_crossdata(s: Session, kind: str, ckpt: Mapping[str, Any] | None = None,
+                  plan: CrossPlan | None = None) -> dict[str, Any]:
+    """The body of test_ck48.py (``kind="ck48"``), test_jaffe.py (``kind="jaffe"``) and
+    ``fernas crosstest`` (``kind="any"``) in a session (``plan``: from :func:`plan_crossdata`,
+    made before the session's run folder; made here when not given). The run folder's own
+    ``last.pt`` holds the flags (what ``--resume`` takes back); finished folds are reused on
+    resume and an interrupted one continues."""
+    from nas.engine.trainer import config_from_args
+    from nas.runtime.checkpoint import safe_load
+
+    args, run, dist = s.args, s.run, s.dist
+    finetune = _finetunes(args, kind)
+    if ckpt is None:
+        ckpt = safe_load(args.checkpoint)
+    if plan is None:
+        plan = plan_crossdata(args, kind)
+    if s.state is None:
+        run.save("last.pt", {"kind": CROSSVAL_KIND, "stage": "crosstest" if kind == "any" else kind,
+                             "args": {k: v for k, v in vars(args).items()},
+                             "epoch": 0, "step": 0})
+    data, folds, label, csv_name, extra = plan.data, plan.folds, plan.label, plan.csv_name, plan.extra
+    n = len(data)
     cov = extra["coverage"]
     n_subj = f"{len(set(data.subjects))} subjects" if data.subjects is not None else "no subject ids"
     run.log(f"{data.source}: {n} images, {n_subj}, {len(folds)} {label}s "

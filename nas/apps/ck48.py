@@ -25,12 +25,17 @@ def run_kind(args: argparse.Namespace, kind: str, parser: argparse.ArgumentParse
              stage: str | None = None) -> dict[str, Any]:
     """A cross-dataset run: the checkpoint checked first, then the session and the folds
     (``kind``: ``ck48``, ``jaffe`` or ``any``; ``stage`` names the run folder, default ``kind``)."""
-    from nas.crossdata import checked_checkpoint, run_crossdata
+    from nas.crossdata import checked_checkpoint, plan_crossdata, run_crossdata
     from nas.engine.session import open_session
 
     ckpt = checked_checkpoint(args, kind)  # a bad checkpoint fails in one line before any folder or data work
-    with open_session(args, parser, stage=stage or kind) as s:
-        return run_crossdata(s, kind, ckpt)
+    plan = {}
+
+    def check(a: argparse.Namespace) -> None:  # flags and data, before the run folder exists
+        plan["plan"] = plan_crossdata(a, kind)
+
+    with open_session(args, parser, stage=stage or kind, check=check) as s:
+        return run_crossdata(s, kind, ckpt, plan["plan"])
 
 
 def get_args_parser(prog: str = "test_ck48.py") -> ArgumentParser:

@@ -44,12 +44,21 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from nas.engine.session import open_session
     from nas.ensemble import load_member, parse_member_names, run_ensemble
     from nas.runtime.device import resolve_device
+    from nas.runtime.errors import FerNasError
 
     names = parse_member_names(args.models, args.model_names)
     device = resolve_device(args.device)
     members = [load_member(n, device, args.layers) for n in names]  # bad checkpoints fail before any data work
-    with open_session(args, get_args_parser(), stage="ensemble") as s:
-        data = open_data_from_args(s.args)
+    read = {}
+
+    def check(a: argparse.Namespace) -> None:  # the flags and the data, before the run folder exists
+        for name in ("batch_size", "greedy_steps"):
+            if getattr(a, name, 1) is not None and getattr(a, name, 1) < 1:
+                raise FerNasError(f"--{name} {getattr(a, name)}: must be at least 1")
+        read["data"] = open_data_from_args(a)
+
+    with open_session(args, get_args_parser(), stage="ensemble", check=check) as s:
+        data = read["data"]
         results = run_ensemble(names, data, s.run, method=args.method, greedy=args.greedy,
                                replacement=args.greedy_replacement, greedy_steps=args.greedy_steps, tta=args.tta,
                                device=s.device, batch_size=args.batch_size, members=members)

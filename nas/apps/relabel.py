@@ -37,7 +37,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         check_relabel_args(args)
         start = load_model_from_checkpoint(args.checkpoint, "cpu")  # a bad checkpoint fails before any folder is made
         name = f"relabel-{safe_name((start[1].get('model_spec') or {}).get('arch', 'model'))}"
-    with open_session(args, get_args_parser(), stage="relabel", default_name=name) as s:
+    with open_session(args, get_args_parser(), stage="relabel", default_name=name,
+                      check=None if not args.resume else check_relabel_args) as s:
         return run_relabel(s, start)
 
 

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 from nas.runtime.cli import ArgumentParser, run
 
-__all__ = ["get_args_parser", "main", "cli"]
+__all__ = ["get_args_parser", "main", "cli", "check_args"]
 
 
 def get_args_parser(prog: str = "train_searched.py") -> ArgumentParser:
@@ -36,7 +36,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from nas.engine.trainer import Trainer, config_from_args, write_run_report
     from nas.models import build_model
 
-    with open_session(args, get_args_parser(), stage="train", default_name=f"train-{safe_name(args.arch)}") as s:
+    with open_session(args, get_args_parser(), stage="train", default_name=f"train-{safe_name(args.arch)}",
+                      check=check_args) as s:
         args = s.args
         data = open_data_from_args(args)  # the reader refuses --labels ferplus_* without FER+ votes
         model = build_model(args.arch, num_classes=len(data.classes), init_channels=args.init_channels,
@@ -50,6 +51,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             for p in write_run_report(s.run, data, device=s.device):
                 s.run.log(f"  wrote {p.name}", echo=False)
         return results
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Everything this stage can refuse without data, before its run folder exists."""
+    from nas.engine.trainer import check_train_args
+    from nas.models.factory import check_arch
+
+    check_arch(args.arch, args.init_channels, args.layers)
+    check_train_args(args)
 
 
 def cli(argv: Sequence[str] | None = None, prog: str = "train_searched.py") -> None:

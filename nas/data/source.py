@@ -10,7 +10,8 @@ from nas.data.fer2013 import LABEL_MODES
 from nas.data.readers import detect_format, load_dataset
 from nas.runtime.errors import FerNasError
 
-__all__ = ["DATASETS", "SYNTH_FORMATS", "open_data", "add_data_args", "open_data_from_args", "check_label_source"]
+__all__ = ["DATASETS", "SYNTH_FORMATS", "open_data", "add_data_args", "open_data_from_args", "check_label_source",
+           "check_data_args"]
 
 DATASETS = ("auto", "synthfer", "fer2013", "ferplus", "rafdb", "affectnet", "expw", "ck48", "jaffe", "folder")
 #: SynthFER export format -> the reader format that reads it back.
@@ -126,6 +127,30 @@ def check_label_source(args: argparse.Namespace) -> None:
         return
     raise FerNasError(f"--labels {args.labels} needs FER+ votes: --ferplus PATH (fer2013new.csv beside a FER2013 CSV) "
                       "or the FER+ image folders as --data")
+
+
+def check_data_args(args: argparse.Namespace) -> None:
+    """One-line errors for the data flags of :func:`add_data_args` that cannot work, before a run
+    folder is made or any data is read: a missing ``--data`` or ``--ferplus``, a held-out share
+    outside (0, 1), SynthFER options that no export takes (sizes, noise, splits, renderer)."""
+    if args.data is not None and not Path(args.data).expanduser().exists():
+        raise FerNasError(f"--data {args.data}: no such file or folder")
+    if getattr(args, "ferplus", None) and not Path(args.ferplus).expanduser().is_file():
+        raise FerNasError(f"--ferplus {args.ferplus}: no such file")
+    if not 0.0 < float(args.val_fraction) < 1.0:
+        raise FerNasError(f"--val_fraction {args.val_fraction}: must be between 0 and 1")
+    if int(getattr(args, "image_size", 48)) < 8:
+        raise FerNasError(f"--image_size {args.image_size}: must be at least 8")
+    if args.dataset == "synthfer" or (args.dataset == "auto" and args.data is None):
+        from nas.data import synthfer
+
+        synthfer.ExportSpec(getattr(args, "synth_format", "fer2013"), args.synth_size, args.data_seed,
+                            args.synth_noise, args.synth_difficulty, getattr(args, "synth_noise_mode", "uniform"),
+                            getattr(args, "synth_renderer", None) or synthfer.DEFAULT_RENDERER,
+                            getattr(args, "synth_train_size", None), getattr(args, "synth_public_size", None),
+                            getattr(args, "synth_private_size", None),
+                            getattr(args, "synth_noise_splits", "train")).check(prefix="synth_")
+    check_label_source(args)
 
 
 def open_data_from_args(args: argparse.Namespace) -> FERData:

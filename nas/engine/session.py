@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
@@ -97,14 +97,31 @@ def resumed_args(args: argparse.Namespace, parser: argparse.ArgumentParser,
     return argparse.Namespace(**merged), state
 
 
+def check_common_args(args: argparse.Namespace) -> None:
+    """The checks of the flags every stage shares (data, run), one-line errors."""
+    from nas.data.source import check_data_args
+
+    if hasattr(args, "dataset"):
+        check_data_args(args)
+    if int(getattr(args, "log_interval", 1)) < 1:
+        raise FerNasError(f"--log_interval {args.log_interval}: must be at least 1")
+
+
 def start_session(args: argparse.Namespace, parser: argparse.ArgumentParser, *, stage: str,
-                  default_name: str | None = None) -> Session:
-    """Resume rule, device, process group (under torchrun), run folder (one name on every
-    rank; rank 0 writes), ``config.yaml`` of a new run (the parser's real flags only, so it
-    works as ``--config``), and the global seed (the ``init`` stream)."""
+                  default_name: str | None = None, check: Callable[[argparse.Namespace], Any] | None = None) -> Session:
+    """Resume rule, flag checks, device, process group (under torchrun), run folder (one name
+    on every rank; rank 0 writes), ``config.yaml`` of a new run (the parser's real flags only,
+    so it works as ``--config``), and the global seed (the ``init`` stream).
+
+    Check, then write: the shared flags (:func:`check_common_args`) and the stage's own
+    (``check``, called with the effective flags) are checked before the run folder exists, so a
+    refused command leaves nothing behind and the corrected one runs in the same folder."""
     state = None
     if getattr(args, "resume", None):
         args, state = resumed_args(args, parser, stage)
+    check_common_args(args)
+    if check is not None:
+        check(args)
     dist = init_distributed(resolve_device(getattr(args, "device", "auto")))
     if not args.save:
         stamp = broadcast_object(time.strftime("%Y%m%d-%H%M%S"))
@@ -120,13 +137,14 @@ def start_session(args: argparse.Namespace, parser: argparse.ArgumentParser, *, 
 
 @contextmanager
 def open_session(args: argparse.Namespace, parser: argparse.ArgumentParser, *, stage: str,
-                 default_name: str | None = None) -> Iterator[Session]:
+                 default_name: str | None = None,
+                 check: Callable[[argparse.Namespace], Any] | None = None) -> Iterator[Session]:
     """:func:`start_session` for the duration of a ``with`` block; a process group it
     joined is left at the end."""
     joined = not is_initialized()
     ok = False
     try:
-        yield start_session(args, parser, stage=stage, default_name=default_name)
+        yield start_session(args, parser, stage=stage, default_name=default_name, check=check)
         ok = True
     finally:
         if joined:

@@ -43,7 +43,7 @@ from nas.runtime.device import autocast, memory_layout
 from nas.runtime.distributed import DistInfo, shard_batch, single_process
 from nas.runtime.errors import FerNasError
 
-__all__ = ["TrainConfig", "add_train_args", "config_from_args", "Classification", "ModelSelection", "Snapshots",
+__all__ = ["TrainConfig", "add_train_args", "config_from_args", "check_train_args", "Classification", "ModelSelection", "Snapshots",
            "Trainer", "TargetHook", "write_run_report", "summary_line", "training_norm", "NAN_POLICIES",
            "LABEL_MODES"]
 
@@ -108,6 +108,17 @@ class TrainConfig:
             raise FerNasError(f"--patience must be >= 0, got {self.patience}")
         if self.learning_rate <= 0 or not math.isfinite(self.learning_rate):
             raise FerNasError(f"--learning_rate must be positive, got {self.learning_rate}")
+        for name, ok, want in (("learning_rate_min", 0.0 <= self.learning_rate_min < self.learning_rate,
+                                f">= 0 and below --learning_rate ({self.learning_rate})"),
+                               ("momentum", 0.0 <= self.momentum < 1.0, "in [0, 1)"),
+                               ("weight_decay", 0.0 <= self.weight_decay < math.inf, ">= 0"),
+                               ("grad_clip", 0.0 <= self.grad_clip < math.inf, ">= 0 (0: no clipping)"),
+                               ("auxiliary_weight", 0.0 <= self.auxiliary_weight < math.inf, ">= 0"),
+                               ("cutout_length", int(self.cutout_length) >= 1, ">= 1")):
+            if not ok:
+                raise FerNasError(f"--{name} must be {want}, got {getattr(self, name)}")
+        if self.crop is not None and int(self.crop) < 8:
+            raise FerNasError(f"--crop must be at least 8, got {self.crop}")
         if not 0.0 <= self.fes_smoothing < 1.0 or not 0.0 <= self.label_smoothing < 1.0:
             raise FerNasError(f"--label_smoothing and --fes_smoothing must be in [0, 1), got {self.label_smoothing} "
                               f"and {self.fes_smoothing}")
@@ -176,6 +187,13 @@ def _bool(v: str) -> bool:
     from nas.runtime.cli import str2bool
 
     return str2bool(v)
+
+
+def check_train_args(args: argparse.Namespace, **overrides: Any) -> None:
+    """The training flags' one-line errors (:class:`TrainConfig`'s checks), for a stage to call
+    before its run folder exists."""
+    overrides.setdefault("drop_path_prob", getattr(args, "drop_path_prob", None) or 0.0)
+    config_from_args(args, **overrides)
 
 
 def config_from_args(args: argparse.Namespace | Mapping[str, Any], **overrides: Any) -> TrainConfig:

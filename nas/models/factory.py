@@ -25,7 +25,7 @@ from nas.models.genotypes import (Genotype, genotype_from_dict, genotype_to_dict
                            load_genotype)
 from nas.models.network import NetworkFER
 
-__all__ = ["build_model", "count_parameters", "model_spec", "model_from_spec", "list_models", "MODEL_REGISTRY",
+__all__ = ["build_model", "check_arch", "count_parameters", "model_spec", "model_from_spec", "list_models", "MODEL_REGISTRY",
            "SPEC_KWARGS"]
 
 # Baselines by name; genotype names are looked up in genotypes/ when asked for.
@@ -70,6 +70,14 @@ def _resolve(arch: Any) -> tuple[str, Genotype | None]:
     if is_genotype_name(arch) and arch in list_genotypes():
         return arch, load_genotype(arch)
     raise FerNasError(f"unknown architecture {arch!r} ({_choices()})")
+
+
+def check_arch(arch: Any, init_channels: int = 36, layers: int = 12) -> None:
+    """One-line errors for an architecture ``build_model`` would refuse (unknown name, bad
+    genotype file, sizes), without building it."""
+    _resolve(arch)
+    _positive_int("--init_channels", init_channels)
+    _positive_int("--layers", layers, 3 if arch not in MODEL_REGISTRY else 1)
 
 
 def build_model(arch: Any, num_classes: int = 7, init_channels: int = 36, layers: int = 12, auxiliary: bool = True,

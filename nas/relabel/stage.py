@@ -448,7 +448,13 @@ def check_relabel_args(args: argparse.Namespace) -> None:
     if args.relabel_mode == "persistent" and args.rule in ("consensus", "soft"):
         raise FerNasError(f"--relabel_mode persistent is for the autofernet and confident rules: --rule {args.rule} "
                           f"keeps its own per-sample state across epochs")
-    for name, ok, want in (("ema_momentum", 0.0 <= args.ema_momentum < 1.0, "in [0, 1)"),
+    from nas.engine.trainer import check_train_args
+
+    check_train_args(args)
+    for name, ok, want in (("relabel_threshold", 0.0 <= args.relabel_threshold <= 1.0, "in [0, 1]"),
+                           ("fes_threshold", 0.0 <= args.fes_threshold <= 1.0, "in [0, 1]"),
+                           ("relabel_warmup", args.relabel_warmup >= 0, ">= 0"),
+                           ("ema_momentum", 0.0 <= args.ema_momentum < 1.0, "in [0, 1)"),
                            ("consensus_epochs", args.consensus_epochs >= 1, ">= 1"),
                            ("soft_lambda", 0.0 <= args.soft_lambda <= 1.0, "in [0, 1]")):
         if not ok:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import math
 import os
 import shutil
@@ -25,11 +26,19 @@ import torch
 from nas import __version__
 from nas.runtime.errors import FerNasError
 
-__all__ = ["atomic_save", "atomic_write_text", "atomic_write_bytes", "safe_load", "RunDir", "RUN_MARKERS", "read_csv_rows", "write_csv", "plain",
-           "json_safe"]
+__all__ = ["atomic_save", "atomic_write_text", "atomic_write_bytes", "safe_load", "RunDir", "RUN_MARKERS", "RUN_MARK",
+           "read_csv_rows", "write_csv", "plain", "json_safe", "check_clearable"]
 
 # Files whose presence means "a run lives here" (guards against silent overwrite).
 RUN_MARKERS = ("config.yaml", "last.pt", "metrics.csv")
+#: The file a run folder carries from its creation: only a folder holding it is ever cleared by
+#: ``--force``.
+RUN_MARK = ".fernas-run"
+#: What a run writes: these names and suffixes (checkpoints, tables, pictures, the flags and the
+#: log), hidden temporary files of atomic writes, and sub-folders that are runs themselves
+#: (cross-dataset folds). Anything else in a folder means it holds more than a run.
+RUN_FILE_NAMES = (RUN_MARK, "config.yaml", "log.txt", ".write_probe")
+RUN_FILE_SUFFIXES = (".pt", ".csv", ".png", ".json", ".jsonl", ".gv", ".svg")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -138,28 +147,37 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu")
 class RunDir:
     """One run directory: ``config.yaml``, ``log.txt``, ``metrics.csv``, checkpoints, plots.
 
-    Refuses to reuse a folder that already holds a run unless ``resume`` or ``force``;
-    checks before any work that the folder is writable and has ``min_free_mb`` free.
+    A new run needs a new or empty folder, and marks it with :data:`RUN_MARK`. A folder that
+    already holds a run is refused unless ``resume`` or ``force``; ``force`` clears it only when
+    :func:`check_clearable` allows (a marked run folder holding nothing but what runs write).
+    Checks before any work that the folder is writable and has ``min_free_mb`` free.
     With ``enabled=False`` (non-zero ranks under DDP) every write is a no-op."""
 
     def __init__(self, path: str | os.PathLike, *, resume: bool = False, force: bool = False,
                  enabled: bool = True, min_free_mb: float = 50.0, quiet: bool = False) -> None:
-        self.path = Path(path)
+        # "a/b/.." is "a" even where b does not exist (else the checks below look at a missing path)
+        self.path = Path(os.path.normpath(path))
         self.enabled = enabled
         self.quiet = quiet
         if not enabled:
             return
-        holds_run = self.path.is_dir() and any((self.path / m).exists() for m in RUN_MARKERS)
+        holds_run = self.path.is_dir() and any((self.path / m).exists() for m in (*RUN_MARKERS, RUN_MARK))
         if holds_run and not (resume or force):
             raise FerNasError(f"{self.path}: folder already holds a run; pass --resume {self.path} "
                               "to continue it or --force to overwrite it")
         if resume and not (self.path / "last.pt").is_file():
             raise FerNasError(f"{self.path}: nothing to resume (no last.pt)")
-        if force and holds_run and not resume:
-            for name in os.listdir(self.path):
-                q = self.path / name
-                shutil.rmtree(q) if q.is_dir() else q.unlink()
+        if force and not resume and self.path.exists():
+            check_clearable(self.path)
+            _clear_run(self.path)
+        elif not resume and not holds_run and self.path.is_dir() and any(self.path.iterdir()):
+            # a run's files would mix with (and overwrite) files of something else
+            raise FerNasError(f"{self.path}: folder exists and holds files that are not a run; a new run needs a "
+                              "new or empty folder (choose another --save)")
         self.check_writable(self.path, min_free_mb)
+        if not resume:
+            atomic_write_text(json.dumps({"fernas": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                              + "\n", self.path / RUN_MARK)
 
     @staticmethod
     def check_writable(path: Path, min_free_mb: float) -> None:
@@ -245,6 +263,66 @@ class RunDir:
         if self.enabled:
             atomic_save(state, p)
         return p
+
+
+def _is_run_file(entry: os.DirEntry) -> bool:
+    name = entry.name
+    if entry.is_symlink():
+        return False
+    if entry.is_dir(follow_symlinks=False):
+        return False
+    return name in RUN_FILE_NAMES or name.endswith(RUN_FILE_SUFFIXES) or (name.startswith(".") and name.endswith(".tmp"))
+
+
+def check_clearable(path: str | os.PathLike) -> None:
+    """Refuse (one line) to clear ``path`` for ``--force`` unless it is a run folder and nothing
+    else: it must carry :data:`RUN_MARK`, hold only what runs write (sub-folders only when they
+    are runs themselves), and be none of the current folder, one of its parents, a home folder or
+    the root; it must not be, or hold, a symlink or a ``.git``."""
+    p = Path(os.path.normpath(path))  # "runs/x/.." is "runs", whether or not x exists
+    if p.is_symlink():
+        raise FerNasError(f"{p}: is a symlink; --force never clears through one (pass the real folder)")
+    real, cwd = p.resolve(), Path.cwd().resolve()
+    home = Path.home().resolve()
+    if real == cwd or real in cwd.parents or real == home or real == Path(real.anchor):
+        raise FerNasError(f"{p}: is the current folder, one of its parents, a home folder or the root; "
+                          "--force clears only run folders (choose --save runs/NAME)")
+    if not p.exists():
+        return
+    if not p.is_dir():
+        raise FerNasError(f"{p}: exists and is not a folder; --force clears only run folders")
+    if not any(p.iterdir()):
+        return  # an empty folder: nothing to clear
+    if (p / ".git").exists():
+        raise FerNasError(f"{p}: holds .git; --force never clears a repository")
+    if not (p / RUN_MARK).is_file():
+        raise FerNasError(f"{p}: has no {RUN_MARK} marker, so it was not made as a run folder by this toolkit "
+                          "(or by a version before 0.4); --force clears only run folders: remove it yourself or "
+                          "choose another --save")
+    with os.scandir(p) as it:
+        for e in it:
+            if e.is_symlink():
+                raise FerNasError(f"{p}: holds a symlink ({e.name}); --force never clears through one")
+            if e.is_dir(follow_symlinks=False):
+                check_clearable(Path(e.path))  # a fold's run folder, else refused
+                if any(Path(e.path).iterdir()) and not (Path(e.path) / RUN_MARK).is_file():
+                    raise FerNasError(f"{p}: holds a folder a run did not write ({e.name}); nothing deleted")
+            elif not _is_run_file(e):
+                raise FerNasError(f"{p}: holds a file a run did not write ({e.name}); --force clears only run "
+                                  "folders, nothing deleted")
+
+
+def _clear_run(path: Path) -> None:
+    """Remove what :func:`check_clearable` allowed: run files, and run sub-folders (recursively);
+    symlinks were refused, so nothing outside ``path`` is touched."""
+    with os.scandir(path) as it:
+        entries = list(it)
+    for e in entries:
+        if e.is_dir(follow_symlinks=False):
+            _clear_run(Path(e.path))
+            os.rmdir(e.path)
+        else:
+            os.unlink(e.path)
 
 
 def read_csv_rows(path: str | os.PathLike) -> list[dict[str, str]]:

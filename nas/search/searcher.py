@@ -113,6 +113,16 @@ def check_args(args: argparse.Namespace) -> None:
     """One-line errors for flag values that cannot work (before any data is read)."""
     if args.batch_size < 1:
         raise FerNasError(f"--batch_size {args.batch_size}: must be >= 1")
+    for name, ok, want in (("learning_rate", 0.0 < args.learning_rate < float("inf"), "> 0"),
+                           ("learning_rate_min", 0.0 <= args.learning_rate_min <= args.learning_rate,
+                            f">= 0 and at most --learning_rate ({args.learning_rate})"),
+                           ("momentum", 0.0 <= args.momentum < 1.0, "in [0, 1)"),
+                           ("weight_decay", args.weight_decay >= 0, ">= 0"),
+                           ("arch_learning_rate", 0.0 < args.arch_learning_rate < float("inf"), "> 0"),
+                           ("arch_weight_decay", args.arch_weight_decay >= 0, ">= 0"),
+                           ("grad_clip", args.grad_clip >= 0, ">= 0")):
+        if not ok:
+            raise FerNasError(f"--{name} {getattr(args, name)}: must be {want}")
     if args.batch_increase < 0:
         raise FerNasError(f"--batch_increase {args.batch_increase}: must be >= 0")
     if not 0.0 < args.train_portion < 1.0:

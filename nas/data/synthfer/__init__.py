@@ -328,33 +328,42 @@ class ExportSpec:
         """True for the formats with Training / PublicTest / PrivateTest rows (and label noise)."""
         return self.fmt in NOISY_FORMATS
 
-    def check(self) -> None:
-        """One-line errors for every bad value, before anything is written."""
-        renderer_module(self.renderer)
+    def check(self, prefix: str = "") -> None:
+        """One-line errors for every bad value, before anything is written. ``prefix`` names the
+        flags as a caller spells them (``synth_`` for a stage's ``--synth_size`` ...)."""
+        f = {k: f"--{prefix}{k}" for k in ("renderer", "noise_mode", "noise_splits", "size", "noise", "difficulty",
+                                             "train_size", "public_size", "private_size")}
+        if self.renderer not in RENDERERS:
+            raise FerNasError(f"{f['renderer']} {self.renderer!r}: choose from {', '.join(RENDERERS)}")
         if self.fmt not in FORMATS:
             raise FerNasError(f"--format {self.fmt!r}: choose from {', '.join(FORMATS)}")
         if self.noise_mode not in NOISE_MODES:
-            raise FerNasError(f"--noise_mode {self.noise_mode!r}: choose from {', '.join(NOISE_MODES)}")
+            raise FerNasError(f"{f['noise_mode']} {self.noise_mode!r}: choose from {', '.join(NOISE_MODES)}")
         if self.noise_splits not in NOISE_SPLITS:
-            raise FerNasError(f"--noise_splits {self.noise_splits!r}: choose from {', '.join(NOISE_SPLITS)}")
+            raise FerNasError(f"{f['noise_splits']} {self.noise_splits!r}: choose from {', '.join(NOISE_SPLITS)}")
         if self.size is not None and int(self.size) <= 0:
-            raise FerNasError(f"--size {self.size}: must be a positive number of images")
+            raise FerNasError(f"{f['size']} {self.size}: must be a positive number of images")
         if not (np.isfinite(self.noise) and 0.0 <= self.noise <= 1.0):
-            raise FerNasError(f"--noise {self.noise}: must be a fraction between 0 and 1")
-        _check(self.difficulty)
-        given = {f"--{k}": v for k, v in (("train_size", self.train_size), ("public_size", self.public_size),
-                                          ("private_size", self.private_size)) if v is not None}
+            raise FerNasError(f"{f['noise']} {self.noise}: must be a fraction between 0 and 1")
+        if not np.isfinite(self.difficulty) or self.difficulty < 0:
+            raise FerNasError(f"{f['difficulty']} {self.difficulty}: must be a number >= 0")
+        given = {f[k]: v for k, v in (("train_size", self.train_size), ("public_size", self.public_size),
+                                      ("private_size", self.private_size)) if v is not None}
         if not self.fer_like:
             if given or self.noise_splits != "train":
-                flag = next(iter(given), "--noise_splits")
+                flag = next(iter(given), f["noise_splits"])
                 raise FerNasError(f"{flag}: only the FER2013-style exports ({', '.join(NOISY_FORMATS)}) have "
                                   f"Training/PublicTest/PrivateTest splits, not --format {self.fmt}")
+            unit = CK_FRAMES if self.fmt == "ck48" else 1
+            if self.size is not None and self.fmt in ("ck48", "jaffe") and int(self.size) < 7 * unit:
+                raise FerNasError(f"{f['size']} {self.size}: need at least {7 * unit} images (one "
+                                  f"{'sequence' if unit > 1 else 'image'} per class)")
             return
         for flag, v in given.items():
             if int(v) <= 0:
                 raise FerNasError(f"{flag} {v}: must be a positive number of images")
         if 0 in self.split_sizes():
-            raise FerNasError(f"--size {self.size}: need at least 10 rows (every split needs images)")
+            raise FerNasError(f"{f['size']} {self.size}: need at least 10 rows (every split needs images)")
 
     def split_sizes(self) -> tuple[int, int, int]:
         """Training, PublicTest and PrivateTest sizes (FER-like formats)."""

@@ -1,0 +1,103 @@
+"""Check, then write (issue 36): every stage refuses bad flags and inputs with one line and exit
+status 2 before its run folder exists, so the corrected command then runs in the same folder.
+Each row gives a stage bad values: zero or negative rates and sizes, unknown choices, missing
+files, contradictory flags."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+from nas.data.dataset import FER_CLASSES
+
+CKPT = "{ckpt}"
+
+CASES = [
+    # (command module, argv, words the one line must hold)
+    ("train", ["--learning_rate", "0"], "--learning_rate must be positive"),
+    ("train", ["--learning_rate", "-0.1"], "--learning_rate must be positive"),
+    ("train", ["--epochs", "0"], "--epochs must be at least 1"),
+    ("train", ["--batch_size", "0"], "--batch_size must be at least 1"),
+    ("train", ["--weight_decay", "-1"], "--weight_decay must be >= 0"),
+    ("train", ["--momentum", "-1"], "--momentum must be in [0, 1)"),
+    ("train", ["--grad_clip", "-1"], "--grad_clip must be >= 0"),
+    ("train", ["--cutout", "--cutout_length", "0"], "--cutout_length must be >= 1"),
+    ("train", ["--label_smoothing", "1.5"], "--label_smoothing and --fes_smoothing must be in [0, 1)"),
+    ("train", ["--label_smoothing", "0.1", "--fes_smoothing", "0.1"], "both smooth the targets"),
+    ("train", ["--patience", "-1"], "--patience must be >= 0"),
+    ("train", ["--arch", "nope"], "unknown architecture 'nope'"),
+    ("train", ["--init_channels", "0"], "--init_channels must be an integer >= 1"),
+    ("train", ["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
+    ("train", ["--data", "/nonexistent/fer2013.csv"], "--data /nonexistent/fer2013.csv: no such file or folder"),
+    ("train", ["--synth_noise", "1.5"], "--synth_noise 1.5: must be a fraction between 0 and 1"),
+    ("train", ["--synth_private_size", "0"], "--synth_private_size 0: must be a positive number"),
+    ("train", ["--val_fraction", "1"], "--val_fraction 1.0: must be between 0 and 1"),
+    ("train", ["--labels", "ferplus_soft"], "--labels ferplus_soft needs FER+ votes"),
+    ("train", ["--log_interval", "0"], "--log_interval 0: must be at least 1"),
+    ("relabel", ["--checkpoint", CKPT, "--relabel_threshold", "2"], "--relabel_threshold must be in [0, 1]"),
+    ("relabel", ["--checkpoint", CKPT, "--learning_rate", "0"], "--learning_rate must be positive"),
+    ("relabel", ["--checkpoint", CKPT, "--epochs", "0"], "--epochs must be at least 1"),
+    ("relabel", ["--checkpoint", "/nonexistent.pt"], "checkpoint not found"),
+    ("relabel", ["--checkpoint", CKPT, "--rule", "consensus", "--relabel_mode", "persistent"],
+     "--relabel_mode persistent is for the autofernet and confident rules"),
+    ("relabel", ["--checkpoint", CKPT, "--synth_noise_splits", "val"], "invalid choice: 'val'"),
+    ("search", ["--batch_size", "0"], "--batch_size 0: must be >= 1"),
+    ("search", ["--learning_rate", "0"], "--learning_rate 0.0: must be > 0"),
+    ("search", ["--arch_learning_rate", "-1"], "--arch_learning_rate -1.0: must be > 0"),
+    ("search", ["--train_portion", "1"], "--train_portion 1.0: must be between 0 and 1"),
+    ("search", ["--strategy", "darts", "--epochs", "0"], "--epochs 0: must be >= 1"),
+    ("search", ["--strategy", "sgas", "--epochs", "3"], "--epochs applies to --strategy darts"),
+    ("search", ["--synth_size", "5"], "--synth_size 5: need at least 10 rows"),
+    ("ck48", ["--checkpoint", CKPT, "--folds", "1"], "--folds 1: need at least 2"),
+    ("ck48", ["--checkpoint", CKPT, "--only_folds", "0"], "--only_folds 0: folds are numbered from 1"),
+    ("ck48", ["--checkpoint", CKPT, "--only_folds", "99", "--synth_size", "150"], "--only_folds 99: folds are numbered 1..10"),
+    ("ck48", ["--checkpoint", CKPT, "--learning_rate", "0"], "--learning_rate must be positive"),
+    ("ck48", ["--checkpoint", CKPT, "--eval_every", "0"], "--eval_every 0: must be at least 1"),
+    ("ck48", ["--checkpoint", CKPT, "--synth_private_size", "10"], "--synth_private_size: only the FER2013-style"),
+    ("jaffe", ["--checkpoint", CKPT, "--finetune", "loso", "--epochs", "0"], "--epochs must be at least 1"),
+    ("crosstest", ["--checkpoint", CKPT, "--finetune", "folds", "--folds", "0"], "--folds 0: need at least 2"),
+    ("ensemble", ["--model_names", f"{CKPT},/nonexistent.pt"], "checkpoint not found"),
+    ("ensemble", ["--model_names", CKPT, "--batch_size", "0"], "--batch_size 0: must be at least 1"),
+]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    from nas.models import build_model
+    from nas.models.factory import model_spec
+    from nas.runtime.checkpoint import atomic_save
+
+    path = tmp_path_factory.mktemp("ckpt") / "m.pt"
+    m = build_model("cnn_shallow")
+    atomic_save({"model": m.state_dict(), "model_spec": model_spec(m), "classes": list(FER_CLASSES),
+                 "normalization": {"mean": 0.5, "std": 0.25}, "input_size": 44}, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("command,argv,msg", CASES, ids=[f"{c}:{' '.join(a)}" for c, a, _ in CASES])
+def test_a_bad_flag_is_one_line_exit_2_and_no_folder(command, argv, msg, ckpt, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FERNAS_CACHE", str(tmp_path / "cache"))
+    app = importlib.import_module(f"nas.apps.{command}")
+    save = tmp_path / "run"
+    argv = [a.replace(CKPT, ckpt) for a in argv]
+    with pytest.raises(SystemExit) as e:
+        app.cli([*argv, "--save", str(save), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and msg in err[0], err
+    assert not save.exists(), f"{save} was written before the flags were checked"
+
+
+def test_the_corrected_command_runs_in_the_same_folder(tmp_path, monkeypatch, capsys):
+    """The issue's example: a refused --learning_rate 0 leaves nothing, so the fixed command is not
+    refused as 'already holds a run'."""
+    from nas.apps import train
+
+    monkeypatch.setenv("FERNAS_CACHE", str(tmp_path / "cache"))
+    base = ["--arch", "cnn_shallow", "--synth_size", "60", "--epochs", "1", "--batch_size", "16",
+            "--save", str(tmp_path / "x"), "--device", "cpu", "--plots", "False", "--progress", "False"]
+    with pytest.raises(SystemExit):
+        train.cli([*base, "--learning_rate", "0"])
+    assert not (tmp_path / "x").exists()
+    res = train.main(train.get_args_parser().parse_args([*base, "--learning_rate", "0.01"]))
+    assert res["epochs_trained"] == 1 and (tmp_path / "x" / "results.json").exists()

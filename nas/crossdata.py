@@ -617,7 +617,11 @@ def checked_checkpoint(args: argparse.Namespace, kind: str) -> dict[str, Any] | 
         return None
     if not args.checkpoint:
         raise FerNasError("--checkpoint PATH is required (a .pt file or a run folder), or --resume RUN_DIR")
-    _, ckpt = load_model_from_checkpoint(args.checkpoint, "cpu")
+    model, ckpt = load_model_from_checkpoint(args.checkpoint, "cpu")
+    if _finetunes(args, kind):
+        from nas.engine.robust import check_robust
+
+        check_robust(args.robust, model, (ckpt.get("model_spec") or {}).get("arch", "the model"))
     if _finetunes(args, kind) and kind != "any":  # crosstest checks the head against the data it reads
         prepare_model(args.checkpoint, list(CK48_CLASSES if kind == "ck48" else FER_CLASSES), args.head,
                       seed=args.seed)

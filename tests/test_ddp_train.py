@@ -25,7 +25,7 @@ class _Record:
         return targets
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def _worker(rank: int, world: int, port: int, out: str, robust: str = "none") -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -42,7 +42,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         torch.manual_seed(1000 + rank)  # different drop-path masks per rank, as train_searched.py does
         rec = _Record()
         run = RunDir(Path(out) / f"run_rank{rank}", enabled=info.is_main)
-        tr = Trainer(model, make_data(64, 16, 16), cfg(epochs=2, batch_size=8), run, dist=info, target_hook=rec,
+        tr = Trainer(model, make_data(64, 16, 16), cfg(epochs=2, batch_size=8, robust=robust), run, dist=info,
+                     target_hook=rec,
                      args={"arch": "FER_V1"})
         res = tr.fit()
         torch.save({"model": {k: v.clone() for k, v in model.state_dict().items()}, "seen": rec.seen, "res": res},
@@ -53,8 +54,10 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
-def test_two_gloo_ranks_agree_and_only_rank0_writes(tmp_path):
-    spawn_ranks(_worker, (str(tmp_path),), tmp_path)
+@pytest.mark.parametrize("robust", ["none", "eac", "smallloss"])
+def test_two_gloo_ranks_agree_and_only_rank0_writes(tmp_path, robust):
+    """Plain training and each --robust method (EAC's two forward passes go through DDP's forward)."""
+    spawn_ranks(_worker, (str(tmp_path), robust), tmp_path)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
     diff = [k for k in r0["model"] if not torch.equal(r0["model"][k], r1["model"][k])]

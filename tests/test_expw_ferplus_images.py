@@ -199,4 +199,4 @@ def test_training_on_the_ferplus_folders_with_soft_labels(tmp_path: Path) -> Non
                                                                                                     "PrivateTest"])))
     proc = run_inprocess("train_searched.py", ["--arch", "cnn_shallow", "--data", csv_path, "--labels", "ferplus_soft",
                                                "--save", tmp_path / "no", "--device", "cpu"])
-    assert_one_line_error(proc, "--labels ferplus_soft needs --ferplus PATH", "or the FER+ image folders")
+    assert_one_line_error(proc, "--labels ferplus_soft needs FER+ votes: --ferplus PATH", "or the FER+ image folders")

@@ -210,3 +210,32 @@ def test_disagreement_on_the_published_file():
     q = [b["disagreement"] for b in disagreement_from_votes(votes, bins=5)["bins"]]
     assert all(a > b for a, b in zip(q, q[1:-1]))  # falls with ambiguity; the last fifth is unanimous
     assert q[-1] == 0.0 and 0.15 < deciles["disagreement"] < 0.3
+
+
+def test_transition_hand_computed():
+    """Two images with an anger majority (votes 6 anger + 2 disgust + 2 neutral; 8 anger + 2
+    fear), one happy (10 happy): the angry row is the mean vote distribution (0.7, 0.1, 0.1, 0,
+    0, 0, 0.1); the happy row is one-hot."""
+    import torch
+
+    from nas.data.ferplus import transition_from_votes
+
+    # FER+ column order: neutral, happiness, surprise, sadness, anger, disgust, fear, contempt, unknown, NF
+    votes = torch.tensor([[2, 0, 0, 0, 6, 2, 0, 0, 0, 0], [0, 0, 0, 0, 8, 0, 2, 0, 0, 0],
+                          [0, 10, 0, 0, 0, 0, 0, 0, 0, 0]])
+    matrix, counts = transition_from_votes(votes)
+    np.testing.assert_allclose(matrix[0], [0.7, 0.1, 0.1, 0, 0, 0, 0.1])
+    np.testing.assert_allclose(matrix[3], [0, 0, 0, 1, 0, 0, 0])
+    assert counts.tolist() == [2, 0, 0, 1, 0, 0, 0] and not matrix[1].any()
+
+
+@pytest.mark.skipif(not REAL_FERPLUS.is_file(), reason=f"published FER+ file not present at {REAL_FERPLUS}")
+def test_transition_on_the_published_file():
+    from nas.data.ferplus import FERPLUS_MAJORITY_COUNTS, FERPLUS_TRANSITION, read_ferplus, transition_from_votes
+
+    matrix, counts = transition_from_votes(read_ferplus(REAL_FERPLUS)[1])
+    np.testing.assert_allclose(matrix, FERPLUS_TRANSITION, atol=1e-11)
+    assert tuple(counts.tolist()) == FERPLUS_MAJORITY_COUNTS
+    # the real single-tagger disagreement, weighted by the classes' counts: 17.7 %
+    rate = 1 - (np.diag(matrix) * counts).sum() / counts.sum()
+    assert rate == pytest.approx(0.17696, abs=1e-4)

@@ -45,8 +45,9 @@ VOLATILE = {"path", "epoch_time", "time_s", "images_per_s", "save", "resume", "f
 
 
 def train_args(data: Path) -> list[str]:
+    # EAC: its erasing draws from the augmentation stream, which a checkpoint holds
     return ["--data", data, "--arch", "FER_V1", "--init_channels", "4", "--layers", "3", "--epochs", "6",
-            "--batch_size", "7", "--device", "cpu", "--log_interval", "1", "--seed", "3"]
+            "--batch_size", "7", "--device", "cpu", "--log_interval", "1", "--seed", "3", "--robust", "eac"]
 
 
 def search_args(data: Path) -> list[str]:
@@ -61,9 +62,12 @@ def relabel_args(data: Path) -> list[str]:
     # the consensus rule: its per-sample running average, streaks and labels are state too;
     # it starts from the train_searched.py reference run (made first by the fixture)
     ckpt = data.parent.parent / "ref-train_searched.py" / "best.pt"
+    # with small-loss selection on top (a rule and a --robust method together); the EAC reference
+    # checkpoint's network takes it
     return ["--data", data, "--checkpoint", ckpt, "--rule", "consensus", "--relabel_threshold", "0.05",
             "--consensus_epochs", "1", "--relabel_warmup", "0", "--fes", "False", "--epochs", "12",
-            "--batch_size", "7", "--device", "cpu", "--log_interval", "1", "--seed", "3"]
+            "--batch_size", "7", "--device", "cpu", "--log_interval", "1", "--seed", "3", "--robust", "smallloss",
+            "--robust_ramp", "3"]
 
 
 SCRIPTS = {"train_searched.py": train_args, "search.py": search_args, "relabel_training.py": relabel_args}

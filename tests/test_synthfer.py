@@ -568,3 +568,23 @@ def test_stage_flags_reach_the_split_sizes_and_noise_splits(tmp_path, monkeypatc
     assert _split_sizes(d) == [80, 30, 40]
     flipped = (d.labels != d.clean_labels).numpy()
     assert flipped[d.split.numpy() == 1].sum() == 15 and not flipped[d.split.numpy() == 2].any()
+
+
+def test_ferplus_noise_follows_the_real_transition():
+    """Mode ferplus: exactly the asked share flipped; classes the real FER+ taggers disagree on
+    most are flipped most, and towards the classes they name instead (fear -> surprise, sad ->
+    neutral), not along FES."""
+    from nas.data.ferplus import FERPLUS_TRANSITION
+
+    labels = np.repeat(np.arange(7), 10_000)
+    noisy = flip_labels(labels, 0.2, np.random.default_rng(0), mode="ferplus")
+    flipped = noisy != labels
+    assert flipped.sum() == round(0.2 * len(labels))
+    rate = np.array([flipped[labels == c].mean() for c in range(7)])
+    off = 1 - np.diag(FERPLUS_TRANSITION)
+    assert np.corrcoef(rate, off)[0, 1] > 0.99  # proportional to the real off-diagonal mass
+    np.testing.assert_allclose(rate, 0.2 * 7 * off / off.sum(), atol=0.02)
+    moved = np.zeros((7, 7))
+    np.add.at(moved, (labels[flipped], noisy[flipped]), 1)
+    target = FERPLUS_TRANSITION * (1 - np.eye(7))
+    np.testing.assert_allclose(moved / moved.sum(1, keepdims=True), target / target.sum(1, keepdims=True), atol=0.04)

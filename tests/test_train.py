@@ -207,7 +207,7 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path):
 
 @pytest.mark.parametrize("extra,message", [
     (["--device", "cuda"], "CUDA is not available"),
-    (["--labels", "ferplus_soft"], "needs --ferplus"),
+    (["--labels", "ferplus_soft"], "needs FER+ votes: --ferplus PATH"),
     (["--save", "__FILE__/run"], "not writable"),
     (["--epochs", "0"], "--epochs must be at least 1"),
 ])

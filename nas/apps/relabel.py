@@ -30,12 +30,14 @@ def get_args_parser(prog: str = "relabel_training.py") -> ArgumentParser:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     from nas.engine.evaluate import load_model_from_checkpoint
     from nas.engine.session import open_session, safe_name
+    from nas.engine.robust import check_robust
     from nas.relabel.stage import check_relabel_args, run_relabel
 
     start, name = None, "relabel"
     if not args.resume:
         check_relabel_args(args)
         start = load_model_from_checkpoint(args.checkpoint, "cpu")  # a bad checkpoint fails before any folder is made
+        check_robust(args.robust, start[0], (start[1].get("model_spec") or {}).get("arch", "the model"))
         name = f"relabel-{safe_name((start[1].get('model_spec') or {}).get('arch', 'model'))}"
     with open_session(args, get_args_parser(), stage="relabel", default_name=name,
                       check=None if not args.resume else check_relabel_args) as s:

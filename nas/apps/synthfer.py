@@ -31,8 +31,9 @@ def get_args_parser(prog: str = "python -m nas.data.synthfer") -> ArgumentParser
     p.add_argument("--private_size", type=int, default=None, help="PrivateTest rows instead of their share of --size")
     p.add_argument("--noise", type=float, default=0.1, help="fraction of Training labels flipped along FES (fer2013/folder/rafdb/affectnet)")
     p.add_argument("--noise_mode", default="uniform", choices=NOISE_MODES,
-                   help="which labels are flipped: uniform (at random) or ambiguous (weak expressions more often, "
-                        "following FER+ single-tagger disagreement)")
+                   help="which labels are flipped: uniform (at random), ambiguous (weak expressions more often, "
+                        "following FER+ single-tagger disagreement) or ferplus (the real FER2013 -> FER+ transition: "
+                        "disgust and fear flipped most, towards the classes FER+ taggers name instead)")
     p.add_argument("--noise_splits", default="train", choices=NOISE_SPLITS,
                    help="splits whose labels are flipped: train, or train+val (PublicTest too, as on FER2013); "
                         "PrivateTest stays clean")

@@ -56,10 +56,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 def check_args(args: argparse.Namespace) -> None:
     """Everything this stage can refuse without data, before its run folder exists."""
     from nas.engine.trainer import check_train_args
+    from nas.models import build_model
     from nas.models.factory import check_arch
 
-    check_arch(args.arch, args.init_channels, args.layers)
+    from nas.engine.robust import check_robust
+
+    genotype_net = check_arch(args.arch, args.init_channels, args.layers)
     check_train_args(args)
+    if args.robust == "eac" and not genotype_net:
+        check_robust("eac", build_model(args.arch), args.arch)
 
 
 def cli(argv: Sequence[str] | None = None, prog: str = "train_searched.py") -> None:

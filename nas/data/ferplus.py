@@ -64,6 +64,24 @@ FERPLUS_DISAGREEMENT_DECILES = np.array([
 ])
 FERPLUS_DISAGREEMENT_DECILES.setflags(write=False)
 
+# transition_from_votes on the published fer2013new.csv (31,264 images with a FER+ majority in
+# the seven classes): row i is the vote distribution of the images whose FER+ majority is class
+# i, which is the chance that a single tagger (FER2013's one label per image) names each class
+# when the truth is i. Its off-diagonal mass, weighted by the class counts, is the real
+# single-tagger disagreement, 17.7 %; tests/test_fes.py recomputes both from the file.
+FERPLUS_TRANSITION = np.array([
+    [0.742320687318, 0.036536430873, 0.026230159108, 0.027832378940, 0.033438656647, 0.061171680173, 0.072470015439],
+    [0.134356208840, 0.621534566331, 0.013489598906, 0.020459923407, 0.092844820309, 0.021495120079, 0.095819778231],
+    [0.032959368383, 0.015292138676, 0.652961837224, 0.014512555572, 0.072637805679, 0.166573471562, 0.045062836155],
+    [0.004214070803, 0.002311985079, 0.001762440026, 0.925341763656, 0.004630814250, 0.020864548899, 0.040874376611],
+    [0.024682667074, 0.013091321879, 0.017548806953, 0.014517522343, 0.754635527360, 0.010261043302, 0.165263120652],
+    [0.014799683579, 0.003392656774, 0.086645023246, 0.034746874146, 0.010552349026, 0.792247977002, 0.057615440999],
+    [0.027881092611, 0.008475926795, 0.005170333733, 0.030824346521, 0.103576799618, 0.017806008432, 0.806265498887],
+])
+FERPLUS_TRANSITION.setflags(write=False)
+#: Images per FER+ majority class behind :data:`FERPLUS_TRANSITION` (FER2013 order).
+FERPLUS_MAJORITY_COUNTS = (2660, 161, 677, 9045, 3749, 3960, 11012)
+
 
 # ----------------------------------------------------------------------------- the reader
 def read_ferplus(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,6 +224,25 @@ def disagreement_from_votes(votes: np.ndarray, bins: int = 5) -> dict:
               for g in np.array_split(order, int(bins))]
     return {"images": int(len(v)), "mean_share": float(share.mean()),
             "disagreement": float(1.0 - share.mean()), "bins": groups}
+
+
+def transition_from_votes(votes: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The real FER2013 → FER+ label transition: for the images whose FER+ majority
+    (:func:`majority_labels`) is class i, the mean of their vote distributions over the seven
+    classes (:func:`soft_labels`, every vote counted), i.e. how often a single tagger names each
+    class when the majority says i. ``votes``: N×10 counts as :func:`read_ferplus` gives them.
+    Returns ``(7×7 matrix, images per majority class)``."""
+    truth = majority_labels(votes)
+    dist, has = soft_labels(votes)
+    ok = (truth >= 0) & has
+    k = len(FES_CLASSES)
+    counts = np.bincount(truth[ok].numpy(), minlength=k)
+    matrix = np.zeros((k, k))
+    for i in range(k):
+        rows = ok & (truth == i)
+        if rows.any():
+            matrix[i] = dist[rows].double().mean(0).numpy()
+    return matrix, counts
 
 
 def format_disagreement(d: dict) -> str:

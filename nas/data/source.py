@@ -104,9 +104,10 @@ def add_data_args(parser: argparse.ArgumentParser, *, dataset: str = "auto", syn
     g.add_argument("--synth_private_size", default=None, type=int,
                    help="SynthFER PrivateTest rows instead of their share (the Training faces stay the same)")
     g.add_argument("--synth_noise", default=0.1, type=float, help="SynthFER fraction of flipped training labels")
-    g.add_argument("--synth_noise_mode", default="uniform", choices=("uniform", "ambiguous"),
-                   help="which SynthFER labels are flipped: uniform (at random) or ambiguous (weak expressions "
-                        "more often, following FER+ single-tagger disagreement)")
+    g.add_argument("--synth_noise_mode", default="uniform", choices=("uniform", "ambiguous", "ferplus"),
+                   help="which SynthFER labels are flipped: uniform (at random), ambiguous (weak expressions "
+                        "more often, following FER+ single-tagger disagreement) or ferplus (classes flipped as often "
+                        "and towards what the real FER2013 -> FER+ transition says)")
     g.add_argument("--synth_noise_splits", default="train", choices=("train", "train+val"),
                    help="SynthFER splits whose labels are flipped: train, or train+val (PublicTest too, so model "
                         "selection sees noisy labels as on FER2013); PrivateTest stays clean")

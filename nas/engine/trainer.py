@@ -48,6 +48,9 @@ __all__ = ["TrainConfig", "add_train_args", "config_from_args", "check_train_arg
            "LABEL_MODES"]
 
 LABEL_MODES = ("fer", "ferplus_majority", "ferplus_soft")
+#: Training augmentation: ``default`` (crop, flip, rotation, translation, scale, brightness and
+#: contrast jitter) or ``light`` (crop and flip only).
+AUGMENTS = ("default", "light")
 
 #: ``target_hook(epoch, step, indices, logits_detached, targets) -> targets``: may rewrite a
 #: batch's targets after the forward pass and before the loss (relabelling). ``indices`` index
@@ -77,6 +80,11 @@ class TrainConfig:
     fes_matrix: str | None = None     # FES matrix file (None: DEFAULT_FES, FER2013 class order)
     cutout: bool = False
     cutout_length: int = 16
+    augment: str = "default"          # default: crop, flip, affine, jitter; light: crop and flip only
+    robust: str = "none"              # a noisy-label method (nas.engine.robust)
+    robust_lambda: float = 5.0        # eac: weight of the attention consistency
+    robust_forget: float = 0.3        # smallloss: the share of each batch dropped once ramped up
+    robust_ramp: int = 10             # smallloss: epochs over which that share rises from 0
     crop: int | None = None           # None: model.default_input_size
     tta: str = "center"               # test-time view for validation and test during training
     eval_every: int = 1
@@ -124,6 +132,14 @@ class TrainConfig:
                               f"and {self.fes_smoothing}")
         if self.fes_smoothing > 0 and self.label_smoothing > 0:
             raise FerNasError("--label_smoothing and --fes_smoothing both smooth the targets: choose one")
+        from nas.engine.robust import check_robust
+
+        check_robust(self.robust)
+        if self.augment not in AUGMENTS:
+            raise FerNasError(f"--augment {self.augment!r}: choose from {', '.join(AUGMENTS)}")
+        if not (0.0 <= self.robust_lambda < math.inf and 0.0 <= self.robust_forget < 1.0 and self.robust_ramp >= 0):
+            raise FerNasError(f"--robust_lambda must be >= 0, --robust_forget in [0, 1) and --robust_ramp >= 0, got "
+                              f"{self.robust_lambda}, {self.robust_forget} and {self.robust_ramp}")
         if not 0.0 <= self.drop_path_prob < 1.0:
             raise FerNasError(f"--drop_path_prob must be in [0, 1), got {self.drop_path_prob}")
         self.snapshot_at = [float(t) for t in (self.snapshot_at or [])]
@@ -160,6 +176,18 @@ def add_train_args(parser: argparse.ArgumentParser, **defaults: Any) -> argparse
     add("--auxiliary_weight", type=float, default=0.4, help="weight of the auxiliary head's loss")
     add("--cutout", action="store_true", default=False, help="cutout augmentation (a square of --cutout_length)")
     add("--cutout_length", type=int, default=16, help="cutout square side (pixels)")
+    add("--augment", default="default", choices=AUGMENTS,
+        help="default: random crop, flip, rotation, translation, scale, brightness/contrast jitter; light: crop "
+             "and flip only")
+    from nas.engine.robust import ROBUST_METHODS
+
+    add("--robust", default="none", choices=ROBUST_METHODS,
+        help="noisy-label training: eac (erasing attention consistency; genotype networks), smallloss (drop the "
+             "largest-loss share of each batch); combines with relabelling (docs/robust.md)")
+    add("--robust_lambda", type=float, default=5.0, help="eac: weight of the flip attention consistency")
+    add("--robust_forget", type=float, default=0.3,
+        help="smallloss: share of each batch dropped once ramped up (the noise rate you suspect)")
+    add("--robust_ramp", type=int, default=10, help="smallloss: epochs over which the dropped share rises from 0")
     add("--drop_path_prob", type=float, default=0.2,
         help="drop-path probability reached at the last epoch (rises linearly from 0)")
     add("--label_smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
@@ -294,8 +322,13 @@ class Classification:
         self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, epochs=cfg.epochs,
                                          lr_min=cfg.learning_rate_min)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        light = {"rotate": 0.0, "translate": 0.0, "scale": (1.0, 1.0), "brightness": 0.0, "contrast": 0.0} \
+            if cfg.augment == "light" else {}
         self.augment = BatchAugment(crop=self.crop, cutout=cfg.cutout_length if cfg.cutout else 0,
-                                    mean=self.mean, std=self.std)
+                                    mean=self.mean, std=self.std, **light)
+        from nas.engine.robust import check_robust
+
+        check_robust(cfg.robust, self.model, (getattr(self.model, "fernas_spec", None) or {}).get("arch", "the model"))
 
     def drop_path_at(self, epoch: int) -> float:
         return self.cfg.drop_path_prob * (self.drop_path_offset + epoch) / self.drop_path_total
@@ -323,17 +356,21 @@ class Classification:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = self.targets[idx]
-        with autocast(self.device, self.amp):
-            out = self.fwd(x)
-        logits, aux = (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)
-        logits = logits.float()
-        if self.target_hook is not None:
-            y = self.target_hook(epoch, step, idx, logits.detach(), y)
-        if self.fes_off is not None:
-            y = fes_smoothing(y, cfg.fes_smoothing, self.fes_off)
-        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-        if aux is not None and cfg.auxiliary_weight > 0:
-            loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux.float(), y, label_smoothing=cfg.label_smoothing)
+        if cfg.robust == "eac":
+            loss, logits, y = self._eac_loss(epoch, step, idx, x, y, ctx)
+        else:
+            with autocast(self.device, self.amp):
+                out = self.fwd(x)
+            logits, aux = (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)
+            logits = logits.float()
+            y = self._targets(epoch, step, idx, logits, y)
+            keep = None
+            if cfg.robust == "smallloss":
+                from nas.engine.robust import forget_rate, small_loss_mask
+
+                per = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing, reduction="none")
+                keep = small_loss_mask(per, 1.0 - forget_rate(epoch, cfg.robust_forget, cfg.robust_ramp))
+            loss = self._ce(logits, aux, y, keep)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -348,6 +385,55 @@ class Classification:
         sums = torch.stack([torch.nan_to_num(loss.detach().double() * n, 0.0, 0.0, 0.0),
                             (logits.detach().argmax(1) == hard).sum().double(), n])
         return StepResult(sums, bad)
+
+    def _targets(self, epoch: int, step: int, idx: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The batch's targets after the relabelling hook and FES smoothing."""
+        if self.target_hook is not None:
+            y = self.target_hook(epoch, step, idx, logits.detach(), y)
+        if self.fes_off is not None:
+            y = fes_smoothing(y, self.cfg.fes_smoothing, self.fes_off)
+        return y
+
+    def _ce(self, logits: torch.Tensor, aux: torch.Tensor | None, y: torch.Tensor,
+            keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy of the logits (and the auxiliary head's, weighted), averaged over the
+        batch, or over the samples ``keep`` marks (small-loss selection)."""
+        cfg = self.cfg
+
+        def ce(z: torch.Tensor) -> torch.Tensor:
+            if keep is None:
+                return F.cross_entropy(z.float(), y, label_smoothing=cfg.label_smoothing)
+            per = F.cross_entropy(z.float(), y, label_smoothing=cfg.label_smoothing, reduction="none")
+            return (per * keep).sum() / keep.sum()
+
+        loss = ce(logits)
+        if aux is not None and cfg.auxiliary_weight > 0:
+            loss = loss + cfg.auxiliary_weight * ce(aux)
+        return loss
+
+    def _eac_loss(self, epoch: int, step: int, idx: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                  ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """EAC (:mod:`nas.engine.robust`): the erased batch and its independently erased flip
+        through the network, cross-entropy on the first, flip consistency of the class activation
+        maps; returns (loss, logits of the first, its targets after the hooks)."""
+        from nas.engine.robust import class_activation_maps, flip_consistency, random_erasing
+
+        cfg = self.cfg
+        x1 = random_erasing(x, ctx.augment)
+        x2 = random_erasing(torch.flip(x, dims=[-1]), ctx.augment)
+        if self.channels_last:
+            x1 = x1.contiguous(memory_format=torch.channels_last)
+            x2 = x2.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.amp):
+            logits, aux, f1 = self.fwd(x1, features=True)
+            _, _, f2 = self.fwd(x2, features=True)
+        logits = logits.float()
+        y = self._targets(epoch, step, idx, logits, y)
+        loss = self._ce(logits, aux, y)
+        head = self.model.classifier
+        loss = loss + cfg.robust_lambda * flip_consistency(class_activation_maps(f1, head),
+                                                            class_activation_maps(f2, head))
+        return loss, logits, y
 
     def epoch_row(self, epoch: int, sums: Mapping[str, float]) -> dict[str, Any]:
         n = sums["n"]

@@ -72,12 +72,14 @@ def _resolve(arch: Any) -> tuple[str, Genotype | None]:
     raise FerNasError(f"unknown architecture {arch!r} ({_choices()})")
 
 
-def check_arch(arch: Any, init_channels: int = 36, layers: int = 12) -> None:
+def check_arch(arch: Any, init_channels: int = 36, layers: int = 12) -> bool:
     """One-line errors for an architecture ``build_model`` would refuse (unknown name, bad
-    genotype file, sizes), without building it."""
-    _resolve(arch)
+    genotype file, sizes), without building it. Returns True for a genotype network (global
+    pooling and a linear head: class activation maps exist), False for a baseline."""
+    _, genotype = _resolve(arch)
     _positive_int("--init_channels", init_channels)
     _positive_int("--layers", layers, 3 if arch not in MODEL_REGISTRY else 1)
+    return genotype is not None
 
 
 def build_model(arch: Any, num_classes: int = 7, init_channels: int = 36, layers: int = 12, auxiliary: bool = True,

@@ -115,6 +115,8 @@ class NetworkFER(nn.Module):
     mode when ``auxiliary`` is on."""
 
     default_input_size = 44
+    #: global pooling + one linear layer: class activation maps exist (``forward(x, features=True)``)
+    supports_cams = True
 
     def __init__(self, genotype: Genotype, num_classes: int = 7, init_channels: int = 36, layers: int = 12,
                  auxiliary: bool = True, in_channels: int = 1, drop_path_prob: float = 0.0) -> None:
@@ -153,7 +155,10 @@ class NetworkFER(nn.Module):
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, features: bool = False):
+        """Logits, or ``(logits, logits_aux)`` in training mode with the auxiliary head; with
+        ``features=True`` always ``(logits, logits_aux or None, last feature map)`` (for class
+        activation maps: ``classifier.weight`` applied to the map at each position)."""
         logits_aux = None
         s0 = s1 = self.stem(x)
         for i, cell in enumerate(self.cells):
@@ -161,6 +166,8 @@ class NetworkFER(nn.Module):
             if i == self.aux_index and self.auxiliary_head is not None and self.training:
                 logits_aux = self.auxiliary_head(s1)
         logits = self.classifier(torch.flatten(self.global_pooling(s1), 1))
+        if features:
+            return logits, logits_aux, s1
         if logits_aux is not None:
             return logits, logits_aux
         return logits

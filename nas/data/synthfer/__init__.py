@@ -50,7 +50,7 @@ import numpy as np
 from nas.data.dataset import FER_CLASSES, SPLITS
 from nas.data.synthfer import render_v1, render_v2
 from nas.runtime.errors import FerNasError
-from nas.data.ferplus import DEFAULT_FES, FERPLUS_DISAGREEMENT_DECILES
+from nas.data.ferplus import DEFAULT_FES, FERPLUS_DISAGREEMENT_DECILES, FERPLUS_TRANSITION
 
 __all__ = [
     "RENDERERS", "DEFAULT_RENDERER", "RENDER_VERSION", "FORMATS", "STYLES", "FER_TRAIN_COUNTS", "FER_SPLIT_SIZES", "CK_COUNTS", "CK_CLASSES",
@@ -77,7 +77,7 @@ def renderer_module(name: str) -> ModuleType:
 
 FORMATS: tuple[str, ...] = ("fer2013", "ck48", "jaffe", "folder", "rafdb", "affectnet")
 #: Which Training labels get flipped: at random, or weak expressions more often.
-NOISE_MODES: tuple[str, ...] = ("uniform", "ambiguous")
+NOISE_MODES: tuple[str, ...] = ("uniform", "ambiguous", "ferplus")
 #: Which splits carry the label noise: Training only, or Training and PublicTest, as on FER2013,
 #: whose PublicTest labels come from the same annotators (model selection then sees noisy labels
 #: too). PrivateTest is always clean: it is what a result is measured on.
@@ -170,9 +170,13 @@ def _ambiguous_pick(eligible: np.ndarray, labels: np.ndarray, ambiguity: np.ndar
     centres = (np.arange(len(curve)) + 0.5) / len(curve)
     # FER+'s unanimous images never disagree; a floor keeps every face possible, so any fraction is reachable
     w = np.maximum(np.interp(q, centres, curve), 1e-3)
-    pi = _inclusion(w, n_flip)
-    # systematic sampling in a random order: exactly n_flip picks, each with probability pi
-    perm = rng.permutation(m)
+    return _systematic_pick(eligible, _inclusion(w, n_flip), n_flip, rng)
+
+
+def _systematic_pick(eligible: np.ndarray, pi: np.ndarray, n_flip: int, rng: np.random.Generator) -> np.ndarray:
+    """Systematic sampling in a random order: exactly ``n_flip`` of ``eligible``, each with
+    inclusion probability ``pi`` (summing to ``n_flip``)."""
+    perm = rng.permutation(len(eligible))
     cum = np.cumsum(pi[perm])
     cum *= n_flip / cum[-1]
     u = 1.0 - rng.random()  # (0, 1]
@@ -194,7 +198,11 @@ def flip_labels(labels: np.ndarray, fraction: float, rng: np.random.Generator, *
     of its images' ambiguity (:data:`nas.data.ferplus.FERPLUS_DISAGREEMENT_DECILES`, ~57 % for
     the most ambiguous tenth down to 0 for unanimous images), scaled so that the
     count is still exactly ``round(fraction * eligible)``. Every class keeps its
-    share of the flips."""
+    share of the flips. ``"ferplus"``: the real FER2013 → FER+ transition
+    (:data:`nas.data.ferplus.FERPLUS_TRANSITION`): a sample of class i is flipped with
+    probability proportional to row i's off-diagonal mass (disgust and fear most, happy
+    least), scaled to the exact count, and its new class follows row i (``fes`` is not used);
+    at ``fraction`` = 0.177, the real single-tagger disagreement, the flips are FER+'s."""
     labels = np.asarray(labels, dtype=np.int64)
     if not 0.0 <= fraction <= 1.0:
         raise FerNasError(f"--noise {fraction}: must be a fraction between 0 and 1")
@@ -206,6 +214,8 @@ def flip_labels(labels: np.ndarray, fraction: float, rng: np.random.Generator, *
         ambiguity = np.asarray(ambiguity, dtype=np.float64).reshape(-1)
         if len(ambiguity) != len(labels):
             raise FerNasError(f"ambiguity: expected {len(labels)} values, got {len(ambiguity)}")
+    if mode == "ferplus":
+        fes = np.asarray(FERPLUS_TRANSITION, dtype=np.float64)  # its off-diagonal rows: where flips go
     fes = fes_matrix() if fes is None else np.asarray(fes, dtype=np.float64)
     k = fes.shape[0]
     probs = fes * (1.0 - np.eye(k))
@@ -217,6 +227,9 @@ def flip_labels(labels: np.ndarray, fraction: float, rng: np.random.Generator, *
         return noisy
     if mode == "uniform":
         chosen = rng.choice(eligible, size=n_flip, replace=False)
+    elif mode == "ferplus":
+        weights = (1.0 - np.diag(FERPLUS_TRANSITION))[labels[eligible]]
+        chosen = _systematic_pick(eligible, _inclusion(weights, n_flip), n_flip, rng)
     else:
         chosen = _ambiguous_pick(eligible, labels, ambiguity, n_flip, rng)
     cum = np.cumsum(probs[labels[chosen]], axis=1)

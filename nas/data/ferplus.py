@@ -335,6 +335,9 @@ def fes_smoothing(targets: torch.Tensor, eps: float, fes_off: torch.Tensor) -> t
     the one-hot of hard ``targets`` (or soft targets as given) and ``fes_off`` from
     :func:`fes_offlabel`. For a hard label ``t`` the off-label mass ``eps`` is spread as
     ``FES[t]`` without its diagonal instead of uniformly."""
-    y = targets.float() if targets.is_floating_point() else \
-        torch.nn.functional.one_hot(targets.long(), fes_off.shape[0]).float()
+    if targets.is_floating_point():
+        y = targets.float()
+    else:  # scatter, not F.one_hot, which reads the labels' range back from the device (a host sync)
+        y = torch.zeros(targets.shape[0], fes_off.shape[0], device=targets.device).scatter_(
+            1, targets.long()[:, None], 1.0)
     return (1.0 - eps) * y + eps * (y @ fes_off.to(y.device))

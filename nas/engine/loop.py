@@ -28,8 +28,9 @@ Under DDP the request is all-reduced at log intervals so every rank stops at the
 Non-finite steps: a step reports a device flag (loss or gradient norm not finite, the
 maximum over ranks) and applies none of its updates when it is set (:class:`UpdateGuard`:
 the fused CUDA optimizers take the flag as ``found_inf``, so nothing syncs per step).
-``nan_policy="stop"`` raises at the next sync point (every step on CPU, where reading the
-flag is free; every ``log_interval`` steps on CUDA), keeping the last good ``last.pt``;
+``nan_policy="stop"`` raises at the next sync point (every step where the optimizers are not
+fused, which read the flag on the host anyway; every ``log_interval`` steps where they are,
+the default on CUDA), keeping the last good ``last.pt``;
 ``"skip_batch"`` counts the step, restores the batch-norm statistics its forward pass
 changed, and goes on.
 """
@@ -273,6 +274,10 @@ class Loop:
         self.augment_gen = stream_generator(seed, "augment", self.device, dist.rank)
         reseed_global(seed, "dropout", dist.rank)
         self.guard = UpdateGuard(objective.model, dist, keep_batchnorm=nan_policy == "skip_batch")
+        # Without found_inf-capable (fused) optimizers the guard reads the flag on the host each
+        # step anyway, and the NaN check costs nothing more there; with them, the step has no
+        # host sync and the check waits for the log interval (the default on CUDA).
+        self.sync_free = bool(getattr(objective, "sync_free", self.device.type == "cuda"))
         self.ctx = StepContext(augment=self.augment_gen, guard=self.guard)
         self.n_index = list(objective.sum_names).index("n")
         # -- position and bookkeeping (all of it goes into checkpoints)
@@ -374,7 +379,7 @@ class Loop:
         self.steps_in_epoch = len(batches)
         if self.steps_in_epoch == 0:
             raise FerNasError(f"epoch {epoch + 1} has no batch: the batch size exceeds the training data")
-        cpu = self.device.type == "cpu"
+        every_step = not self.sync_free
         bar = self._progress_bar(epoch)
         t0 = time.perf_counter()
         try:
@@ -382,7 +387,7 @@ class Loop:
                 self.run_step(epoch, step, batches[step])
                 self.step, self.global_step = step + 1, self.global_step + 1
                 at_interval = self.step % self.log_interval == 0
-                if cpu or at_interval:
+                if every_step or at_interval:
                     self._check_finite(epoch)
                 if bar is not None:
                     bar.update(1)

@@ -37,7 +37,7 @@ from nas.data.dataset import SPLITS, FERData
 from nas.data.ferplus import fes_for_classes, fes_offlabel, fes_smoothing
 from nas.engine.evaluate import TTA_MODES, evaluate_split, load_model_from_checkpoint, predict
 from nas.engine.loop import NAN_POLICIES, Callback, Loop, StepContext, StepResult, StopRequest
-from nas.engine.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler, current_lr
+from nas.engine.optim import OPTIMIZERS, SCHEDULERS, all_fused, build_optimizer, build_scheduler, current_lr
 from nas.runtime.checkpoint import RunDir, atomic_write_text, plain, read_csv_rows
 from nas.runtime.device import autocast, memory_layout
 from nas.runtime.distributed import DistInfo, shard_batch, single_process
@@ -98,6 +98,7 @@ class TrainConfig:
     amp: bool | None = None           # None: on for CUDA (bf16), off on CPU; True on CPU: CPU bf16
     channels_last: bool | None = None  # None: on (CPU and CUDA) unless a known CPU fault forbids it
     compile: bool = False
+    fused: bool | None = None         # fused optimizer kernels (None: on CUDA), the sync-free path
     progress: bool | None = None      # None: a tqdm bar when stderr is a terminal
 
     def __post_init__(self) -> None:
@@ -207,6 +208,9 @@ def add_train_args(parser: argparse.ArgumentParser, **defaults: Any) -> argparse
     add("--snapshot_at", type=float_list, default=[85.0, 90.0],
         help="save snapshot_trainXX.pt at the first epoch whose training accuracy reaches XX %%")
     add("--compile", type=_bool, nargs="?", const=True, default=False, help="torch.compile the model")
+    add("--fused", type=_bool, default=None,
+        help="fused optimizer kernels, which skip a non-finite step without a host sync (default: on CUDA; on CPU "
+             "they are slower)")
     add("--plots", type=_bool, default=True, help="write the PNG reports at the end (needs matplotlib)")
     return parser
 
@@ -318,7 +322,9 @@ class Classification:
 
         # -- optimisation
         self.optimizer = build_optimizer(self.model, cfg.optimizer, lr=cfg.learning_rate, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay)
+                                         weight_decay=cfg.weight_decay, fused=cfg.fused)
+        # a fused optimizer skips a non-finite step on the device: no host sync in the step
+        self.sync_free = all_fused(self.optimizer)
         self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, epochs=cfg.epochs,
                                          lr_min=cfg.learning_rate_min)
         self.params = [p for p in self.model.parameters() if p.requires_grad]

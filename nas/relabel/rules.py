@@ -194,7 +194,8 @@ def soft_targets(avg: torch.Tensor, labels: torch.Tensor, lam: float,
     predicted and similar; the label's own share is as without the prior. Rows sum to 1."""
     avg = avg.float()
     labels = labels.long()
-    onehot = torch.nn.functional.one_hot(labels, avg.shape[1]).float()
+    # scatter, not F.one_hot, which reads the labels' range back from the device (a host sync)
+    onehot = torch.zeros_like(avg).scatter_(1, labels[:, None], 1.0)
     mix = avg
     if fes_off is not None:
         w = avg * fes_off.to(avg.device)[labels]

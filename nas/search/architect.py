@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from nas.engine.loop import UpdateGuard, nonfinite
+from nas.engine.optim import build_optimizer
 from nas.models.ops import op_param_count
 from nas.runtime.distributed import all_reduce_mean_grads
 from nas.search.supernet import SearchNetwork
@@ -57,15 +58,17 @@ class Architect:
 
     def __init__(self, model: SearchNetwork, arch_learning_rate: float = 3e-4, arch_weight_decay: float = 1e-3,
                  unrolled: bool = False, complexity_weight: float = 0.0,
-                 autocast: Callable[[], ContextManager] | None = None, hvp_r: float = 0.01) -> None:
+                 autocast: Callable[[], ContextManager] | None = None, hvp_r: float = 0.01,
+                 fused: bool | None = None) -> None:
         self.model = model
         self.unrolled = unrolled
         self.complexity_weight = float(complexity_weight)
         self.beta_decay_weight = 0.0
         self.autocast = autocast or nullcontext
         self.hvp_r = hvp_r
-        self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=arch_learning_rate, betas=(0.5, 0.999),
-                                          weight_decay=arch_weight_decay)
+        # fused on CUDA (None): a non-finite step is skipped on the device, no host sync
+        self.optimizer = build_optimizer(model.arch_parameters(), "adam", lr=arch_learning_rate, betas=(0.5, 0.999),
+                                         weight_decay=arch_weight_decay, fused=fused)
         self._costs = complexity_costs(model.primitives)
 
     # -- losses -------------------------------------------------------------------------
@@ -121,36 +124,46 @@ class Architect:
         return loss.detach(), bad
 
     def _frozen_masks(self) -> list[torch.Tensor | None]:
+        """Per architecture tensor, a bool mask of its frozen rows (None: none frozen), built from
+        the edge states in Python and kept until they change (decisions come at epoch ends), so
+        a step reads nothing back from the device."""
         m = self.model
+        key = tuple(tuple(m.edge_state[c]) for c in ("normal", "reduce"))
+        if getattr(self, "_masks_key", None) == key:
+            return self._masks
         masks: list[torch.Tensor | None] = []
         for name in m.arch_parameter_names():
             p = getattr(m, name)
             cell = "normal" if name.endswith("normal") else "reduce"
+            rows = (m.frozen_edges(cell) if name.startswith("alphas")
+                    else [i for a, b in m.frozen_nodes(cell) for i in range(a, b)])
+            if not rows:
+                masks.append(None)
+                continue
             mask = torch.zeros(p.shape[0], dtype=torch.bool)
-            if name.startswith("alphas"):
-                mask[m.frozen_edges(cell)] = True
-            else:
-                for a, b in m.frozen_nodes(cell):
-                    mask[a:b] = True
-            masks.append(mask.to(p.device) if mask.any() else None)
+            mask[rows] = True
+            masks.append(mask.to(p.device))
+        self._masks_key, self._masks = key, masks
         return masks
 
     def _masked_step(self, bad: torch.Tensor) -> None:
         params = self.model.arch_parameters()
         masks = self._frozen_masks()
         saved = []
+        # masked_fill/where, not boolean indexing (which asks the device how many are set: a sync)
         for p, mask in zip(params, masks):
             if mask is not None:
+                rows = mask.view(-1, *([1] * (p.dim() - 1)))
                 if p.grad is not None:
-                    p.grad[mask] = 0
-                saved.append(p.detach()[mask].clone())
+                    p.grad.masked_fill_(rows, 0.0)
+                saved.append(p.detach().clone())
             else:
                 saved.append(None)
         UpdateGuard.apply(self.optimizer, bad)
         with torch.no_grad():
             for p, mask, s in zip(params, masks, saved):
                 if mask is not None:
-                    p[mask] = s
+                    p.copy_(torch.where(mask.view(-1, *([1] * (p.dim() - 1))), s, p))
 
     # -- second order ------------------------------------------------------------------
     def unrolled_grads(self, x_train: torch.Tensor, y_train: torch.Tensor, x_valid: torch.Tensor,

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from nas.data.dataset import FERData
 from nas.engine.loop import Callback, Loop, StepContext, StepResult, StopRequest, UpdateGuard, nonfinite
+from nas.engine.optim import all_fused, build_optimizer
 from nas.engine.session import Session
 from nas.models.genotypes import Genotype, check_export_name, export_genotype, genotype_to_dict, genotype_to_json
 from nas.models.ops import SEARCH_SPACES, search_space
@@ -85,6 +86,8 @@ def add_search_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--train_portion", type=float, default=0.5,
                    help="fraction of Training for the weights (the rest trains the architecture)")
     g.add_argument("--unrolled", action="store_true", help="second-order (unrolled) architecture gradient")
+    g.add_argument("--fused", type=str2bool, default=None,
+                   help="fused optimizer kernels, which skip a non-finite step without a host sync (default: on CUDA)")
     g.add_argument("--arch_learning_rate", type=float, default=3e-4, help="architecture optimizer (Adam) learning rate")
     g.add_argument("--arch_weight_decay", type=float, default=1e-3, help="architecture weight decay")
     g.add_argument("--complexity_weight", type=float, default=0.0,
@@ -211,11 +214,13 @@ class BilevelSearch:
                                                              default=device.type == "cuda")
         self.model = model.to(memory_format=torch.channels_last) if self.channels_last else model
         self.weights = self.model.weight_parameters()
-        self.w_optimizer = torch.optim.SGD(self.weights, lr=args.learning_rate, momentum=args.momentum,
-                                           weight_decay=args.weight_decay)
+        # the training builder's SGD (fused on CUDA: a non-finite step is skipped on the device)
+        self.w_optimizer = build_optimizer(self.weights, "sgd", lr=args.learning_rate, momentum=args.momentum,
+                                           weight_decay=args.weight_decay, fused=getattr(args, "fused", None))
         self.architect = Architect(self.model, args.arch_learning_rate, args.arch_weight_decay,
                                    unrolled=args.unrolled, complexity_weight=args.complexity_weight,
-                                   autocast=self._autocast)
+                                   autocast=self._autocast, fused=getattr(args, "fused", None))
+        self.sync_free = all_fused(self.w_optimizer, self.architect.optimizer)
         self.sgas: SGAS | None = None
         self.sampled: Genotype | None = None
         if args.strategy == "sgas":

@@ -87,8 +87,8 @@ class MixedOp(nn.Module):
         if compute_all:
             if selected == UNDECIDED and weights is None:
                 raise ValueError("an undecided edge needs weights")
-            if selected >= 0:
-                weights = F.one_hot(torch.tensor(selected, device=x.device), len(self._ops)).to(x.dtype)
+            if selected >= 0:  # a decided edge in the all-ops (DARTS-like) path: the chosen op alone
+                return sum((1.0 if k == selected else 0.0) * op(x) for k, op in enumerate(self._ops))
             return sum(w * op(x) for w, op in zip(weights, self._ops))
         out = None
         # one unbind rather than an indexing op per candidate: fewer autograd nodes, and

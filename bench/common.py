@@ -14,6 +14,7 @@ import argparse
 import datetime as _dt
 import json
 import math
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -189,3 +190,65 @@ def emit(doc: Mapping[str, Any], args: argparse.Namespace, *, device: str | None
         else:
             atomic_write_text(json.dumps(full, indent=1) + "\n", path)
     return full
+
+
+def _die_with_parent() -> None:
+    """In a pool worker: be killed when the bench process that started it dies (Linux), so a
+    stopped bench never leaves workers writing into its folder."""
+    import signal
+
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the pool's own shutdown is all there is
+        return
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def process_pool(workers: int) -> Any:
+    """A spawn process pool whose workers die with the bench process (see :func:`_die_with_parent`)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_die_with_parent)
+
+
+class FolderLock:
+    """An exclusive lock on a bench's output folder (``OUT/.lock``, ``flock``): a second run of a
+    bench in the same folder is refused in one line instead of writing rows beside the first.
+    The lock goes with the process, so a killed run never leaves it held."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self._fh: Any = None
+
+    def __enter__(self) -> "FolderLock":
+        import fcntl
+
+        from nas.runtime.errors import FerNasError
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fh = open(self.folder / ".lock", "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            fh.close()
+            raise FerNasError(f"{self.folder}: another bench run is using this folder (pid {holder}); wait for it "
+                              "to finish or stop it") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None

@@ -32,7 +32,7 @@ import json
 import math
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -46,11 +46,11 @@ from nas.runtime.checkpoint import atomic_write_text
 from nas.runtime.cli import ArgumentParser, run as cli_run
 
 if __package__ in (None, ""):
-    from common import check_protocol, num as _num, provenance, provenance_columns, PROVENANCE_COLUMNS, read_rows, \
-        run_or_resume
+    from common import FolderLock, check_protocol, num as _num, process_pool, provenance, provenance_columns, \
+        PROVENANCE_COLUMNS, read_rows, run_or_resume
 else:
-    from bench.common import check_protocol, num as _num, provenance, provenance_columns, PROVENANCE_COLUMNS, \
-        read_rows, run_or_resume
+    from bench.common import FolderLock, check_protocol, num as _num, process_pool, provenance, provenance_columns, \
+        PROVENANCE_COLUMNS, read_rows, run_or_resume
 from nas.runtime.stats import percentile_among, t_interval, two_sample
 
 CSV_NAME = "nas_eval.csv"
@@ -465,22 +465,14 @@ def _run_units(fn: Any, jobs: Sequence[tuple], workers: int, executor: Any = Non
         for k, job in enumerate(jobs):
             yield k, fn(*job)
         return
-    import multiprocessing as mp
-
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+    with process_pool(workers) as pool:
         futures = {pool.submit(fn, *job): k for k, job in enumerate(jobs)}
         for f in as_completed(futures):
             yield futures[f], f.result()
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    from tqdm import tqdm
-
-    from nas.models.genotypes import genotype_from_dict, genotype_to_dict, genotype_to_json, load_genotype
-    from nas.models.ops import search_space
-    from nas.runtime.checkpoint import json_safe
     from nas.runtime.errors import FerNasError
-    from nas.search.random_cells import sample_matched
     from nas.search.searcher import STRATEGIES
 
     recipe = json.loads(json.dumps(QUICK if args.quick else FULL))
@@ -510,6 +502,20 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                   references=refs)
     # units are found again by name (random_03, train seed 1): a folder holding another
     # protocol's units would silently mix them (other random cells under the same names)
+    with FolderLock(out):
+        return _protocol(args, out, recipe, strategies, search_seeds, n_random, train_seeds, refs)
+
+
+def _protocol(args: argparse.Namespace, out: Path, recipe: dict[str, Any], strategies: list[str], search_seeds: int,
+              n_random: int, train_seeds: int, refs: list[str]) -> dict[str, Any]:
+    """The protocol's three steps in ``out`` (held by this process)."""
+    from tqdm import tqdm
+
+    from nas.models.genotypes import genotype_from_dict, genotype_to_dict, genotype_to_json, load_genotype
+    from nas.models.ops import search_space
+    from nas.runtime.checkpoint import json_safe
+    from nas.search.random_cells import sample_matched
+
     check_protocol(out, recipe)
     (out / "genotypes").mkdir(parents=True, exist_ok=True)
     executor = make_executor(args, out)

@@ -46,7 +46,7 @@ import json
 import math
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -58,11 +58,11 @@ from nas.runtime.checkpoint import atomic_write_text
 from nas.runtime.cli import ArgumentParser, run as cli_run
 
 if __package__ in (None, ""):
-    from common import check_protocol, num as _num, provenance, provenance_columns, PROVENANCE_COLUMNS, read_rows, \
-        run_or_resume
+    from common import FolderLock, check_protocol, num as _num, process_pool, provenance, provenance_columns, \
+        PROVENANCE_COLUMNS, read_rows, run_or_resume
 else:
-    from bench.common import check_protocol, num as _num, provenance, provenance_columns, PROVENANCE_COLUMNS, \
-        read_rows, run_or_resume
+    from bench.common import FolderLock, check_protocol, num as _num, process_pool, provenance, provenance_columns, \
+        PROVENANCE_COLUMNS, read_rows, run_or_resume
 
 RULE_FLAGS: dict[str, list[str]] = {
     "control": ["--no_relabel"],
@@ -332,6 +332,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         if m not in NOISE_MODES:
             raise FerNasError(f"--modes: unknown noise mode {m!r}; choose from {', '.join(NOISE_MODES)}")
     out = Path(args.out)
+    if out.exists() and not (out / "grid.json").exists() and any(out.iterdir()):
+        raise FerNasError(f"{out}: holds files but no grid.json; choose another --out")
+    with FolderLock(out):
+        return _main(args, out, recipe, noise, modes, seeds, rules)
+
+
+def _main(args: argparse.Namespace, out: Path, recipe: dict[str, Any], noise: list[float], modes: list[str],
+          seeds: int, rules: list[str]) -> dict[str, Any]:
     # every run in the folder was made with these settings (grid.json); the lists may grow
     check_protocol(out, recipe, "grid.json")
     recipe.update(noise=noise, modes=modes, seeds=seeds, rules=rules)
@@ -350,9 +358,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             bar.update(1)
 
         if args.workers > 1:
-            import multiprocessing as mp
-
-            with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as pool:
+            with process_pool(args.workers) as pool:
                 futures = [pool.submit(run_cell, str(out), m, n, s, rules, recipe, args.device, threads)
                            for m, n, s in cells]
                 for f in as_completed(futures):

@@ -62,3 +62,54 @@ def test_linear_baseline_does_not_depend_on_the_global_generator():
         torch.manual_seed(s)
         accs.append(sd.linear(x[:200], y[:200], x[200:], y[200:], steps=2))
     assert accs[0] == accs[1] == accs[2]
+
+
+def test_a_second_bench_run_in_the_same_folder_is_refused(tmp_path):
+    """Two grids writing rows into one folder corrupt both (seen: a restarted grid beside the
+    workers of the stopped one); the folder lock refuses the second in one line."""
+    from common import FolderLock
+
+    from nas.runtime.errors import FerNasError
+
+    with FolderLock(tmp_path / "g"):
+        with pytest.raises(FerNasError, match=r"another bench run is using this folder \(pid \d+\)"):
+            with FolderLock(tmp_path / "g"):
+                pass
+    with FolderLock(tmp_path / "g"):  # released with its holder
+        pass
+
+
+def test_pool_workers_die_with_the_bench(tmp_path):
+    """A bench killed with SIGKILL takes its pool workers with it (they would go on writing)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "bench_like.py"
+    script.write_text(
+        "import os, sys, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1] / 'bench')!r})\n"
+        "from common import process_pool\n"
+        "def work():\n"
+        "    time.sleep(60)\n"
+        "def pid():\n"
+        "    return os.getpid()\n"
+        "if __name__ == '__main__':\n"
+        "    with process_pool(1) as pool:\n"
+        "        print(pool.submit(pid).result(), flush=True)\n"
+        "        pool.submit(work).result()\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    worker = int(proc.stdout.readline())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(worker, signal.SIGKILL)
+    pytest.fail("the pool worker outlived the killed bench")

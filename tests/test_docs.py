@@ -50,3 +50,49 @@ def test_links_point_at_files_that_exist():
             if not (page.parent / target).exists():
                 broken.append(f"{page.relative_to(ROOT)} -> {target}")
     assert not broken, broken
+
+
+# ----------------------------------------------------------------------------- figures and their files
+#: a measured figure: a percentage or points with decimals, a rate, a time per call
+FIGURE = re.compile(r"\d+\.\d+ ?%|\d+\.\d+ points|\d+(\.\d+)? img/s|faces/s|\d+(\.\d+)? µs")
+#: where a section says what its figures come from
+SOURCED = re.compile(r"bench/results-|bench/external/|\*\*History\*\*")
+CITED = re.compile(r"bench/(?:history/|external/)?results?-[\w.*|\-]+|bench/external/[\w.\-]+")
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "RESULTS.md"]
+
+
+def _sections(path: Path) -> list[tuple[str, str]]:
+    lines = path.read_text(encoding="utf-8").split("\n")
+    out, start, head, fence = [], 0, "(top)", False
+    for i, line in enumerate(lines):
+        if line.startswith("```"):
+            fence = not fence
+        if line.startswith("#") and not fence:
+            out.append((head, "\n".join(lines[start:i])))
+            head, start = line, i
+    out.append((head, "\n".join(lines[start:])))
+    return out
+
+
+def test_every_figure_comes_from_a_results_file_or_is_marked_history():
+    """Issue 32: each measured number in README and docs/ sits in a section that names the results
+    file a script wrote, an external report (bench/external/), or says **History** (when, on what,
+    which commit)."""
+    missing = [f"{p.relative_to(ROOT)}: {head[:80]}" for p in PAGES for head, text in _sections(p)
+               if FIGURE.search(text) and not SOURCED.search(text)]
+    assert not missing, "sections with figures but no source:\n" + "\n".join(missing)
+
+
+def test_cited_results_files_exist():
+    import glob
+
+    bad = []
+    for p in PAGES:
+        text = re.sub(r"--out \S+", "", p.read_text(encoding="utf-8"))  # a command's output, not a citation
+        for ref in set(CITED.findall(text)):
+            ref = ref.rstrip(".,;:)")
+            patterns = [ref] if "|" not in ref else [ref.split("|")[0].rsplit(".", 1)[0] + "." + ext
+                                                     for ext in ref.rsplit(".", 1)[1].split("|")]
+            if not any(glob.glob(str(ROOT / pat)) for pat in patterns):
+                bad.append(f"{p.relative_to(ROOT)}: {ref}")
+    assert not bad, bad

@@ -48,6 +48,8 @@ __all__ = ["TrainConfig", "add_train_args", "config_from_args", "check_train_arg
            "LABEL_MODES"]
 
 LABEL_MODES = ("fer", "ferplus_majority", "ferplus_soft")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 #: Training augmentation: ``default`` (crop, flip, rotation, translation, scale, brightness and
 #: contrast jitter) or ``light`` (crop and flip only).
 AUGMENTS = ("default", "light")
@@ -98,6 +100,8 @@ class TrainConfig:
     amp: bool | None = None           # None: on for CUDA (bf16), off on CPU; True on CPU: CPU bf16
     channels_last: bool | None = None  # None: on (CPU and CUDA) unless a known CPU fault forbids it
     compile: bool = False
+    compile_mode: str = "default"     # torch.compile mode; reduce-overhead adds CUDA graphs
+    compile_backend: str = "inductor"  # the tests count recompiles with aot_eager (no code generation)
     fused: bool | None = None         # fused optimizer kernels (None: on CUDA), the sync-free path
     progress: bool | None = None      # None: a tqdm bar when stderr is a terminal
 
@@ -136,6 +140,9 @@ class TrainConfig:
         from nas.engine.robust import check_robust
 
         check_robust(self.robust)
+        if self.compile_mode not in COMPILE_MODES or self.compile_backend not in COMPILE_BACKENDS:
+            raise FerNasError(f"--compile_mode {self.compile_mode!r} / --compile_backend {self.compile_backend!r}: "
+                              f"choose from {', '.join(COMPILE_MODES)} / {', '.join(COMPILE_BACKENDS)}")
         if self.augment not in AUGMENTS:
             raise FerNasError(f"--augment {self.augment!r}: choose from {', '.join(AUGMENTS)}")
         if not (0.0 <= self.robust_lambda < math.inf and 0.0 <= self.robust_forget < 1.0 and self.robust_ramp >= 0):
@@ -208,6 +215,11 @@ def add_train_args(parser: argparse.ArgumentParser, **defaults: Any) -> argparse
     add("--snapshot_at", type=float_list, default=[85.0, 90.0],
         help="save snapshot_trainXX.pt at the first epoch whose training accuracy reaches XX %%")
     add("--compile", type=_bool, nargs="?", const=True, default=False, help="torch.compile the model")
+    add("--compile_mode", default="default", choices=COMPILE_MODES,
+        help="torch.compile mode: default, reduce-overhead (CUDA graphs: static shapes, the GPU step replayed), "
+             "max-autotune")
+    add("--compile_backend", default="inductor", choices=COMPILE_BACKENDS,
+        help="inductor (generated kernels), or aot_eager / eager (no code generation: to check graphs and recompiles)")
     add("--fused", type=_bool, default=None,
         help="fused optimizer kernels, which skip a non-finite step without a host sync (default: on CUDA; on CPU "
              "they are slower)")
@@ -318,7 +330,8 @@ class Classification:
 
             fwd = DDP(self.model, device_ids=[device] if cuda else None,
                       find_unused_parameters=cfg.auxiliary_weight == 0 and has_aux)
-        self.fwd = torch.compile(fwd) if cfg.compile else fwd
+        self.fwd = torch.compile(fwd, mode=None if cfg.compile_mode == "default" else cfg.compile_mode,
+                                 backend=cfg.compile_backend) if cfg.compile else fwd
 
         # -- optimisation
         self.optimizer = build_optimizer(self.model, cfg.optimizer, lr=cfg.learning_rate, momentum=cfg.momentum,

@@ -7,7 +7,7 @@ import torch
 
 from nas.runtime.errors import FerNasError
 
-__all__ = ["resolve_device", "autocast", "memory_layout", "cpu_channels_last_unsafe"]
+__all__ = ["resolve_device", "autocast", "memory_layout", "cpu_channels_last_unsafe", "compiled_graphs"]
 
 
 def resolve_device(name: str | None = "auto") -> torch.device:
@@ -68,3 +68,11 @@ def memory_layout(model: torch.nn.Module, device: torch.device, amp: bool, reque
     if torch.get_num_threads() > 1 and cpu_channels_last_unsafe(model):
         return False, " (off: narrow stride-2 1x1 convs crash multi-threaded CPU backward in channels_last)"
     return True, ""
+
+
+def compiled_graphs() -> int:
+    """How many graphs torch.compile has compiled in this process (dynamo's count; each
+    recompilation adds one)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])

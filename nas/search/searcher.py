@@ -86,6 +86,13 @@ def add_search_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--train_portion", type=float, default=0.5,
                    help="fraction of Training for the weights (the rest trains the architecture)")
     g.add_argument("--unrolled", action="store_true", help="second-order (unrolled) architecture gradient")
+    g.add_argument("--compile", type=str2bool, nargs="?", const=True, default=False,
+                   help="torch.compile the supernet (recompiles once per SGAS decision: the decided edges change "
+                        "the graph)")
+    g.add_argument("--compile_mode", default="default", choices=("default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile mode (reduce-overhead: CUDA graphs)")
+    g.add_argument("--compile_backend", default="inductor", choices=("inductor", "aot_eager", "eager"),
+                   help="inductor, or aot_eager / eager (no code generation: to check graphs and recompiles)")
     g.add_argument("--fused", type=str2bool, default=None,
                    help="fused optimizer kernels, which skip a non-finite step without a host sync (default: on CUDA)")
     g.add_argument("--arch_learning_rate", type=float, default=3e-4, help="architecture optimizer (Adam) learning rate")
@@ -214,6 +221,11 @@ class BilevelSearch:
                                                              default=device.type == "cuda")
         self.model = model.to(memory_format=torch.channels_last) if self.channels_last else model
         self.weights = self.model.weight_parameters()
+        if getattr(args, "compile", False):
+            # in place: the module (its state dict, the optimizers' parameters) stays the same object;
+            # the decided edges are Python state the graph depends on, so each decision recompiles
+            self.model.compile(mode=None if args.compile_mode == "default" else args.compile_mode,
+                               backend=args.compile_backend)
         # the training builder's SGD (fused on CUDA: a non-finite step is skipped on the device)
         self.w_optimizer = build_optimizer(self.weights, "sgd", lr=args.learning_rate, momentum=args.momentum,
                                            weight_decay=args.weight_decay, fused=getattr(args, "fused", None))
@@ -309,9 +321,14 @@ class BilevelSearch:
         return StepResult(sums, bad)
 
     def epoch_row(self, epoch: int, sums: Mapping[str, float]) -> dict[str, Any]:
-        return {"lr": self.scheduler.get_last_lr()[0], "batch_size": self.batch_size,
-                "train_loss": sums["loss"] / max(sums["n"], 1), "train_acc": 100.0 * sums["correct"] / max(sums["n"], 1),
-                "arch_loss": sums["arch_loss"] / max(sums["arch_n"], 1)}
+        row = {"lr": self.scheduler.get_last_lr()[0], "batch_size": self.batch_size,
+               "train_loss": sums["loss"] / max(sums["n"], 1), "train_acc": 100.0 * sums["correct"] / max(sums["n"], 1),
+               "arch_loss": sums["arch_loss"] / max(sums["arch_n"], 1)}
+        if getattr(self.args, "compile", False):
+            from nas.runtime.device import compiled_graphs
+
+            row["compiled_graphs"] = compiled_graphs()  # in this process so far: bounded by the decisions
+        return row
 
     def end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
         """The schedule moves on, the controller decides, and the row gets the decisions,

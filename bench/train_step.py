@@ -72,7 +72,8 @@ def _reset_peak(device: torch.device) -> None:
 
 
 def make_fast(arch: str, device: torch.device, batch_size: int, *, init_channels: int, layers: int,
-              channels_last: bool | None = None, amp: bool | None = None, compile: bool = False):
+              channels_last: bool | None = None, amp: bool | None = None, compile: bool = False,
+              compile_mode: str = "default", compile_backend: str = "inductor"):
     """The trainer's own step (the loop's ``run_step`` of the classification objective) as a
     closure ``step(i)`` plus its settings."""
     from nas.runtime.checkpoint import RunDir
@@ -80,7 +81,7 @@ def make_fast(arch: str, device: torch.device, batch_size: int, *, init_channels
 
     data = _synthetic_data(batch_size * 4 + 16, "cpu")
     cfg = TrainConfig(epochs=1, batch_size=batch_size, cutout=True, channels_last=channels_last, amp=amp,
-                      compile=compile, progress=False)
+                      compile=compile, compile_mode=compile_mode, compile_backend=compile_backend, progress=False)
     trainer = Trainer(_model(arch, init_channels, layers), data, cfg, RunDir("unused", enabled=False), device=device)
     batches = trainer.objective.epoch_batches(0, torch.Generator().manual_seed(0))[:4]
     trainer.model.drop_path_prob = 0.1
@@ -88,7 +89,8 @@ def make_fast(arch: str, device: torch.device, batch_size: int, *, init_channels
     def step(i: int) -> None:
         trainer.loop.run_step(0, i, batches[i % len(batches)])
 
-    return step, {"amp": trainer.amp, "channels_last": trainer.channels_last, "compile": compile}
+    return step, {"amp": trainer.amp, "channels_last": trainer.channels_last, "compile": compile,
+                  "compile_mode": compile_mode if compile else None}
 
 
 def make_naive(arch: str, device: torch.device, batch_size: int, *, init_channels: int, layers: int):

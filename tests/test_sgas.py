@@ -141,3 +141,22 @@ def test_state_roundtrip():
     other.load_state_dict(sg.state_dict())
     assert other.batch_size == sg.batch_size and other.decisions == sg.decisions
     assert torch.equal(other.history["normal"][0], sg.history["normal"][0])
+
+
+def test_second_order_sgas_runs_past_its_last_decision(tmp_path):
+    """With every edge decided no architecture weight enters the forward pass; the second-order
+    step used to ask autograd for their gradient and crash in SGAS's last epochs (found by the
+    device script, bench/gpu.py). The architecture step is skipped there, its loss still reported."""
+    from nas.apps import search
+    from nas.runtime.checkpoint import read_csv_rows
+    from tests.fer_files import small_fer2013, write_fer2013_csv
+
+    csv = write_fer2013_csv(tmp_path / "d" / "fer2013.csv", *small_fer2013((28, 7, 7), seed=1))
+    search.main(search.get_args_parser().parse_args(
+        ["--data", str(csv), "--search_space", "conv_1x1,skip_connect,max_pool_3x3,sep_conv_3x3", "--init_channels",
+         "2", "--layers", "3", "--batch_size", "7", "--crop", "12", "--strategy", "sgas", "--warmup_dec_epoch", "0",
+         "--decision_freq", "1", "--epochs_after_last_decision", "2", "--batch_increase", "0", "--unrolled",
+         "--save", str(tmp_path / "r"), "--device", "cpu", "--plots", "False", "--progress", "False"]))
+    rows = read_csv_rows(tmp_path / "r" / "metrics.csv")
+    assert len(rows) == 10 and int(rows[-1]["n_decided"]) == 16
+    assert all(float(r["arch_loss"]) > 0 for r in rows[-2:])

@@ -40,7 +40,7 @@ from nas.engine.loop import UpdateGuard, nonfinite
 from nas.engine.optim import build_optimizer
 from nas.models.ops import op_param_count
 from nas.runtime.distributed import all_reduce_mean_grads
-from nas.search.supernet import SearchNetwork
+from nas.search.supernet import UNDECIDED, SearchNetwork
 
 __all__ = ["Architect", "complexity_costs"]
 
@@ -109,6 +109,12 @@ class Architect:
         finite (``guard``, the loop's). Returns ``(validation loss, bad flag)`` as device
         tensors (no host sync)."""
         self.optimizer.zero_grad(set_to_none=True)
+        if all(st != UNDECIDED for c in ("normal", "reduce") for st in self.model.edge_state[c]):
+            # every edge decided (SGAS's last epochs): no architecture weight enters the forward
+            # pass, so there is nothing to update; the validation loss is still reported
+            with torch.no_grad():
+                loss = self._val_objective(self._forward(None, None, x_valid), y_valid)
+            return loss.detach(), torch.zeros((), device=loss.device)
         if self.unrolled:
             loss, grads = self.unrolled_grads(x_train, y_train, x_valid, y_valid, eta, w_optimizer)
             for p, g in zip(self.model.arch_parameters(), grads):

@@ -64,6 +64,18 @@ def test_cnn_deep_count_by_formula():
     assert sum(isinstance(m, torch.nn.Linear) for m in CNNDeep().modules()) == 2
 
 
+def test_cnn_gap_count_by_formula_and_its_maps():
+    from nas.models.baselines import CNNGap
+
+    widths = CNNGap.widths
+    expected = sum(conv(a, b) + bn(b) + conv(b, b) + bn(b) for a, b in zip((1,) + widths[:-1], widths))
+    expected += fc(widths[-1], 7)
+    assert expected == 1_174_439
+    assert _count(CNNGap()) == expected
+    logits, aux, fmap = CNNGap()(torch.zeros(2, 1, 44, 44), features=True)
+    assert logits.shape == (2, 7) and aux is None and fmap.shape == (2, 256, 5, 5)
+
+
 def test_dropout_rates():
     assert [m.p for m in VGGFer().modules() if isinstance(m, torch.nn.Dropout)] == [0.2, 0.2]
     assert [m.p for m in CNNShallow().modules() if isinstance(m, torch.nn.Dropout)] == [0.3]

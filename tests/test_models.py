@@ -67,7 +67,7 @@ def test_bad_kwargs(kwargs, match):
 
 def test_list_models():
     models = list_models()
-    assert models["baselines"] == sorted(MODEL_REGISTRY) == ["cnn_deep", "cnn_shallow", "resnet_fer", "vgg_fer"]
+    assert models["baselines"] == sorted(MODEL_REGISTRY) == ["cnn_deep", "cnn_gap", "cnn_shallow", "resnet_fer", "vgg_fer"]
     assert "FER_V1" in models["genotypes"]
 
 

@@ -12,6 +12,10 @@
   bias, the shortcut has its own BN, the FC layers have biases).
 * ``cnn_shallow`` / ``cnn_deep`` — plain CNNs (two conv + one FC; four conv + two FC)
   with batch norm and dropout 0.3; widths are this toolkit's choice (see the classes).
+* ``cnn_gap`` — a plain CNN whose head is global average pooling and one linear layer,
+  like the genotype networks' (so class activation maps exist and ``--robust eac``
+  applies) but fast on a CPU: four stages of two conv3x3 + BN + ReLU (32, 64, 128, 256)
+  with 2x2 max-pools between them, no dropout. 1,174,439 parameters at 7 classes.
 
 Input sizes: every baseline accepts 40, 44 and 48 pixel inputs. The pools before the
 classifiers are adaptive average pools, which have no parameters, so the published
@@ -24,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["VGGFer", "ResNetFer", "CNNShallow", "CNNDeep", "BASELINES", "BasicBlock"]
+__all__ = ["VGGFer", "ResNetFer", "CNNShallow", "CNNDeep", "CNNGap", "BASELINES", "BasicBlock"]
 
 
 def _conv_bn_relu(c_in: int, c_out: int, bias: bool) -> list[nn.Module]:
@@ -159,10 +163,38 @@ class CNNDeep(_Baseline):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
+class CNNGap(_Baseline):
+    """Four stages (32, 64, 128, 256 channels) of two conv3x3-BN-ReLU, 2x2 max-pools between
+    them, global average pooling and one linear layer: a head whose class activation maps exist
+    (``forward(x, features=True)``), as the genotype networks'."""
+
+    widths = (32, 64, 128, 256)
+    supports_cams = True
+
+    def __init__(self, num_classes: int = 7, in_channels: int = 1, drop_path_prob: float = 0.0) -> None:
+        super().__init__(drop_path_prob)
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for k, width in enumerate(self.widths):
+            if k:
+                layers.append(nn.MaxPool2d(2, 2))
+            layers += _conv_bn_relu(c_in, width, False) + _conv_bn_relu(width, width, False)
+            c_in = width
+        self.features = nn.Sequential(*layers)
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor, features: bool = False):
+        f = self.features(x)
+        logits = self.classifier(torch.flatten(self.global_pooling(f), 1))
+        return (logits, None, f) if features else logits
+
+
 # name -> constructor(num_classes, in_channels, drop_path_prob)
 BASELINES: dict[str, type[_Baseline]] = {
     "vgg_fer": VGGFer,
     "resnet_fer": ResNetFer,
     "cnn_shallow": CNNShallow,
     "cnn_deep": CNNDeep,
+    "cnn_gap": CNNGap,
 }

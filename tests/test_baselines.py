@@ -70,10 +70,10 @@ def test_cnn_gap_count_by_formula_and_its_maps():
     widths = CNNGap.widths
     expected = sum(conv(a, b) + bn(b) + conv(b, b) + bn(b) for a, b in zip((1,) + widths[:-1], widths))
     expected += fc(widths[-1], 7)
-    assert expected == 1_174_439
+    assert expected == 294_615
     assert _count(CNNGap()) == expected
     logits, aux, fmap = CNNGap()(torch.zeros(2, 1, 44, 44), features=True)
-    assert logits.shape == (2, 7) and aux is None and fmap.shape == (2, 256, 5, 5)
+    assert logits.shape == (2, 7) and aux is None and fmap.shape == (2, 128, 5, 5)
 
 
 def test_dropout_rates():

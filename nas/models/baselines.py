@@ -14,8 +14,8 @@
   with batch norm and dropout 0.3; widths are this toolkit's choice (see the classes).
 * ``cnn_gap`` — a plain CNN whose head is global average pooling and one linear layer,
   like the genotype networks' (so class activation maps exist and ``--robust eac``
-  applies) but fast on a CPU: four stages of two conv3x3 + BN + ReLU (32, 64, 128, 256)
-  with 2x2 max-pools between them, no dropout. 1,174,439 parameters at 7 classes.
+  applies) but fast on a CPU: four stages of two conv3x3 + BN + ReLU (16, 32, 64, 128)
+  with 2x2 max-pools between them, no dropout. 294,615 parameters at 7 classes.
 
 Input sizes: every baseline accepts 40, 44 and 48 pixel inputs. The pools before the
 classifiers are adaptive average pools, which have no parameters, so the published
@@ -164,11 +164,11 @@ class CNNDeep(_Baseline):
 
 
 class CNNGap(_Baseline):
-    """Four stages (32, 64, 128, 256 channels) of two conv3x3-BN-ReLU, 2x2 max-pools between
+    """Four stages (16, 32, 64, 128 channels) of two conv3x3-BN-ReLU, 2x2 max-pools between
     them, global average pooling and one linear layer: a head whose class activation maps exist
     (``forward(x, features=True)``), as the genotype networks'."""
 
-    widths = (32, 64, 128, 256)
+    widths = (16, 32, 64, 128)
     supports_cams = True
 
     def __init__(self, num_classes: int = 7, in_channels: int = 1, drop_path_prob: float = 0.0) -> None:

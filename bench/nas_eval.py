@@ -164,7 +164,7 @@ def search_unit(out: str, strategy: str, seed: int, recipe: Mapping[str, Any], d
     if strategy == "sgas":  # one decision per epoch from the first: 8 decisions in 9 epochs
         argv += ["--batch_increase", "0", "--warmup_dec_epoch", "0", "--decision_freq", "1",
                  "--epochs_after_last_decision", "0"]
-    elif strategy != "random":
+    elif strategy not in ("random", "zero_cost"):  # these two train nothing
         argv += ["--epochs", s["darts_epochs"]]
     res = run_or_resume(search_app, folder, argv, done="done.json")  # search writes no results.json: this row
     out_row = {"strategy": strategy, "seed": seed, "genotype": res["genotype"]}

@@ -35,7 +35,7 @@ def run_search(args: argparse.Namespace, data: FERData | None = None, stop: Stop
 
     if not args.resume:
         check_args(args)  # before any folder or data work
-    with open_session(args, get_args_parser(), stage="search") as s:
+    with open_session(args, get_args_parser(), stage="search", check=check_args) as s:
         return Searcher(s, data, stop=stop).run()
 
 

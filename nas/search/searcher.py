@@ -51,7 +51,7 @@ from nas.search.supernet import PRUNED, UNDECIDED, SearchNetwork, edge_list
 __all__ = ["STRATEGIES", "add_search_args", "check_args", "search_step", "BilevelSearch", "SearchRecorder",
            "Searcher", "genotype_line"]
 
-STRATEGIES = ("sgas", "darts", "beta_darts", "darts_minus", "random")
+STRATEGIES = ("sgas", "darts", "beta_darts", "darts_minus", "random", "zero_cost")
 
 
 def add_search_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -64,6 +64,10 @@ def add_search_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="sgas: greedy edge decisions; darts: train all epochs, DARTS genotype rule; beta_darts / "
                         "darts_minus: darts with beta-decay / an auxiliary skip (against collapse); random: sample "
                         "a cell, no training")
+    g.add_argument("--zc_samples", type=int, default=100,
+                   help="zero_cost: random cells scored at initialisation (each built at --init_channels/--layers)")
+    g.add_argument("--zc_proxy", default="vote", choices=("naswot", "synflow", "snip", "grad_norm", "jacob_cov", "vote"),
+                   help="zero_cost: the proxy that keeps a cell, or vote (best mean rank over the five)")
     g.add_argument("--beta_decay_slope", type=float, default=0.5,
                    help="beta_darts: the Beta-Decay weight is this x epoch (0-based; the authors' code: "
                         "50 x epoch/100)")
@@ -147,7 +151,11 @@ def check_args(args: argparse.Namespace) -> None:
         raise FerNasError("--init_channels must be >= 1 and --layers >= 3")
     if args.beta_decay_slope < 0 or args.aux_skip_start < 0:
         raise FerNasError("--beta_decay_slope and --aux_skip_start must be >= 0")
+    if getattr(args, "zc_samples", 2) < 2:
+        raise FerNasError(f"--zc_samples {args.zc_samples}: sample at least 2 cells")
     if args.epochs is not None:
+        if args.strategy in ("zero_cost", "random"):
+            raise FerNasError(f"--epochs: --strategy {args.strategy} trains nothing")
         if args.strategy == "sgas":
             raise FerNasError("--epochs applies to --strategy darts; SGAS derives its epochs from "
                               "--warmup_dec_epoch, --decision_freq and --epochs_after_last_decision")
@@ -483,11 +491,18 @@ class Searcher:
             from nas.data import open_data_from_args
 
             data = open_data_from_args(args)
-        self.objective = BilevelSearch(args, data, device=session.device, dist=session.dist)
+        if args.strategy == "zero_cost":
+            from nas.search.zero_cost import ProxyRecorder, ZeroCostSearch
+
+            self.objective = ZeroCostSearch(args, data, device=session.device, dist=session.dist)
+            recorder: Callback = ProxyRecorder(self.objective)
+        else:
+            self.objective = BilevelSearch(args, data, device=session.device, dist=session.dist)
+            recorder = SearchRecorder(self.objective)
         # --strategy random trains nothing; the loop still holds the run's position and files
         self.loop = Loop(self.objective, epochs=max(self.objective.total_epochs, 1), run=session.run,
                          dist=session.dist, seed=args.seed, device=session.device,
-                         callbacks=[SearchRecorder(self.objective)], nan_policy=args.nan_policy,
+                         callbacks=[recorder], nan_policy=args.nan_policy,
                          log_interval=args.log_interval, progress=args.progress, args=vars(args), stage="search",
                          stop=stop)
         if session.state is not None:

@@ -1,0 +1,151 @@
+"""``--strategy zero_cost``: sample cells of the search space and keep the best by a zero-cost proxy.
+
+An :class:`~nas.engine.loop.Objective` of the one loop whose step scores one candidate: the loop
+owns the position (candidates scored so far), resume after SIGKILL, signals and the progress bar,
+as for any search. The candidates are ``--zc_samples`` random genotypes of ``--search_space``
+(seeded by ``--seed``), each built as the network it would be retrained as (``--init_channels``,
+``--layers``) and scored at initialisation on one fixed Training batch of ``--batch_size``
+images (:mod:`nas.search.proxies`). The kept cell is the best by ``--zc_proxy`` (one proxy, or
+``vote``: the best mean rank over all five). ``proxies.csv`` holds every candidate's scores.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from nas.data.dataset import FERData
+from nas.engine.loop import Callback, Loop, StepContext, StepResult
+from nas.models.genotypes import Genotype, genotype_from_dict, genotype_to_dict
+from nas.models.ops import search_space
+from nas.runtime.checkpoint import write_csv
+from nas.runtime.distributed import DistInfo
+from nas.runtime.errors import FerNasError
+from nas.search.proxies import PROXIES, rank_vote, score_network
+from nas.search.random_cells import sample_genotype
+
+__all__ = ["ZeroCostSearch", "ProxyRecorder", "ZC_CHOICES"]
+
+ZC_CHOICES = (*PROXIES, "vote")
+
+
+class ZeroCostSearch:
+    """The candidates, the batch they are scored on, and the scores so far."""
+
+    kind = "fer-nas-zero-cost"
+    sum_names = ("n",)
+    sgas = None
+    sampled = None
+    total_epochs = 1
+    sync_free = False  # a step reads its scores back: it is a measurement, not a training step
+
+    def __init__(self, args: argparse.Namespace, data: FERData, *, device: torch.device, dist: DistInfo) -> None:
+        if args.zc_samples < 2:
+            raise FerNasError(f"--zc_samples {args.zc_samples}: sample at least 2 cells")
+        if args.zc_proxy not in ZC_CHOICES:
+            raise FerNasError(f"--zc_proxy {args.zc_proxy!r}: choose from {', '.join(ZC_CHOICES)}")
+        self.args, self.device, self.dist = args, device, dist
+        self.model = nn.Identity()  # the loop's batch-norm and finiteness checks find nothing to do
+        primitives = search_space(args.search_space)
+        rng = np.random.default_rng([int(args.seed), 7])
+        self.cells: list[Genotype] = [sample_genotype(primitives, 4, rng) for _ in range(args.zc_samples)]
+        train = data.subset("Training")
+        if len(train) < 2:
+            raise FerNasError(f"{data.source}: the Training split has {len(train)} images; need at least 2")
+        g = torch.Generator().manual_seed(int(args.seed))
+        pick = torch.randperm(len(train), generator=g)[:args.batch_size]
+        from nas.data.augment import eval_views
+
+        self.crop = int(args.crop)
+        x = eval_views(train.images[pick], mode="center", crop=self.crop, mean=0.5, std=0.25)[0]
+        self.x, self.y = x.to(device), train.labels[pick].to(device)
+        self.classes = list(data.classes)
+        self.scores: list[dict[str, float] | None] = [None] * len(self.cells)
+
+    # -- the loop's calls -----------------------------------------------------------------
+    def epoch_batches(self, epoch: int, generator: torch.Generator) -> list[int]:
+        return list(range(len(self.cells)))
+
+    def step(self, epoch: int, step: int, batch: int, ctx: StepContext) -> StepResult:
+        from nas.models import build_model
+
+        # the weights of candidate k come from their own seed: the same whatever was scored before
+        torch.manual_seed(int(self.args.seed) * 100_003 + int(batch))
+        model = build_model(self.cells[batch], num_classes=len(self.classes), init_channels=self.args.init_channels,
+                            layers=self.args.layers, auxiliary=False, in_channels=int(self.x.shape[1])).to(self.device)
+        self.scores[batch] = score_network(model, self.x, self.y)
+        one = torch.ones(1, dtype=torch.float64, device=self.device)
+        return StepResult(one, torch.zeros((), device=self.device))
+
+    def epoch_row(self, epoch: int, sums: Mapping[str, float]) -> dict[str, Any]:
+        best = self.best_index()
+        return {"scored": sum(s is not None for s in self.scores), "best_candidate": best}
+
+    def end_epoch(self, epoch: int, row: Mapping[str, Any]) -> None: ...
+
+    def describe(self) -> str:
+        return (f"zero-cost search: {len(self.cells)} random cells of {self.args.search_space}, scored at "
+                f"initialisation as C{self.args.init_channels} L{self.args.layers} networks on {len(self.y)} Training "
+                f"images; kept by {self.args.zc_proxy}")
+
+    def epoch_line(self, row: Mapping[str, Any], epochs: int) -> str:
+        return f"scored {row['scored']} cells; best by {self.args.zc_proxy}: candidate {row['best_candidate']}"
+
+    def progress(self, sums: Mapping[str, float]) -> dict[str, str]:
+        return {}
+
+    # -- the result -----------------------------------------------------------------------
+    def best_index(self) -> int:
+        done = [k for k, s in enumerate(self.scores) if s is not None]
+        if not done:
+            return 0
+        if self.args.zc_proxy == "vote":
+            votes = rank_vote([self.scores[k] for k in done], list(PROXIES))
+            return done[int(np.argmax(votes))]
+        vals = [self.scores[k][self.args.zc_proxy] for k in done]
+        vals = [v if math.isfinite(v) else -math.inf for v in vals]
+        return done[int(np.argmax(vals))]
+
+    def genotype(self) -> Genotype:
+        return self.cells[self.best_index()]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """proxies.csv: a row per scored candidate, its scores, its vote and whether it was kept."""
+        from nas.search.searcher import genotype_line
+
+        done = [k for k, s in enumerate(self.scores) if s is not None]
+        votes = rank_vote([self.scores[k] for k in done], list(PROXIES)) if done else []
+        best = self.best_index()
+        return [{"candidate": k, **{p: self.scores[k][p] for p in PROXIES}, "vote": v, "kept": int(k == best),
+                 "genotype": genotype_line(self.cells[k])} for k, v in zip(done, votes)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"cells": [genotype_to_dict(g) for g in self.cells],
+                "scores": [None if s is None else dict(s) for s in self.scores]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.cells = [genotype_from_dict(g) for g in state["cells"]]
+        self.scores = [None if s is None else {k: float(v) for k, v in s.items()} for s in state["scores"]]
+
+
+class ProxyRecorder(Callback):
+    """Writes ``proxies.csv`` after the epoch."""
+
+    name = "proxies"
+
+    def __init__(self, objective: ZeroCostSearch) -> None:
+        self.obj = objective
+
+    def on_save(self, loop: Loop, row: Mapping[str, Any]) -> None:
+        if loop.run.enabled:
+            rows = self.obj.rows()
+            write_csv(loop.run.file("proxies.csv"), rows, list(rows[0]) if rows else ["candidate"])
+
+
+def proxy_columns() -> Sequence[str]:
+    """The score columns of proxies.csv."""
+    return tuple(PROXIES)

@@ -21,8 +21,10 @@ Exports write the real file layouts, read back by the real readers:
 - ``jaffe``: ``DIR/<SUBJ>.<EXPR><n>.<id>.tiff``, 10 subjects, 213 images of
   256×256 with the face in the box rows/cols 48..208 on a plain background.
 
-Label noise only touches Training rows of ``fer2013``/``folder`` exports; CK+
-and JAFFE exports are clean (they are test sets), their sidecar repeats the labels.
+Label noise touches Training rows of ``fer2013``/``folder`` exports, and PublicTest rows too with
+``noise_splits="train+val"``; PrivateTest, CK+ and JAFFE exports are clean (they are test sets),
+their sidecar repeats the labels. Each split is drawn from its own stream of the seed
+(:class:`ExportSpec`), so the sizes of the test splits never change the Training faces.
 Which rows are flipped: ``noise_mode="uniform"`` (default) picks them at random;
 ``"ambiguous"`` picks weak expressions more often, following how often a single
 FER+ tagger disagrees with the majority on ambiguous images
@@ -30,8 +32,9 @@ FER+ tagger disagrees with the majority on ambiguous images
 
 Command line (``fernas synthfer`` is the same)::
 
-    python -m nas.data.synthfer --out DIR --format fer2013 [--size N] [--noise 0.1]
-        [--noise_mode uniform|ambiguous] [--seed S] [--difficulty D] [--preview] [--force]
+    python -m nas.data.synthfer --out DIR --format fer2013 [--size N] [--train_size N]
+        [--public_size N] [--private_size N] [--noise 0.1] [--noise_mode uniform|ambiguous|ferplus]
+        [--noise_splits train|train+val] [--seed S] [--difficulty D] [--preview] [--force]
 """
 from __future__ import annotations
 

@@ -172,7 +172,7 @@ def test_predict_on_the_astronaut_prints_one_smiling_face_and_draws_it(synth_mod
     rows = [ln for ln in out.splitlines()[1:] if ln.strip()]
     assert len(rows) == 1 and "astronaut.png" in rows[0]
     assert "1 picture(s), 1 face(s)" in err
-    png = tmp_path / "ann" / "astronaut.png"
+    png = tmp_path / "ann" / "astronaut.png.png"  # the picture's own name and extension, then .png
     drawn = np.asarray(Image.open(png).convert("RGB"))
     assert drawn.shape == (512, 512, 3)
     # the box is drawn: its outline differs from the photo, the inside of the face does not

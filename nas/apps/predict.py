@@ -105,6 +105,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             yield from camera_frames(args.camera, every=args.every, max_frames=args.max_frames, keep_rgb=keep_rgb)
 
     stats = {"frames": 0, "faces": 0, "no_face": 0, "failed": 0, "annotated": 0}
+    written: set[str] = set()  # annotated names of this run: never two pictures under one name
 
     def tally() -> Iterator[Any]:
         for r in run_predict(frames(), classifier, detector=detector, boxes=boxes, tta=args.tta,
@@ -116,7 +117,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 bar.write(f"skipped: {r.frame.error}", file=sys.stderr)
             elif not r.faces:
                 stats["no_face"] += 1
-            if args.annotate and annotate(r, classifier.classes, args.annotate) is not None:
+            if args.annotate and annotate(r, classifier.classes, args.annotate, written) is not None:
                 stats["annotated"] += 1
             yield r
 

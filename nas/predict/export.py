@@ -62,10 +62,14 @@ def deployable(checkpoint: str | Path) -> tuple[Deployable, dict[str, Any]]:
     return Deployable(model, mean, std).eval(), meta
 
 
-def _onnx() -> tuple[Any, Any]:
+def _onnx(exporting: bool = False) -> tuple[Any, Any]:
+    """onnx and onnxruntime (and, to export, onnxscript, which torch's dynamo exporter needs), or
+    one line naming the extra to install."""
     try:
         import onnx
         import onnxruntime
+        if exporting:
+            import onnxscript  # noqa: F401
     except ImportError:
         raise FerNasError(MISSING_ONNX) from None
     return onnx, onnxruntime
@@ -79,7 +83,7 @@ def export_onnx(module: Deployable, meta: dict[str, Any], out: str | Path, *, dy
                 batch_size: int = 1) -> Path:
     """Write ``module`` as ONNX (torch's exporter, ``dynamo=True``) with ``meta`` as
     ``metadata_props``; a fixed batch of ``batch_size`` unless ``dynamic_batch``."""
-    onnx, _ = _onnx()
+    onnx, _ = _onnx(exporting=True)
     out = Path(out)
     size = int(meta["input_size"])
     example = torch.zeros(2 if dynamic_batch else batch_size, 1, size, size)
@@ -178,7 +182,7 @@ def export_checkpoint(checkpoint: str | Path, fmt: str = "onnx", out: str | Path
     if fmt not in FORMATS:
         raise FerNasError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
     if fmt == "onnx":
-        _onnx()
+        _onnx(exporting=True)
     module, meta = deployable(checkpoint)
     src = Path(checkpoint)
     default = (src / "best" if src.is_dir() else src.with_suffix("")).with_suffix(".onnx" if fmt == "onnx" else ".ts")

@@ -209,8 +209,13 @@ def _short(s: str, width: int = 40) -> str:
     return s if len(s) <= width else "…" + s[-(width - 1):]
 
 
-def annotate(result: ImageResult, classes: Sequence[str], out_dir: str | Path) -> Path | None:
-    """Draw each face's box and ``label p`` on the picture; write ``OUT/<stem>.png``."""
+def annotate(result: ImageResult, classes: Sequence[str], out_dir: str | Path,
+             used: set[str] | None = None) -> Path | None:
+    """Draw each face's box and ``label p`` on the picture; write ``OUT/<name>.png``. The name keeps
+    the picture's folder and extension (``a/p.jpg`` -> ``a/p.jpg.png``, so ``x.jpg`` and ``x.png``
+    stay apart; a video frame: ``clip_frame000012.png``); ``used`` holds the names written so far
+    in this run, and a name seen again (two files called ``p.jpg`` given from different folders)
+    gets ``-2``, ``-3`` ... instead of overwriting."""
     from PIL import Image, ImageDraw, ImageFont
 
     frame = result.frame
@@ -232,7 +237,15 @@ def annotate(result: ImageResult, classes: Sequence[str], out_dir: str | Path) -
         draw.text((x + line - tb[0], ty + line - tb[1]), text, fill=(0, 0, 0), font=font)
     if not result.faces:
         draw.text((4, 4), "no face found", fill=(255, 64, 64), font=font)
-    path = Path(out_dir) / f"{frame.stem or Path(frame.key).stem}.png"
+    is_video_frame = "#frame=" in frame.key
+    base = frame.stem if is_video_frame and frame.stem else Path(frame.key.split("#", 1)[0]).as_posix()
+    name, k = f"{base}.png", 1
+    while used is not None and name in used:
+        k += 1
+        name = f"{base}-{k}.png"
+    if used is not None:
+        used.add(name)
+    path = Path(out_dir) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     img.save(buf, format="PNG")

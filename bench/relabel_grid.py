@@ -44,6 +44,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import sys
 import time
 from concurrent.futures import as_completed
@@ -146,7 +147,10 @@ def get_args_parser() -> ArgumentParser:
 # ----------------------------------------------------------------------------- one unit of work
 def run_cell(out: str, mode: str, noise: float, seed: int, rules: Sequence[str], recipe: Mapping[str, Any],
              device: str, threads: int | None) -> list[dict[str, Any]]:
-    """The base run and one relabelling run per rule for one (mode, noise, seed); rows of the CSV."""
+    """The base run and one relabelling run per rule for one (mode, noise, seed). Each finished
+    rule's row is appended to the CSV at once (under a lock: workers share the file), so a grid
+    stopped mid-cell keeps what it finished; rules already in the CSV are skipped. Returns the
+    rows this call added."""
     import torch
 
     from nas.apps import relabel as relabel_app, train as train_app
@@ -169,7 +173,11 @@ def run_cell(out: str, mode: str, noise: float, seed: int, rules: Sequence[str],
     base = run_or_resume(train_app, cell / "base", ["--arch", recipe["arch"], "--epochs", str(recipe["base_epochs"]),
                                                        "--snapshot_at", "", *data(noise), *common])
     rows = []
+    have = {r["rule"] for r in read_rows(Path(out) / CSV_NAME)
+            if (r["mode"], float(r["noise"]), int(r["seed"])) == (mode, float(noise), int(seed))}
     for rule in rules:
+        if rule in have:
+            continue
         t0 = time.time()
         flipped = 0.0 if rule == "clean" else noise
         res = run_or_resume(relabel_app, cell / rule, ["--checkpoint", str(cell / "base" / "best.pt"),
@@ -186,6 +194,7 @@ def run_cell(out: str, mode: str, noise: float, seed: int, rules: Sequence[str],
                      "last_epoch": res.get("last_epoch"), "train_acc": res.get("final_train_acc"),
                      "base_test_acc": base.get("test_acc"), "base_last_test_acc": base.get("last_test_acc"),
                      "seconds": round(time.time() - t0, 1), **prov})
+        _append_rows(Path(out) / CSV_NAME, rows[-1:])
     return rows
 
 
@@ -317,14 +326,22 @@ def plot(summary: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
 
 
 def _append_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    new = not path.exists()
+    """Append rows (the header first when the file is new), holding an exclusive lock: the pool's
+    workers append to the same file."""
+    import fcntl
+
     with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS})
-        f.flush()
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            w = csv.DictWriter(f, fieldnames=COLUMNS)
+            if f.tell() == 0:
+                w.writeheader()
+            for r in rows:
+                w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS})
+            f.flush()
+            os.fsync(f.fileno())
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def write_report(out: Path, recipe: Mapping[str, Any], args: argparse.Namespace | None = None) -> dict[str, Any]:
@@ -390,9 +407,7 @@ def _main(args: argparse.Namespace, out: Path, recipe: dict[str, Any], noise: li
         bar = tqdm(total=len(cells), desc="relabel grid", unit="cell")
         threads = 1 if args.workers > 1 else None
 
-        def record(rows: list[dict[str, Any]]) -> None:
-            _append_rows(out / CSV_NAME, [r for r in rows if (r["mode"], float(r["noise"]), int(r["seed"]),
-                                                              r["rule"]) not in done])
+        def record(rows: list[dict[str, Any]]) -> None:  # the worker wrote its rows as it went
             bar.update(1)
 
         if args.workers > 1:

@@ -16,7 +16,9 @@ from common import PROVENANCE_COLUMNS, PROVENANCE_FIELDS, provenance, provenance
 
 from nas.runtime.checkpoint import read_csv_rows  # noqa: E402
 
-RESULTS = sorted((ROOT / "bench").glob("results-*"))
+RESULTS = sorted([*(ROOT / "bench").glob("results-*"),
+                  *(p for p in (ROOT / "bench" / "grids").glob("*/*") if p.suffix in (".csv", ".jsonl")
+                    or p.name == "summary.json")])
 
 
 def _check(prov: dict, where: str) -> None:
@@ -27,7 +29,7 @@ def _check(prov: dict, where: str) -> None:
     assert isinstance(prov["flags"], dict) and isinstance(prov["synthfer_revisions"], dict), where
 
 
-@pytest.mark.parametrize("path", RESULTS, ids=[p.name for p in RESULTS])
+@pytest.mark.parametrize("path", RESULTS, ids=[str(p.relative_to(ROOT / "bench")) for p in RESULTS])
 def test_committed_results_record_their_provenance(path):
     if path.suffix == ".json":
         _check(json.loads(path.read_text())["provenance"], path.name)

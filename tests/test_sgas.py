@@ -1,6 +1,7 @@
 """SGAS scores and decisions on hand-made architecture weights, pruning, schedule, state."""
 import math
 
+import pytest
 import torch
 
 from nas.models.genotypes import validate_genotype
@@ -160,3 +161,43 @@ def test_second_order_sgas_runs_past_its_last_decision(tmp_path):
     rows = read_csv_rows(tmp_path / "r" / "metrics.csv")
     assert len(rows) == 10 and int(rows[-1]["n_decided"]) == 16
     assert all(float(r["arch_loss"]) > 0 for r in rows[-2:])
+
+
+def test_alpha_entropy_by_hand_and_in_metrics(tmp_path):
+    """1 for uniform architecture weights, near 0 when one op takes each edge, undecided edges only;
+    written per epoch (before that epoch's decisions) into metrics.csv."""
+    import math
+
+    import torch
+
+    from nas.apps import search
+    from nas.models.ops import search_space
+    from nas.runtime.checkpoint import read_csv_rows
+    from nas.search.supernet import SearchNetwork
+    from tests.fer_files import small_fer2013, write_fer2013_csv
+
+    m = SearchNetwork(C=2, num_classes=7, layers=3, primitives=search_space("conv_1x1,skip_connect,max_pool_3x3"))
+    with torch.no_grad():
+        m.alphas_normal.zero_()
+        m.alphas_reduce.zero_()
+    assert m.alpha_entropy() == pytest.approx(1.0)
+    with torch.no_grad():
+        m.alphas_normal[:, 0] = 50.0
+        m.alphas_reduce[:, 0] = 50.0
+    assert m.alpha_entropy() < 1e-6
+    # two ops at equal weight on every edge: log 2 / log 3
+    with torch.no_grad():
+        m.alphas_normal[:, 1] = 50.0
+        m.alphas_reduce[:, 1] = 50.0
+    assert m.alpha_entropy() == pytest.approx(math.log(2) / math.log(3), rel=1e-5)
+    m.edge_state["normal"] = [0] * len(m.edge_state["normal"])
+    m.edge_state["reduce"] = [0] * len(m.edge_state["reduce"])
+    assert math.isnan(m.alpha_entropy())  # every edge decided
+
+    csv = write_fer2013_csv(tmp_path / "d" / "fer2013.csv", *small_fer2013((28, 7, 7), seed=1))
+    search.main(search.get_args_parser().parse_args(
+        ["--data", str(csv), "--search_space", "conv_1x1,skip_connect,max_pool_3x3,sep_conv_3x3", "--init_channels",
+         "2", "--layers", "3", "--batch_size", "7", "--crop", "12", "--strategy", "darts", "--epochs", "2",
+         "--save", str(tmp_path / "r"), "--device", "cpu", "--plots", "False", "--progress", "False"]))
+    values = [float(r["alpha_entropy"]) for r in read_csv_rows(tmp_path / "r" / "metrics.csv")]
+    assert len(values) == 2 and all(0.5 < v <= 1.0 for v in values)

@@ -94,8 +94,10 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str 
 
 def plot_search_curves(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path | None:
     """A search's metrics.csv per epoch: weight and architecture losses, accuracy on the two
-    halves of Training, and the share of parameter-free operations in the current genotype
-    (collapse shows as it rising) with the anti-collapse weights that are in use."""
+    halves of Training, the share of parameter-free operations in the current genotype
+    (collapse shows as it rising) with the anti-collapse weights that are in use, and the
+    entropy of the undecided edges' architecture weights (a supernet that learns before SGAS
+    decides shows it falling from 100 %)."""
     if not rows or not have_matplotlib(notice=False):
         return None
     plt = _plt()
@@ -118,6 +120,9 @@ def plot_search_curves(rows: Sequence[Mapping[str, Any]], path: str | Path, titl
         ax.set_ylabel(ylabel)
     x, y = series("param_free_share", 100.0)
     axes[2].plot(x, y, "-o", markersize=3, color="tab:red", label="parameter-free ops in the genotype")
+    x, y = series("alpha_entropy", 100.0)
+    if x:  # 100 = uniform architecture weights; falls as the supernet learns which op each edge wants
+        axes[2].plot(x, y, "-s", markersize=3, color="tab:purple", label="alpha entropy, undecided edges (% of max)")
     axes[2].set_ylim(-3, 103)
     axes[2].set_ylabel("%")
     for key, label in (("aux_skip", "DARTS- auxiliary skip x100"), ("beta_decay_weight", "beta-decay weight x100")):

@@ -331,7 +331,9 @@ class BilevelSearch:
     def epoch_row(self, epoch: int, sums: Mapping[str, float]) -> dict[str, Any]:
         row = {"lr": self.scheduler.get_last_lr()[0], "batch_size": self.batch_size,
                "train_loss": sums["loss"] / max(sums["n"], 1), "train_acc": 100.0 * sums["correct"] / max(sums["n"], 1),
-               "arch_loss": sums["arch_loss"] / max(sums["arch_n"], 1)}
+               "arch_loss": sums["arch_loss"] / max(sums["arch_n"], 1),
+               # before this epoch's decisions: how far the architecture weights have moved from uniform
+               "alpha_entropy": round(self.model.alpha_entropy(), 5)}
         if getattr(self.args, "compile", False):
             from nas.runtime.device import compiled_graphs
 

@@ -21,6 +21,8 @@ the candidate ops, the rest bypass them, channels are shuffled, and per-edge bet
 """
 from __future__ import annotations
 
+import math
+
 from typing import Any, Sequence
 
 import torch
@@ -248,6 +250,20 @@ class SearchNetwork(nn.Module):
 
     def alphas(self, cell_type: str) -> nn.Parameter:
         return self.alphas_normal if cell_type == "normal" else self.alphas_reduce
+
+    @torch.no_grad()
+    def alpha_entropy(self) -> float:
+        """How undecided the architecture still is: the mean over undecided edges of both cell
+        types of the entropy of the softmax of their architecture weights, divided by its maximum
+        ``log(ops)`` (1: uniform, as at the start; 0: one op holds all the weight). NaN once every
+        edge is decided. A host read: call it at epoch ends."""
+        values = []
+        for c in ("normal", "reduce"):
+            live = [e for e, st in enumerate(self.edge_state[c]) if st == UNDECIDED]
+            if live:
+                p = torch.softmax(self.alphas(c).detach().float()[live], dim=-1)
+                values.append(-(p * p.clamp_min(1e-12).log()).sum(-1) / math.log(p.shape[-1]))
+        return float(torch.cat(values).mean()) if values else float("nan")
 
     def betas(self, cell_type: str) -> nn.Parameter | None:
         if self.partial_channels == 1:

@@ -92,7 +92,7 @@ class TrainConfig:
     eval_every: int = 1
     eval_batch_size: int = 256
     patience: int = 0                 # epochs without a better PublicTest accuracy before stopping (0: never)
-    snapshot_at: Sequence[float] = (85, 90)
+    snapshot_at: Sequence[float] = (85.0, 90.0)
     nan_policy: str = "stop"
     log_interval: int = 50
     seed: int = 0
@@ -156,11 +156,15 @@ class TrainConfig:
 def add_train_args(parser: argparse.ArgumentParser, **defaults: Any) -> argparse.ArgumentParser:
     """The training flags of train_searched.py, relabel_training.py and the cross-dataset
     scripts (model flags such as ``--arch``/``--layers`` stay with each app; the run flags
-    come from :func:`nas.engine.session.add_session_args`). ``defaults`` overrides a flag's
-    default, e.g. ``learning_rate=0.02272721``."""
+    come from :func:`nas.engine.session.add_session_args`). A flag that is a
+    :class:`TrainConfig` field takes its default from the dataclass (the defaults are written
+    once, there); ``defaults`` overrides a flag's default for one stage, e.g.
+    ``learning_rate=0.02272721``."""
     from nas.runtime.cli import float_list
 
     have = set(parser._option_string_actions)
+    config_defaults = {f.name: (list(f.default) if isinstance(f.default, tuple) else f.default)
+                       for f in fields(TrainConfig)}
     g = parser.add_argument_group("training")
 
     def add(*flags: str, **kw: Any) -> None:
@@ -169,58 +173,60 @@ def add_train_args(parser: argparse.ArgumentParser, **defaults: Any) -> argparse
         dest = kw.get("dest") or flags[0].lstrip("-").replace("-", "_")
         if dest in defaults:
             kw["default"] = defaults[dest]
+        elif dest in config_defaults and "default" not in kw:
+            kw["default"] = config_defaults[dest]
         g.add_argument(*flags, **kw)
 
-    add("--batch_size", type=int, default=64, help="per-process batch size")
-    add("--learning_rate", type=float, default=0.025, help="initial learning rate")
-    add("--learning_rate_min", type=float, default=0.0, help="cosine schedule floor / plateau minimum")
-    add("--momentum", type=float, default=0.9, help="SGD momentum")
-    add("--weight_decay", type=float, default=3e-4, help="L2 weight decay")
-    add("--epochs", type=int, default=600, help="epochs (the length of the cosine schedule)")
+    add("--batch_size", type=int, help="per-process batch size")
+    add("--learning_rate", type=float, help="initial learning rate")
+    add("--learning_rate_min", type=float, help="cosine schedule floor / plateau minimum")
+    add("--momentum", type=float, help="SGD momentum")
+    add("--weight_decay", type=float, help="L2 weight decay")
+    add("--epochs", type=int, help="epochs (the length of the cosine schedule)")
     add("--optimizer", default="sgd", choices=OPTIMIZERS, help="sgd (momentum), nesterov or adam")
-    add("--scheduler", default="cosine", choices=SCHEDULERS[:2],
+    add("--scheduler", choices=SCHEDULERS[:2],
         help="cosine per epoch to --learning_rate_min, or plateau (x0.75 after 5 epochs without a better PublicTest accuracy)")
-    add("--grad_clip", type=float, default=5.0, help="max gradient norm (0: no clipping)")
-    add("--auxiliary_weight", type=float, default=0.4, help="weight of the auxiliary head's loss")
-    add("--cutout", action="store_true", default=False, help="cutout augmentation (a square of --cutout_length)")
-    add("--cutout_length", type=int, default=16, help="cutout square side (pixels)")
-    add("--augment", default="default", choices=AUGMENTS,
+    add("--grad_clip", type=float, help="max gradient norm (0: no clipping)")
+    add("--auxiliary_weight", type=float, help="weight of the auxiliary head's loss")
+    add("--cutout", action="store_true", help="cutout augmentation (a square of --cutout_length)")
+    add("--cutout_length", type=int, help="cutout square side (pixels)")
+    add("--augment", choices=AUGMENTS,
         help="default: random crop, flip, rotation, translation, scale, brightness/contrast jitter; light: crop "
              "and flip only")
     from nas.engine.robust import ROBUST_METHODS
 
-    add("--robust", default="none", choices=ROBUST_METHODS,
+    add("--robust", choices=ROBUST_METHODS,
         help="noisy-label training: eac (erasing attention consistency; genotype networks), smallloss (drop the "
              "largest-loss share of each batch); combines with relabelling (docs/robust.md)")
-    add("--robust_lambda", type=float, default=5.0, help="eac: weight of the flip attention consistency")
-    add("--robust_forget", type=float, default=0.3,
+    add("--robust_lambda", type=float, help="eac: weight of the flip attention consistency")
+    add("--robust_forget", type=float,
         help="smallloss: share of each batch dropped once ramped up (the noise rate you suspect)")
-    add("--robust_ramp", type=int, default=10, help="smallloss: epochs over which the dropped share rises from 0")
-    add("--drop_path_prob", type=float, default=0.2,
+    add("--robust_ramp", type=int, help="smallloss: epochs over which the dropped share rises from 0")
+    add("--drop_path_prob", type=float,
         help="drop-path probability reached at the last epoch (rises linearly from 0)")
-    add("--label_smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
-    add("--fes_smoothing", type=float, default=0.0,
+    add("--label_smoothing", type=float, help="cross-entropy label smoothing")
+    add("--fes_smoothing", type=float,
         help="label smoothing whose off-label mass follows the label's FES row instead of being uniform")
-    add("--fes_matrix", default=None,
+    add("--fes_matrix",
         help="JSON 7x7 FES matrix (fernas fes --out) or FER+ votes CSV, for --fes_smoothing and relabelling "
              "(default: nas.fes.DEFAULT_FES)")
-    add("--seed", type=int, default=0, help="seed of the weights and of every random stream of the run")
+    add("--seed", type=int, help="seed of the weights and of every random stream of the run")
     add("--labels", default="fer", choices=LABEL_MODES,
         help="training targets: FER2013 labels, FER+ majority, or FER+ vote distributions (needs --ferplus)")
     add("--ferplus", default=None, help="FER+ votes file fer2013new.csv (for --labels ferplus_*)")
     add("--tta", default="center", choices=TTA_MODES, help="test-time view for validation/test")
-    add("--eval_every", type=int, default=1, help="validate every N epochs (and at the last)")
-    add("--patience", type=int, default=0,
+    add("--eval_every", type=int, help="validate every N epochs (and at the last)")
+    add("--patience", type=int,
         help="stop after N epochs without a better PublicTest accuracy (0: train every epoch)")
-    add("--snapshot_at", type=float_list, default=[85.0, 90.0],
+    add("--snapshot_at", type=float_list,
         help="save snapshot_trainXX.pt at the first epoch whose training accuracy reaches XX %%")
-    add("--compile", type=_bool, nargs="?", const=True, default=False, help="torch.compile the model")
-    add("--compile_mode", default="default", choices=COMPILE_MODES,
+    add("--compile", type=_bool, nargs="?", const=True, help="torch.compile the model")
+    add("--compile_mode", choices=COMPILE_MODES,
         help="torch.compile mode: default, reduce-overhead (CUDA graphs: static shapes, the GPU step replayed), "
              "max-autotune")
-    add("--compile_backend", default="inductor", choices=COMPILE_BACKENDS,
+    add("--compile_backend", choices=COMPILE_BACKENDS,
         help="inductor (generated kernels), or aot_eager / eager (no code generation: to check graphs and recompiles)")
-    add("--fused", type=_bool, default=None,
+    add("--fused", type=_bool,
         help="fused optimizer kernels, which skip a non-finite step without a host sync (default: on CUDA; on CPU "
              "they are slower)")
     add("--plots", type=_bool, default=True, help="write the PNG reports at the end (needs matplotlib)")

@@ -19,11 +19,11 @@ def _grads(model: torch.nn.Module, fwd, x: torch.Tensor, y: torch.Tensor) -> tup
     return logits.detach(), [p.grad.detach().clone() for p in model.parameters()]
 
 
-def _parity(backend: str) -> tuple[float, float]:
+def _parity(backend: str, arch: str = "FER_V1") -> tuple[float, float]:
     """Largest logit and gradient differences, compiled against eager, relative to the largest
-    magnitude of each (FER_V1 C4 L3, batch 8, training mode, drop-path off)."""
+    magnitude of each (FER_V1 C4 L3 or a baseline, batch 8, training mode, drop-path off)."""
     torch.manual_seed(0)
-    model = build_model("FER_V1", init_channels=4, layers=3, auxiliary=False)
+    model = build_model(arch, init_channels=4, layers=3, auxiliary=False)
     x, y = torch.randn(8, 1, 44, 44), torch.arange(8) % 7
     eager_logits, eager_grads = _grads(model, model, x, y)
     torch._dynamo.reset()
@@ -37,11 +37,12 @@ def test_compiled_training_step_equals_eager_with_aot_eager():
     assert logits == 0.0 and grads == 0.0
 
 
-@pytest.mark.slow  # inductor generates and builds C++ kernels: about 2.5 minutes on the 2-core CPU
+@pytest.mark.slow  # inductor generates and builds C++ kernels (FER_V1: 2.5 minutes; cnn_gap's eight convolutions less)
 def test_compiled_training_step_matches_eager_with_inductor():
     """Inductor fuses and reorders float operations: equal within 1e-4 of the largest logit and
-    1e-2 of the largest gradient of each tensor (measured: 2e-6 and 4e-4 absolute)."""
-    logits, grads = _parity("inductor")
+    1e-2 of the largest gradient of each tensor (FER_V1 C4 L3 measured 2e-6 and 4e-4 absolute; the
+    test compiles cnn_gap, a smaller graph)."""
+    logits, grads = _parity("inductor", "cnn_gap")
     assert logits < 1e-4 and grads < 1e-2
 
 

@@ -1,0 +1,159 @@
+"""Do the proxies rank cells as retraining does? Zero-cost and one-shot proxies against a pool of
+retrained random cells.
+
+    python bench/proxy_pool.py --pool bench/grids/searchpool [--batch_size 64] [--seed 0]
+                               [--out bench/results-cpu-proxy-pool.json] [--png docs/img/proxy_pool.png]
+
+``--pool`` is a ``bench/nas_eval.py`` folder (its ``nas_eval.csv`` rows, its ``genotypes/`` and its
+``protocol.json``): the random cells' mean PrivateTest over their training seeds is the
+reference ranking; nothing is retrained here. Each cell is built as the protocol retrains it and
+scored at initialisation on one seeded Training batch of the protocol's data by the five
+zero-cost proxies (:mod:`nas.search.proxies`) and by their rank vote; the one-shot proxies of the
+pool's searches (``oneshot.csv``: alpha score, supernet accuracy with the cell forced) are read
+when the folder has them. Per proxy: Kendall τ and Spearman ρ against the retrained accuracy,
+each with a 95 % bootstrap interval over the cells (2,000 resamples, seeded). One JSON document
+with provenance; a PNG of each proxy against the accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nas.runtime.cli import ArgumentParser, run as cli_run
+
+if __package__ in (None, ""):
+    from common import add_out_arg, emit, num, read_rows
+else:
+    from bench.common import add_out_arg, emit, num, read_rows
+
+
+def pool_accuracy(rows: Sequence[Mapping[str, str]]) -> dict[str, float]:
+    """Mean PrivateTest over training seeds of every random cell of a nas_eval CSV."""
+    acc: dict[str, list[float]] = {}
+    for r in rows:
+        if r.get("kind") == "random" and num(r.get("test_acc")) is not None:
+            acc.setdefault(r["genotype"], []).append(float(r["test_acc"]))
+    return {g: sum(v) / len(v) for g, v in acc.items()}
+
+
+def agreement(scores: Sequence[float], accs: Sequence[float], seed: int = 0) -> dict[str, Any]:
+    """Kendall τ and Spearman ρ of ``scores`` against ``accs`` with bootstrap intervals."""
+    from nas.runtime.stats import bootstrap_ci, kendall_tau, spearman_rho
+
+    keep = [(s, a) for s, a in zip(scores, accs) if s is not None and math.isfinite(s)]
+    if len(keep) < 3:
+        return {"n": len(keep)}
+    s, a = [k[0] for k in keep], [k[1] for k in keep]
+    tau = bootstrap_ci(s, a, kendall_tau, seed=seed)
+    rho = bootstrap_ci(s, a, spearman_rho, seed=seed)
+    return {"n": len(keep), "kendall_tau": tau[0], "tau_low": tau[1], "tau_high": tau[2],
+            "spearman_rho": rho[0], "rho_low": rho[1], "rho_high": rho[2]}
+
+
+def zero_cost_scores(pool: Path, names: Sequence[str], batch_size: int, seed: int) -> dict[str, dict[str, float]]:
+    """The five proxies and the vote of every named cell, built at the protocol's retraining size."""
+    import torch
+
+    from nas.data import open_data
+    from nas.data.augment import eval_views
+    from nas.models import build_model
+    from nas.search.proxies import PROXIES, rank_vote, score_network
+
+    proto = json.loads((pool / "protocol.json").read_text())
+    t = proto["train"]
+    if proto.get("data"):
+        data = open_data("auto", proto["data"])
+    else:
+        data = open_data("synthfer", size=proto["size"], seed=0, noise=0.0, public_size=proto.get("public_size"),
+                         private_size=proto.get("private_size"))
+    train = data.subset("Training")
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(train), generator=g)[:batch_size]
+    x = eval_views(train.images[pick], mode="center", crop=44)[0]
+    y = train.labels[pick]
+    out = {}
+    for k, name in enumerate(names):
+        torch.manual_seed(seed * 100_003 + k)
+        model = build_model(str(pool / "genotypes" / f"{name}.json"), init_channels=t["init_channels"],
+                            layers=t["layers"], auxiliary=False)
+        out[name] = score_network(model, x, y)
+    votes = rank_vote([out[n] for n in names], list(PROXIES))
+    for n, v in zip(names, votes):
+        out[n]["vote"] = v
+    return out
+
+
+def get_args_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="bench/proxy_pool.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--pool", required=True, help="a bench/nas_eval.py folder with retrained random cells")
+    p.add_argument("--batch_size", type=int, default=64, help="Training images the proxies see")
+    p.add_argument("--seed", type=int, default=0, help="seed of the batch, the weights and the bootstrap")
+    p.add_argument("--png", default=None, help="also draw each proxy against the retrained accuracy")
+    add_out_arg(p)
+    return p
+
+
+def plot(doc: Mapping[str, Any], path: Path) -> Path | None:
+    from nas.engine.report import have_matplotlib, save_figure
+
+    if not have_matplotlib():
+        return None
+    import matplotlib.pyplot as plt
+
+    names = list(doc["accuracy"])
+    proxies = [p for p in doc["proxies"] if doc["proxies"][p].get("n", 0) >= 3]
+    fig, axes = plt.subplots(1, len(proxies), figsize=(3.2 * len(proxies), 3.2), squeeze=False)
+    for ax, p in zip(axes[0], proxies):
+        xs = [doc["scores"][n].get(p) for n in names]
+        ax.scatter(xs, [doc["accuracy"][n] for n in names], s=12)
+        a = doc["proxies"][p]
+        ax.set_title(f"{p}: τ {a['kendall_tau']:+.2f} [{a['tau_low']:+.2f}, {a['tau_high']:+.2f}]", fontsize=8)
+        ax.set_xlabel(p, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("retrained PrivateTest % (mean of seeds)")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    from nas.runtime.errors import FerNasError
+    from nas.search.proxies import PROXIES
+
+    pool = Path(args.pool)
+    rows = read_rows(pool / "nas_eval.csv")
+    acc = pool_accuracy(rows)
+    if len(acc) < 3 or not (pool / "protocol.json").exists():
+        raise FerNasError(f"--pool {pool}: needs a nas_eval folder with at least 3 retrained random cells "
+                          f"(found {len(acc)})")
+    if args.batch_size < 2:
+        raise FerNasError(f"--batch_size {args.batch_size}: at least 2 images")
+    names = sorted(acc)
+    scores = zero_cost_scores(pool, names, args.batch_size, args.seed)
+    # the one-shot proxies of each search of the pool's folder, averaged over its searches
+    oneshot: dict[str, dict[str, list[float]]] = {}
+    for r in read_rows(pool / "oneshot.csv"):
+        if r["genotype"] in acc:
+            for key in ("alpha_score", "oneshot_acc"):
+                if num(r.get(key)) is not None:
+                    oneshot.setdefault(r["genotype"], {}).setdefault(key, []).append(float(r[key]))
+    for n in names:
+        for key, vals in oneshot.get(n, {}).items():
+            scores[n][key] = sum(vals) / len(vals)
+    keys = [*PROXIES, "vote", *(["alpha_score", "oneshot_acc"] if oneshot else [])]
+    accs = [acc[n] for n in names]
+    doc = {"bench": "proxy_pool", "pool": str(pool), "cells": len(names), "accuracy": acc, "scores": scores,
+           "proxies": {k: agreement([scores[n].get(k) for n in names], accs, args.seed) for k in keys}}
+    if args.png:
+        plot(doc, Path(args.png))
+    return emit(doc, args, device="cpu", indent=None)
+
+
+if __name__ == "__main__":
+    cli_run(main, get_args_parser())

@@ -1,0 +1,45 @@
+"""bench/proxy_pool.py: proxies against a pool of retrained cells. With a pool whose 'retrained
+accuracy' is NASWOT's own score, NASWOT must rank it perfectly (τ = ρ = 1) and the bootstrap
+interval must hold 1."""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import proxy_pool  # noqa: E402
+
+from nas.models.genotypes import genotype_to_json  # noqa: E402
+from nas.runtime.errors import FerNasError  # noqa: E402
+from nas.search.random_cells import sample_genotype  # noqa: E402
+
+
+def test_proxy_pool_on_a_pool_ranked_by_naswot(tmp_path, monkeypatch):
+    monkeypatch.setenv("FERNAS_CACHE", str(tmp_path / "cache"))
+    pool = tmp_path / "pool"
+    (pool / "genotypes").mkdir(parents=True)
+    (pool / "protocol.json").write_text(json.dumps(
+        {"size": 200, "public_size": 20, "private_size": 20, "train": {"init_channels": 2, "layers": 3}}))
+    names = [f"random_{k:02d}" for k in range(5)]
+    for k, n in enumerate(names):
+        g = sample_genotype(["conv_1x1", "skip_connect", "max_pool_3x3", "sep_conv_3x3"], seed=k)
+        (pool / "genotypes" / f"{n}.json").write_text(genotype_to_json(g))
+    scores = proxy_pool.zero_cost_scores(pool, names, batch_size=8, seed=0)
+    with open(pool / "nas_eval.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["genotype", "kind", "train_seed", "test_acc"])
+        w.writeheader()
+        for n in names:
+            w.writerow({"genotype": n, "kind": "random", "train_seed": 0, "test_acc": scores[n]["naswot"]})
+    doc = proxy_pool.main(proxy_pool.get_args_parser().parse_args(
+        ["--pool", str(pool), "--batch_size", "8", "--out", str(tmp_path / "r.json")]))
+    a = doc["proxies"]["naswot"]
+    assert a["kendall_tau"] == pytest.approx(1.0) and a["spearman_rho"] == pytest.approx(1.0)
+    assert a["tau_low"] <= 1.0 <= a["tau_high"] + 1e-9 and doc["cells"] == 5
+    assert set(doc["proxies"]) == {"naswot", "synflow", "snip", "grad_norm", "jacob_cov", "vote"}
+    assert json.loads((tmp_path / "r.json").read_text())["provenance"]["flags"]["batch_size"] == 8
+    with pytest.raises(FerNasError, match="at least 3 retrained random cells"):
+        proxy_pool.main(proxy_pool.get_args_parser().parse_args(["--pool", str(tmp_path / "empty")]))

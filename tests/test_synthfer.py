@@ -588,3 +588,16 @@ def test_ferplus_noise_follows_the_real_transition():
     np.add.at(moved, (labels[flipped], noisy[flipped]), 1)
     target = FERPLUS_TRANSITION * (1 - np.eye(7))
     np.testing.assert_allclose(moved / moved.sum(1, keepdims=True), target / target.sum(1, keepdims=True), atol=0.04)
+
+
+def test_export_cli_takes_the_split_sizes_and_noise_splits(tmp_path, capsys):
+    import json as _json
+
+    from nas.apps.synthfer import get_args_parser, main
+
+    info = main(get_args_parser().parse_args(["--out", str(tmp_path / "e"), "--format", "fer2013", "--size", "100",
+                                              "--public_size", "30", "--private_size", "50", "--noise", "0.2",
+                                              "--noise_splits", "train+val"]))
+    assert info["splits"] == {"Training": 80, "PublicTest": 30, "PrivateTest": 50}
+    assert info["flipped_by_split"] == {"Training": 16, "PublicTest": 6, "PrivateTest": 0}
+    assert _json.loads(capsys.readouterr().out.strip().splitlines()[-1])["noise_splits"] == "train+val"

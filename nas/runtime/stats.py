@@ -24,7 +24,7 @@ import itertools
 import math
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -292,7 +292,8 @@ def spearman_rho(a: Sequence[float], b: Sequence[float]) -> float:
         return float(spearmanr(a, b).statistic)
 
 
-def bootstrap_ci(a: Sequence[float], b: Sequence[float], statistic: Any = kendall_tau, *, n_boot: int = 2000,
+def bootstrap_ci(a: Sequence[float], b: Sequence[float],
+                 statistic: Callable[[Sequence[float], Sequence[float]], float] = kendall_tau, *, n_boot: int = 2000,
                  level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
     """``statistic(a, b)`` and its percentile bootstrap interval over resampled pairs (seeded):
     ``(value, low, high)``. Resamples where the statistic is undefined are left out."""

@@ -68,9 +68,11 @@ class ZeroCostSearch:
 
     # -- the loop's calls -----------------------------------------------------------------
     def epoch_batches(self, epoch: int, generator: torch.Generator) -> list[int]:
+        """One "batch" per candidate: its index (the loop skips the ones a resumed run scored)."""
         return list(range(len(self.cells)))
 
     def step(self, epoch: int, step: int, batch: int, ctx: StepContext) -> StepResult:
+        """Build candidate ``batch`` with its own seed and score it on the fixed batch."""
         from nas.models import build_model
 
         # the weights of candidate k come from their own seed: the same whatever was scored before
@@ -82,24 +84,30 @@ class ZeroCostSearch:
         return StepResult(one, torch.zeros((), device=self.device))
 
     def epoch_row(self, epoch: int, sums: Mapping[str, float]) -> dict[str, Any]:
+        """metrics.csv: how many cells were scored and the index of the best."""
         best = self.best_index()
         return {"scored": sum(s is not None for s in self.scores), "best_candidate": best}
 
-    def end_epoch(self, epoch: int, row: Mapping[str, Any]) -> None: ...
+    def end_epoch(self, epoch: int, row: Mapping[str, Any]) -> None:
+        """Nothing moves on: there is no schedule."""
 
     def describe(self) -> str:
+        """The line logged when the run starts."""
         return (f"zero-cost search: {len(self.cells)} random cells of {self.args.search_space}, scored at "
                 f"initialisation as C{self.args.init_channels} L{self.args.layers} networks on {len(self.y)} Training "
                 f"images; kept by {self.args.zc_proxy}")
 
     def epoch_line(self, row: Mapping[str, Any], epochs: int) -> str:
+        """The line logged after the epoch."""
         return f"scored {row['scored']} cells; best by {self.args.zc_proxy}: candidate {row['best_candidate']}"
 
     def progress(self, sums: Mapping[str, float]) -> dict[str, str]:
+        """No postfix: the bar counts the candidates."""
         return {}
 
     # -- the result -----------------------------------------------------------------------
     def best_index(self) -> int:
+        """The scored candidate kept by ``--zc_proxy`` (the first one on ties)."""
         done = [k for k, s in enumerate(self.scores) if s is not None]
         if not done:
             return 0
@@ -111,6 +119,7 @@ class ZeroCostSearch:
         return done[int(np.argmax(vals))]
 
     def genotype(self) -> Genotype:
+        """The kept cell."""
         return self.cells[self.best_index()]
 
     def rows(self) -> list[dict[str, Any]]:
@@ -124,10 +133,12 @@ class ZeroCostSearch:
                  "genotype": genotype_line(self.cells[k])} for k, v in zip(done, votes)]
 
     def state_dict(self) -> dict[str, Any]:
+        """The candidates and the scores so far (plain values)."""
         return {"cells": [genotype_to_dict(g) for g in self.cells],
                 "scores": [None if s is None else dict(s) for s in self.scores]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Back to a checkpoint's candidates and scores."""
         self.cells = [genotype_from_dict(g) for g in state["cells"]]
         self.scores = [None if s is None else {k: float(v) for k, v in s.items()} for s in state["scores"]]
 
@@ -141,6 +152,7 @@ class ProxyRecorder(Callback):
         self.obj = objective
 
     def on_save(self, loop: Loop, row: Mapping[str, Any]) -> None:
+        """Rewrite proxies.csv from the scores so far."""
         if loop.run.enabled:
             rows = self.obj.rows()
             write_csv(loop.run.file("proxies.csv"), rows, list(rows[0]) if rows else ["candidate"])

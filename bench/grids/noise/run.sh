@@ -1,0 +1,16 @@
+#!/bin/bash
+# Issue 33's grid, cell by cell in order of importance. Run it from a clean checkout of the commit
+# that wrote the CSV's first rows (b6d7f52) so every row records the same code; OUT is this folder
+# in the checkout that commits the rows. Each arm's row lands as it finishes; a rerun resumes.
+#   git worktree add /tmp/wt b6d7f52 && (cd /tmp/wt && nice -n 19 bash bench/grids/noise/run.sh /work/main/bench/grids/noise)
+set -u
+OUT=${1:?usage: run.sh OUT_FOLDER}
+G="python bench/relabel_grid.py --out $OUT --arch cnn_gap --size 1500 --public_size 2000 --private_size 3000
+   --noise_splits train+val --optimizer adam --learning_rate 0.002 --weight_decay 0 --augment light
+   --batch_size 64 --base_epochs 10 --relabel_epochs 30 --seeds 3 --workers ${WORKERS:-2}
+   --rules control,clean,eac,smallloss,confident,confident+eac,confident+smallloss,autofernet,consensus,soft"
+for cell in "0.3 uniform" "0.3 ambiguous" "0.0 uniform" "0.1 uniform" "0.3 ferplus" "0.1 ambiguous" \
+            "0.4 uniform" "0.4 ambiguous" "0.1 ferplus" "0.4 ferplus"; do
+  set -- $cell
+  $G --noise "$1" --modes "$2" || exit $?
+done

@@ -56,8 +56,8 @@ def test_links_point_at_files_that_exist():
 #: a measured figure: a percentage or points with decimals, a rate, a time per call
 FIGURE = re.compile(r"\d+\.\d+ ?%|\d+\.\d+ points|\d+(\.\d+)? img/s|faces/s|\d+(\.\d+)? µs")
 #: where a section says what its figures come from
-SOURCED = re.compile(r"bench/results-|bench/external/|\*\*History\*\*")
-CITED = re.compile(r"bench/(?:history/|external/)?results?-[\w.*|\-]+|bench/external/[\w.\-]+")
+SOURCED = re.compile(r"bench/results-|bench/external/|bench/grids/[\w.\-]+|\*\*History\*\*")
+CITED = re.compile(r"bench/(?:history/|external/)?results?-[\w.*|\-]+|bench/external/[\w.\-]+|bench/grids/[\w.*\-]+")
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "RESULTS.md"]
 
 
@@ -76,7 +76,8 @@ def _sections(path: Path) -> list[tuple[str, str]]:
 
 def test_every_figure_comes_from_a_results_file_or_is_marked_history():
     """Issue 32: each measured number in README and docs/ sits in a section that names the results
-    file a script wrote, an external report (bench/external/), or says **History** (when, on what,
+    file a script wrote (bench/results-*, or a grid folder bench/grids/*, whose rows carry
+    provenance), an external report (bench/external/), or says **History** (when, on what,
     which commit)."""
     missing = [f"{p.relative_to(ROOT)}: {head[:80]}" for p in PAGES for head, text in _sections(p)
                if FIGURE.search(text) and not SOURCED.search(text)]

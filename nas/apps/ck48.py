@@ -39,12 +39,15 @@ def run_kind(args: argparse.Namespace, kind: str, parser: argparse.ArgumentParse
 
 
 def get_args_parser(prog: str = "test_ck48.py") -> ArgumentParser:
+    """This stage's flags (`--help` prints them)."""
     return parser_for("ck48", prog, DESCRIPTION)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the stage with parsed flags; returns what it writes to results.json."""
     return run_kind(args, "ck48", get_args_parser())
 
 
 def cli(argv: Sequence[str] | None = None, prog: str = "test_ck48.py") -> None:
+    """Parse argv and run :func:`main`; bad input ends in one line and exit status 2."""
     run(main, get_args_parser(prog), argv)

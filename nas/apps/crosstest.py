@@ -18,12 +18,15 @@ DESCRIPTION = ("Test a checkpoint on any supported dataset: direct (classes matc
 
 
 def get_args_parser(prog: str = "fernas crosstest") -> ArgumentParser:
+    """This stage's flags (`--help` prints them)."""
     return parser_for("any", prog, DESCRIPTION)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the stage with parsed flags; returns what it writes to results.json."""
     return run_kind(args, "any", get_args_parser(), stage="crosstest")
 
 
 def cli(argv: Sequence[str] | None = None, prog: str = "fernas crosstest") -> None:
+    """Parse argv and run :func:`main`; bad input ends in one line and exit status 2."""
     run(main, get_args_parser(prog), argv)

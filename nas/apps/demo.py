@@ -80,6 +80,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 # ----------------------------------------------------------------------------- flags
 def get_args_parser(prog: str = "fernas demo") -> ArgumentParser:
+    """This stage's flags (`--help` prints them)."""
     p = ArgumentParser(prog=prog,
                        description="The whole fer-nas pipeline on SynthFER exports read through the real readers: "
                                    "search, retraining, relabelling, ensemble, CK+ and JAFFE tests; writes "
@@ -158,9 +159,11 @@ class Context:
         self.commands: dict[str, str] = state.setdefault("commands", {})
 
     def path(self, *parts: str) -> str:
+        """A path inside the demo's output folder, as a flag value."""
         return str(self.out.joinpath(*parts))
 
     def common(self) -> list[str]:
+        """The flags every stage of the demo takes: seed, device, progress."""
         flags = ["--seed", str(self.seed), "--device", self.device]
         if self.progress is not None:
             flags += ["--progress", str(bool(self.progress))]
@@ -180,6 +183,7 @@ class Context:
         return ["--save", str(d), "--force"]
 
     def record_command(self, stage: str, script: str, argv: Sequence[str]) -> None:
+        """Keep the command that started a stage, as README shows it (no --force, not the resumed one)."""
         shown = [a for a in argv if a not in ("--force",)]
         if "--resume" in shown:  # the command that started it is the one to show
             return
@@ -647,6 +651,7 @@ def write_report(out: Path, state: Mapping[str, Any]) -> Path:
 
 # ----------------------------------------------------------------------------- entry points
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the whole pipeline demo with parsed flags; returns its summary."""
     return run_demo(args.out, quick=args.quick, seed=args.seed, device=args.device, force=args.force,
                     resume=args.resume, progress=args.progress, threads=args.threads)
 

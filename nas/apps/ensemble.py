@@ -11,6 +11,7 @@ __all__ = ["get_args_parser", "main", "cli"]
 
 
 def get_args_parser(prog: str = "ensemble.py") -> ArgumentParser:
+    """This stage's flags (`--help` prints them)."""
     from nas.data import add_data_args
     from nas.engine.evaluate import TTA_MODES
     from nas.ensemble import METHODS
@@ -40,6 +41,7 @@ def get_args_parser(prog: str = "ensemble.py") -> ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the stage with parsed flags; returns what it writes to results.json."""
     from nas.data import open_data_from_args
     from nas.engine.session import open_session
     from nas.ensemble import load_member, parse_member_names, run_ensemble
@@ -67,4 +69,5 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli(argv: Sequence[str] | None = None, prog: str = "ensemble.py") -> None:
+    """Parse argv and run :func:`main`; bad input ends in one line and exit status 2."""
     run(main, get_args_parser(prog), argv)

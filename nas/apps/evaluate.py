@@ -13,6 +13,7 @@ __all__ = ["get_args_parser", "main", "cli"]
 
 
 def get_args_parser(prog: str = "fernas evaluate") -> ArgumentParser:
+    """This stage's flags (`--help` prints them)."""
     from nas.data import add_data_args
     from nas.engine.evaluate import TTA_MODES
 
@@ -31,6 +32,7 @@ def get_args_parser(prog: str = "fernas evaluate") -> ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the stage with parsed flags; returns what it writes to results.json."""
     from nas.data import open_data_from_args
     from nas.engine.evaluate import TTA_MODES, evaluate_checkpoint, write_csvs
     from nas.runtime.checkpoint import atomic_write_text, json_safe
@@ -63,4 +65,5 @@ def _labels_like_training(args: argparse.Namespace) -> None:
 
 
 def cli(argv: Sequence[str] | None = None, prog: str = "fernas evaluate") -> None:
+    """Parse argv and run :func:`main`; bad input ends in one line and exit status 2."""
     run(main, get_args_parser(prog), argv)

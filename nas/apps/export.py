@@ -17,6 +17,7 @@ __all__ = ["get_args_parser", "main", "cli"]
 
 
 def get_args_parser(prog: str = "fernas export") -> ArgumentParser:
+    """This stage's flags (`--help` prints them)."""
     from nas.predict.export import FORMATS
 
     p = ArgumentParser(prog=prog, description="Export a fer-nas checkpoint for deployment (auxiliary head dropped, "
@@ -32,6 +33,7 @@ def get_args_parser(prog: str = "fernas export") -> ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Export a checkpoint for deployment and verify it; returns the report, also printed as JSON."""
     from nas.predict.export import export_checkpoint
 
     for name in ("batch_size", "verify_batch"):
@@ -50,4 +52,5 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli(argv: Sequence[str] | None = None, prog: str = "fernas export") -> None:
+    """Parse argv and run :func:`main`; bad input ends in one line and exit status 2."""
     run(main, get_args_parser(prog), argv)

@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from nas.runtime.cli import ArgumentParser, run
 from nas.runtime.errors import FerNasError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["get_args_parser", "main", "cli"]
 
 
 def get_args_parser(prog: str = "fernas fes") -> ArgumentParser:
+    """This stage's flags (`--help` prints them)."""
     p = ArgumentParser(prog=prog, description="Facial-expression similarity (FES) matrix from FER+ votes.")
     p.add_argument("--ferplus", required=True, help="FER+ votes file (fer2013new.csv)")
     p.add_argument("--out", default=None, help="also write the matrix as JSON to this file")
@@ -25,7 +29,8 @@ def get_args_parser(prog: str = "fernas fes") -> ArgumentParser:
     return p
 
 
-def main(args: argparse.Namespace) -> Any:
+def main(args: argparse.Namespace) -> dict[str, Any] | np.ndarray:
+    """Print the FES matrix (or the disagreement table) and write it to --out; returns it."""
     from nas.data import ferplus
     from nas.runtime.checkpoint import atomic_write_text
 
@@ -50,4 +55,5 @@ def main(args: argparse.Namespace) -> Any:
 
 
 def cli(argv: Sequence[str] | None = None, prog: str = "fernas fes") -> None:
+    """Parse argv and run :func:`main`; bad input ends in one line and exit status 2."""
     run(main, get_args_parser(prog), argv)

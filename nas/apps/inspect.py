@@ -12,6 +12,7 @@ __all__ = ["get_args_parser", "main", "cli"]
 
 
 def get_args_parser(prog: str = "fernas inspect") -> ArgumentParser:
+    """This stage's flags (`--help` prints them)."""
     from nas.data.fer2013 import LABEL_MODES
     from nas.data.readers import FORMATS
     from nas.data.source import crop_box, name_list
@@ -36,6 +37,7 @@ def get_args_parser(prog: str = "fernas inspect") -> ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Read a dataset as a stage would; returns its summary, also printed as JSON."""
     from nas.data import load_dataset
 
     d = load_dataset(args.path, args.format, skip_bad_rows=args.skip_bad_rows, seed=args.seed,
@@ -48,4 +50,5 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli(argv: Sequence[str] | None = None, prog: str = "fernas inspect") -> None:
+    """Parse argv and run :func:`main`; bad input ends in one line and exit status 2."""
     run(main, get_args_parser(prog), argv)

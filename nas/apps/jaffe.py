@@ -14,12 +14,15 @@ DESCRIPTION = "Test a checkpoint on JAFFE: direct test, or leave-one-subject-out
 
 
 def get_args_parser(prog: str = "test_jaffe.py") -> ArgumentParser:
+    """This stage's flags (`--help` prints them)."""
     return parser_for("jaffe", prog, DESCRIPTION)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the stage with parsed flags; returns what it writes to results.json."""
     return run_kind(args, "jaffe", get_args_parser())
 
 
 def cli(argv: Sequence[str] | None = None, prog: str = "test_jaffe.py") -> None:
+    """Parse argv and run :func:`main`; bad input ends in one line and exit status 2."""
     run(main, get_args_parser(prog), argv)

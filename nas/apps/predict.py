@@ -24,6 +24,7 @@ __all__ = ["get_args_parser", "main", "cli"]
 
 
 def get_args_parser(prog: str = "fernas predict") -> ArgumentParser:
+    """This stage's flags (`--help` prints them)."""
     from nas.engine.evaluate import TTA_MODES
     from nas.predict.faces import CROP_SCALE, CROP_SHIFT
     from nas.predict.pipeline import OUTPUT_FORMATS
@@ -138,6 +139,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli(argv: Sequence[str] | None = None, prog: str = "fernas predict") -> None:
+    """Parse argv and run :func:`main`; bad input ends in one line and exit status 2."""
     def main_with_status(args: argparse.Namespace) -> None:
         if main(args)["failed"]:
             sys.exit(1)

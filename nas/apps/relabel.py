@@ -11,6 +11,7 @@ __all__ = ["get_args_parser", "main", "cli"]
 
 
 def get_args_parser(prog: str = "relabel_training.py") -> ArgumentParser:
+    """This stage's flags (`--help` prints them)."""
     from nas.data import add_data_args
     from nas.engine.session import add_session_args
     from nas.engine.trainer import add_train_args
@@ -28,6 +29,7 @@ def get_args_parser(prog: str = "relabel_training.py") -> ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the stage with parsed flags; returns what it writes to results.json."""
     from nas.engine.evaluate import load_model_from_checkpoint
     from nas.engine.session import open_session, safe_name
     from nas.engine.robust import check_robust
@@ -45,4 +47,5 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli(argv: Sequence[str] | None = None, prog: str = "relabel_training.py") -> None:
+    """Parse argv and run :func:`main`; bad input ends in one line and exit status 2."""
     run(main, get_args_parser(prog), argv)

@@ -14,6 +14,7 @@ __all__ = ["get_args_parser", "main", "run_search", "cli"]
 
 
 def get_args_parser(prog: str = "search.py") -> ArgumentParser:
+    """This stage's flags (`--help` prints them)."""
     from nas.data import add_data_args
     from nas.engine.session import add_session_args
     from nas.search.searcher import add_search_args
@@ -40,6 +41,7 @@ def run_search(args: argparse.Namespace, data: FERData | None = None, stop: Stop
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the stage with parsed flags; returns what it writes to results.json."""
     import os
 
     result = run_search(args)
@@ -50,4 +52,5 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli(argv: Sequence[str] | None = None, prog: str = "search.py") -> None:
+    """Parse argv and run :func:`main`; bad input ends in one line and exit status 2."""
     run(main, get_args_parser(prog), argv)

@@ -13,6 +13,7 @@ __all__ = ["get_args_parser", "main", "cli"]
 
 
 def get_args_parser(prog: str = "python -m nas.data.synthfer") -> ArgumentParser:
+    """This stage's flags (`--help` prints them)."""
     from nas.data.synthfer import DEFAULT_RENDERER, FORMATS, NOISE_MODES, NOISE_SPLITS, RENDERERS
 
     p = ArgumentParser(prog=prog, description="Export SynthFER, the synthetic facial-expression benchmark, in a "
@@ -48,6 +49,7 @@ def get_args_parser(prog: str = "python -m nas.data.synthfer") -> ArgumentParser
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Export (or preview) a SynthFER dataset; returns the export's summary, also printed as JSON."""
     from nas.data import synthfer
 
     t0 = time.perf_counter()
@@ -71,4 +73,5 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli(argv: Sequence[str] | None = None, prog: str = "python -m nas.data.synthfer") -> None:
+    """Parse argv and run :func:`main`; bad input ends in one line and exit status 2."""
     run(main, get_args_parser(prog), argv)

@@ -11,6 +11,7 @@ __all__ = ["get_args_parser", "main", "cli", "check_args"]
 
 
 def get_args_parser(prog: str = "train_searched.py") -> ArgumentParser:
+    """This stage's flags (`--help` prints them)."""
     from nas.data import add_data_args
     from nas.engine.session import add_session_args
     from nas.engine.trainer import add_train_args
@@ -31,6 +32,7 @@ def get_args_parser(prog: str = "train_searched.py") -> ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the stage with parsed flags; returns what it writes to results.json."""
     from nas.data import open_data_from_args
     from nas.engine.session import open_session, safe_name
     from nas.engine.trainer import Trainer, config_from_args, write_run_report
@@ -68,4 +70,5 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def cli(argv: Sequence[str] | None = None, prog: str = "train_searched.py") -> None:
+    """Parse argv and run :func:`main`; bad input ends in one line and exit status 2."""
     run(main, get_args_parser(prog), argv)

@@ -55,6 +55,7 @@ class BatchAugment:
 
     @property
     def affine(self) -> bool:
+        """Whether a rotation, translation or scaling is asked for (else the affine warp is skipped)."""
         return self.rotate != 0 or self.translate != 0 or self.scale != (1.0, 1.0)
 
     def __repr__(self) -> str:

@@ -56,6 +56,7 @@ class FERData:
 
     @property
     def image_size(self) -> tuple[int, int]:
+        """(height, width) of the stored images."""
         return int(self.images.shape[-2]), int(self.images.shape[-1])
 
     def select(self, index: torch.Tensor) -> "FERData":

@@ -29,6 +29,7 @@ _NAME = re.compile(r"([A-Za-z]{2})\.([A-Za-z]{2})(\d+)\.(\d+)", re.ASCII)
 
 
 def is_jaffe(path: Path) -> bool:
+    """Whether a folder holds JAFFE's .tiff files at its top level."""
     return any(p.suffix.lower() in (".tif", ".tiff") for p in path.iterdir() if p.is_file())
 
 

@@ -59,6 +59,7 @@ def open_data(dataset: str = "auto", data: str | Path | None = None, *, size: in
 
 
 def crop_box(value: str) -> tuple[int, int, int, int]:
+    """argparse type of a crop box flag: 'top,left,height,width' as four integers."""
     try:
         box = tuple(int(v) for v in value.split(","))
     except ValueError:

@@ -36,6 +36,7 @@ class Samples:
     extra: dict[str, list[float]] = field(default_factory=dict)
 
     def add(self, path: Path, native: int, test: bool, where: str, box: Box | None = None, **extra: float) -> None:
+        """Record one image: its path, native label, split, where it came from (for messages), box and extra columns."""
         self.paths.append(path)
         self.boxes.append(box)
         self.native.append(native)

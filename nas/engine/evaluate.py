@@ -13,13 +13,16 @@ matrix and per-class CSVs).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import nn
 
 from nas.data.dataset import FERData
 from nas.runtime.errors import FerNasError
+
+if TYPE_CHECKING:
+    from nas.runtime.distributed import DistInfo
 
 __all__ = [
     "TTA_MODES", "predict", "evaluate_split", "accuracy", "topk_accuracy", "confusion_matrix",
@@ -138,7 +141,7 @@ def predict(model: nn.Module, images: torch.Tensor, *, mean: float, std: float, 
 
 def evaluate_split(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, mean: float, std: float,
                    crop: int, tta: str = "center", batch_size: int = 256, amp: bool = False,
-                   channels_last: bool = False, dist_info: Any = None) -> dict[str, float]:
+                   channels_last: bool = False, dist_info: DistInfo | None = None) -> dict[str, float]:
     """Accuracy (%) and loss (NLL of the view-averaged probabilities) of one split.
 
     Under DDP (``dist_info.world_size`` > 1) each rank scores a disjoint shard and

@@ -110,9 +110,11 @@ class Objective(Protocol):
     def progress(self, sums: Mapping[str, float]) -> dict[str, str]:
         """The progress bar's postfix."""
 
-    def state_dict(self) -> dict[str, Any]: ...
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue bit for bit (models, optimizers, schedules)."""
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output."""
 
 
 class StopRequest(Protocol):
@@ -120,7 +122,8 @@ class StopRequest(Protocol):
     ``signum``, when present, is the signal the interruption reports."""
 
     @property
-    def requested(self) -> bool: ...
+    def requested(self) -> bool:
+        """Whether the run should stop at the next step boundary."""
 
 
 class Callback:
@@ -131,19 +134,25 @@ class Callback:
 
     name = "callback"
 
-    def on_fit_start(self, loop: "Loop") -> None: ...
+    def on_fit_start(self, loop: "Loop") -> None:
+        """Before the first epoch of this process (also when a run resumes)."""
 
-    def on_epoch_end(self, loop: "Loop", epoch: int, row: dict[str, Any]) -> None: ...
+    def on_epoch_end(self, loop: "Loop", epoch: int, row: dict[str, Any]) -> None:
+        """After an epoch's evaluation: add columns to ``row``, or set ``loop.stop_reason``."""
 
-    def on_save(self, loop: "Loop", row: Mapping[str, Any]) -> None: ...
+    def on_save(self, loop: "Loop", row: Mapping[str, Any]) -> None:
+        """After the epoch's row is written and the position has moved on: write files."""
 
     def epoch_note(self, row: Mapping[str, Any]) -> str:
+        """Text added to the epoch's log line (empty by default)."""
         return ""
 
     def state_dict(self) -> dict[str, Any]:
+        """The callback's state for checkpoints (empty by default)."""
         return {}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output."""
 
 
 # ----------------------------------------------------------------------------- guarded updates
@@ -162,6 +171,7 @@ class UpdateGuard:
         self._saved: list[torch.Tensor] = []
 
     def begin(self) -> None:
+        """Save the batch-norm buffers before the forward pass (put back by :meth:`end` if the step is bad)."""
         self._saved = [b.clone() for b in self.buffers]
 
     def flag(self, *values: torch.Tensor) -> torch.Tensor:
@@ -183,6 +193,7 @@ class UpdateGuard:
             optimizer.step()
 
     def end(self, bad: torch.Tensor) -> None:
+        """Restore the saved batch-norm buffers where ``bad`` (a device tensor) is set; no host sync."""
         for b, old in zip(self.buffers, self._saved):
             b.copy_(torch.where(bad > 0, old, b))
         self._saved = []
@@ -213,6 +224,7 @@ class GracefulStop:
 
     @property
     def requested(self) -> bool:
+        """Whether SIGINT or SIGTERM has been received."""
         return self.signum is not None
 
     def _handler(self, signum, frame):  # noqa: ARG002
@@ -305,6 +317,7 @@ class Loop:
 
     @property
     def finished(self) -> bool:
+        """Whether every epoch has run or a callback asked the run to stop."""
         return self.epoch >= self.epochs or self.stop_reason is not None
 
     # ------------------------------------------------------------------ one step

@@ -95,4 +95,5 @@ def build_scheduler(optimizer: torch.optim.Optimizer, name: str = "cosine", *, e
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The first parameter group's learning rate."""
     return float(optimizer.param_groups[0]["lr"])

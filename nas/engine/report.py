@@ -10,11 +10,14 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from nas.models.genotypes import Genotype
 
 __all__ = ["have_matplotlib", "save_figure", "plot_curves", "plot_search_curves", "plot_confusion", "saliency",
            "plot_saliency", "plot_misclassified", "plot_cell", "plot_cells", "write_report"]
@@ -318,7 +321,7 @@ def plot_cell(cell: Sequence[tuple[str, int]], concat: Sequence[int], path: str 
     return save_figure(fig, Path(path))
 
 
-def plot_cells(genotype: Any, out_dir: str | Path, prefix: str = "cell") -> list[Path]:
+def plot_cells(genotype: Genotype | Mapping[str, Any], out_dir: str | Path, prefix: str = "cell") -> list[Path]:
     """``cell_normal.png`` and ``cell_reduce.png`` for a genotype (a ``Genotype`` or its
     dict): with graphviz (the package and its ``dot`` binary) when it works, else with
     matplotlib."""
@@ -370,7 +373,7 @@ def _graphviz_cell(cell: Sequence[tuple[str, int]], concat: Sequence[int], path:
 def write_report(out_dir: str | Path, *, model: nn.Module | None = None, metrics_rows: Sequence[Mapping] = (),
                  images: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                  probs: torch.Tensor | None = None, classes: Sequence[str] = (), mean: float = 0.5,
-                 std: float = 0.25, crop: int = 44, genotype: Any = None, split_name: str = "PrivateTest",
+                 std: float = 0.25, crop: int = 44, genotype: Genotype | Mapping[str, Any] | None = None, split_name: str = "PrivateTest",
                  seed: int = 0) -> list[Path]:
     """Write every plot that the inputs allow into ``out_dir``; return the paths.
     Never raises for a plotting problem: a failed plot becomes a notice."""

@@ -12,6 +12,7 @@ The checkpoint must have been written by the same stage.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ def add_session_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     return parser
 
 
-def safe_name(name: Any) -> str:
+def safe_name(name: str | os.PathLike) -> str:
     """A folder-name-safe version of an architecture name or path."""
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(str(name)).stem) or "run"
 

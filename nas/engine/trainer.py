@@ -356,6 +356,7 @@ class Classification:
         check_robust(cfg.robust, self.model, (getattr(self.model, "fernas_spec", None) or {}).get("arch", "the model"))
 
     def drop_path_at(self, epoch: int) -> float:
+        """The drop-path probability at ``epoch``: ramped linearly over the whole schedule (relabelling continues the ramp)."""
         return self.cfg.drop_path_prob * (self.drop_path_offset + epoch) / self.drop_path_total
 
     # -- the loop's calls ---------------------------------------------------------------

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Union
 
 import torch.nn as nn
 
@@ -24,6 +24,9 @@ from nas.runtime.errors import FerNasError
 from nas.models.genotypes import (Genotype, genotype_from_dict, genotype_to_dict, is_genotype_name, list_genotypes,
                            load_genotype)
 from nas.models.network import NetworkFER
+
+#: what names an architecture: a baseline or genotype name, a genotype .json path, a Genotype or its dict
+ArchSpec = Union[str, os.PathLike, Genotype, Mapping[str, Any]]
 
 __all__ = ["build_model", "check_arch", "count_parameters", "model_spec", "model_from_spec", "list_models", "MODEL_REGISTRY",
            "SPEC_KWARGS"]
@@ -72,7 +75,7 @@ def _resolve(arch: Any) -> tuple[str, Genotype | None]:
     raise FerNasError(f"unknown architecture {arch!r} ({_choices()})")
 
 
-def check_arch(arch: Any, init_channels: int = 36, layers: int = 12) -> bool:
+def check_arch(arch: ArchSpec, init_channels: int = 36, layers: int = 12) -> bool:
     """One-line errors for an architecture ``build_model`` would refuse (unknown name, bad
     genotype file, sizes), without building it. Returns True for a genotype network (global
     pooling and a linear head: class activation maps exist), False for a baseline."""
@@ -82,7 +85,7 @@ def check_arch(arch: Any, init_channels: int = 36, layers: int = 12) -> bool:
     return genotype is not None
 
 
-def build_model(arch: Any, num_classes: int = 7, init_channels: int = 36, layers: int = 12, auxiliary: bool = True,
+def build_model(arch: ArchSpec, num_classes: int = 7, init_channels: int = 36, layers: int = 12, auxiliary: bool = True,
                 in_channels: int = 1, drop_path_prob: float = 0.0) -> nn.Module:
     """The network for ``arch`` (baseline name, genotype name/path, Genotype or dict).
 
@@ -134,7 +137,7 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
     return copy.deepcopy(spec)
 
 
-def model_from_spec(spec: Any, where: str = "model spec", drop_path_prob: float = 0.0) -> nn.Module:
+def model_from_spec(spec: object, where: str = "model spec", drop_path_prob: float = 0.0) -> nn.Module:
     """Rebuild the architecture that :func:`model_spec` described (fresh weights).
     ``where`` names the source (e.g. the checkpoint path) in error messages."""
     if not isinstance(spec, Mapping) or not isinstance(spec.get("arch"), str):

@@ -128,7 +128,7 @@ def validate_genotype(g: Genotype, where: str = "genotype") -> Genotype:
     return Genotype(normal, normal_concat, reduce, reduce_concat)
 
 
-def genotype_from_dict(d: Any, where: str = "genotype") -> Genotype:
+def genotype_from_dict(d: object, where: str = "genotype") -> Genotype:
     """Build and validate a :class:`Genotype` from its JSON dict form."""
     if isinstance(d, Genotype):
         return validate_genotype(d, where)

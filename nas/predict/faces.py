@@ -17,8 +17,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import types
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ MISSING = ('face detection needs OpenCV with its cascades: pip install "fer-nas[
            '(opencv-python-headless<5); or pass --boxes FILE or --no_detect')
 
 
-def opencv() -> Any:
+def opencv() -> types.ModuleType:
     """The cv2 module, with a one-line error when it is missing or has no cascades. OpenCV's
     and FFmpeg's own warnings are silenced: a file or camera that fails gets our one line."""
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's "quiet"

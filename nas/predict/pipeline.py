@@ -99,6 +99,7 @@ class FaceResult:
     probs: np.ndarray
 
     def label(self, classes: Sequence[str]) -> str:
+        """The face's most probable class name."""
         return classes[int(self.probs.argmax())]
 
 
@@ -110,6 +111,7 @@ class ImageResult:
 
     @property
     def status(self) -> str:
+        """'error' when the frame could not be read, 'no_face' when no face was found, else 'ok'."""
         return "error" if self.frame.error else ("ok" if self.faces else "no_face")
 
 

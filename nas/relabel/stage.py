@@ -178,6 +178,7 @@ class Relabeller(Callback):
 
     @property
     def active(self) -> bool:
+        """Whether the rule can change any label (a threshold above 0, and a soft weight above 0 for 'soft')."""
         return self.threshold > 0 and (self.rule != "soft" or self.soft_lambda > 0)
 
     # -- per step (on the device, no host sync) -------------------------------------

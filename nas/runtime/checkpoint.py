@@ -19,12 +19,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Union
 
 import torch
 
 from nas import __version__
 from nas.runtime.errors import FerNasError
+
+#: a value ``json.dumps`` writes as standard JSON
+JSONValue = Union[None, bool, int, float, str, list["JSONValue"], dict[str, "JSONValue"]]
 
 __all__ = ["atomic_save", "atomic_write_text", "atomic_write_bytes", "safe_load", "RunDir", "RUN_MARKERS", "RUN_MARK",
            "read_csv_rows", "write_csv", "plain", "json_safe", "check_clearable"]
@@ -88,7 +91,7 @@ def atomic_save(obj: Mapping[str, Any], path: str | os.PathLike) -> None:
         raise FerNasError(f"{path}: cannot write checkpoint ({e.strerror or e})") from None
 
 
-def json_safe(v: Any) -> Any:
+def json_safe(v: object) -> JSONValue:
     """``v`` with tensors as lists, paths as strings and non-finite floats as ``None``,
     so that ``json.dumps`` writes standard JSON (no ``NaN``/``Infinity`` tokens)."""
     if isinstance(v, float) and not math.isfinite(v):
@@ -197,6 +200,7 @@ class RunDir:
             raise FerNasError(f"{path}: only {free_mb:.0f} MB free, need at least {min_free_mb:.0f} MB for this run")
 
     def file(self, name: str) -> Path:
+        """The path of ``name`` inside the run folder."""
         return self.path / name
 
     # -- config and log -------------------------------------------------------------
@@ -326,6 +330,7 @@ def _clear_run(path: Path) -> None:
 
 
 def read_csv_rows(path: str | os.PathLike) -> list[dict[str, str]]:
+    """A CSV file's rows as dicts of strings (the header gives the keys)."""
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
@@ -348,7 +353,7 @@ def _fmt(v: Any) -> Any:
     return v
 
 
-def plain(v: Any) -> Any:
+def plain(v: object) -> JSONValue:
     """``v`` as plain values (str, int, float, bool, None, lists, dicts with str keys), safe for
     weights-only checkpoints, YAML and JSON: one-element tensors become numbers, paths strings,
     anything else its ``str``; mapping keys starting with ``_`` (private attributes) are left out."""

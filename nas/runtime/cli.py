@@ -21,6 +21,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse with a one-line error (``prog: error: ...``) and exit status 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        """Exit with status 2 and the message on one line (argparse's usage block is left out)."""
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 import torch
 import torch.distributed as dist
@@ -39,14 +41,17 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
+        """Whether more than one process takes part."""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0, the rank that writes files and logs."""
         return self.rank == 0
 
 
 def single_process(device: torch.device | str = "cpu") -> DistInfo:
+    """The DistInfo of a run without torch.distributed, on ``device``."""
     return DistInfo(device=torch.device(device))
 
 
@@ -105,12 +110,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 
 def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """``t`` replaced in place by its elementwise maximum over ranks (unchanged in one process)."""
     if _active():
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
 
 
-def all_gather_objects(obj: Any) -> list[Any]:
+def all_gather_objects(obj: T) -> list[T]:
     """Every rank's ``obj`` (picklable, in-process only) as a list indexed by rank."""
     if not _active():
         return [obj]
@@ -119,7 +125,8 @@ def all_gather_objects(obj: Any) -> list[Any]:
     return out
 
 
-def broadcast_object(obj: Any, src: int = 0) -> Any:
+def broadcast_object(obj: T, src: int = 0) -> T:
+    """Rank ``src``'s picklable ``obj`` on every rank (``obj`` itself in one process)."""
     if not _active():
         return obj
     box = [obj]
@@ -128,6 +135,7 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 
 def barrier() -> None:
+    """Wait until every rank gets here (nothing in one process)."""
     if _active():
         dist.barrier()
 

@@ -223,9 +223,11 @@ class Architect:
 
     # -- state ------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """The optimizer's state (the alphas live in the model's state)."""
         return {"optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output."""
         self.optimizer.load_state_dict(state["optimizer"])
 
 

@@ -315,6 +315,7 @@ class BilevelSearch:
         return x, self.labels[idx]
 
     def step(self, epoch: int, step: int, batch: tuple[torch.Tensor, torch.Tensor], ctx: StepContext) -> StepResult:
+        """One bilevel step: an architecture update on a held-out batch, then a weight update, guarded by ``ctx.guard``."""
         ctx.guard.begin()
         xt, yt = self._batch(batch[0], ctx.augment)
         xa, ya = self._batch(batch[1], ctx.augment)

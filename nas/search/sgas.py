@@ -112,9 +112,11 @@ class SGAS:
                 + self.epochs_after_last_decision + 1)
 
     def candidates(self, cell_type: str) -> list[int]:
+        """The undecided edges of ``cell_type``."""
         return [e for e, s in enumerate(self.model.edge_state[cell_type]) if s == UNDECIDED]
 
     def is_decision_epoch(self, epoch: int) -> bool:
+        """Whether an edge is decided after ``epoch`` (past the warm-up, on the decision frequency, while edges remain)."""
         return (epoch >= self.warmup_dec_epoch and (epoch - self.warmup_dec_epoch) % self.decision_freq == 0
                 and any(self.candidates(c) for c in CELL_TYPES))
 
@@ -210,10 +212,12 @@ class SGAS:
 
     # -- state ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """The decisions made so far, the scores' history and the grown batch size, for an exact resume."""
         return {"history": {c: [h.clone() for h in v] for c, v in self.history.items()},
                 "batch_size": self.batch_size, "decisions": [dict(d) for d in self.decisions]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output."""
         self.history = {c: [h.clone() for h in state["history"].get(c, [])] for c in CELL_TYPES}
         self.batch_size = int(state["batch_size"])
         self.decisions = [dict(d) for d in state["decisions"]]

@@ -226,6 +226,7 @@ class SearchNetwork(nn.Module):
     # -- parameters -----------------------------------------------------------------
     @property
     def num_edges(self) -> int:
+        """Edges of one cell (rows of an alpha matrix)."""
         return self.alphas_normal.shape[0]
 
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -236,6 +237,7 @@ class SearchNetwork(nn.Module):
         return ps
 
     def arch_parameter_names(self) -> list[str]:
+        """The attribute names of :meth:`arch_parameters`, in the same order."""
         names = ["alphas_normal", "alphas_reduce"]
         return names + (["betas_normal", "betas_reduce"] if self.partial_channels > 1 else [])
 
@@ -245,10 +247,12 @@ class SearchNetwork(nn.Module):
         return [p for p in self.parameters() if id(p) not in arch]
 
     def named_weight_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """(name, parameter) of every weight parameter (everything but the architecture parameters)."""
         arch = {id(p) for p in self.arch_parameters()}
         return [(n, p) for n, p in self.named_parameters() if id(p) not in arch]
 
     def alphas(self, cell_type: str) -> nn.Parameter:
+        """The architecture weights of ``cell_type`` ('normal' or 'reduce'), one row per edge."""
         return self.alphas_normal if cell_type == "normal" else self.alphas_reduce
 
     @torch.no_grad()
@@ -266,6 +270,7 @@ class SearchNetwork(nn.Module):
         return float(torch.cat(values).mean()) if values else float("nan")
 
     def betas(self, cell_type: str) -> nn.Parameter | None:
+        """The edge-normalisation weights of ``cell_type`` with partial channels, else None."""
         if self.partial_channels == 1:
             return None
         return self.betas_normal if cell_type == "normal" else self.betas_reduce

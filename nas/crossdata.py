@@ -49,7 +49,7 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -357,7 +357,9 @@ def cross_validate(checkpoint: str | Path, data: FERData, folds: Sequence[Fold],
                    dist: DistInfo | None = None, tta: str = "center",
                    batch_size: int = 256, seed: int = 0, verbose: bool = False, fold_label: str = "fold",
                    csv_name: str = "folds.csv", keep_checkpoints: bool = False, resume: bool = False,
-                   args: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   args: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
+                   folds_done: Sequence[str] | None = None,
+                   on_fold_done: Callable[[list[str]], None] | None = None) -> dict[str, Any]:
     """Fine-tune (or directly test) ``checkpoint`` on each fold and score the held-out parts.
 
     Writes into ``run`` (a RunDir; only rank 0's writes anything): ``csv_name`` (one row per
@@ -365,7 +367,9 @@ def cross_validate(checkpoint: str | Path, data: FERData, folds: Sequence[Fold],
     std over folds, pooled accuracy), ``confusion.csv``/``.png`` over all folds, and per
     fold a ``fold_<name>/`` run directory (metrics.csv, log.txt, results.json, the held-out
     predictions ``heldout.pt``; checkpoints only with ``keep_checkpoints``). With ``resume``,
-    finished folds are read back and an interrupted fold continues from its last.pt."""
+    the folds named in ``folds_done`` (the run's recorded position) are read back from their
+    ``heldout.pt`` and an interrupted fold continues from its own last.pt; ``on_fold_done`` is
+    called with the finished folds' names after each fine-tuned fold (the run records them)."""
     from nas.runtime.checkpoint import atomic_save, atomic_write_text, json_safe, safe_load, write_csv
     from nas.runtime.distributed import single_process
     from nas.engine.evaluate import checkpoint_norm, load_model_from_checkpoint, predict
@@ -416,7 +420,13 @@ def cross_validate(checkpoint: str | Path, data: FERData, folds: Sequence[Fold],
         col_names = data_classes
         for k, f in enumerate(folds):
             fdir = run.path / (f"fold_{int(f.name):02d}" if f.name.isdigit() else f"{fold_label}_{f.name}")
-            done = resume and (fdir / "heldout.pt").is_file() and (fdir / "results.json").is_file()
+            if folds_done is None:  # a run from before the position was recorded: the files say
+                done = resume and (fdir / "heldout.pt").is_file() and (fdir / "results.json").is_file()
+            else:
+                done = resume and f.name in folds_done
+                if done and not ((fdir / "heldout.pt").is_file() and (fdir / "results.json").is_file()):
+                    raise FerNasError(f"{fdir}: {fold_label} {f.name} is recorded as finished but its heldout.pt or "
+                                      f"results.json is missing; start the run again")
             if done:
                 held = safe_load(fdir / "heldout.pt")
                 probs, res = held["probs"], json.loads((fdir / "results.json").read_text())
@@ -441,6 +451,8 @@ def cross_validate(checkpoint: str | Path, data: FERData, folds: Sequence[Fold],
                          "engine_test_acc": res.get("test_acc"), "epochs": res.get("epochs")})
             run.log(f"{fold_label} {f.name} ({k + 1}/{len(folds)}): {f.train.numel()} train / {f.test.numel()} "
                     f"test images, {len(f.test_subjects)} test subject(s): accuracy {acc:.2f}%")
+            if on_fold_done is not None:
+                on_fold_done([g.name for g in folds[:k + 1]])
         pred_all = torch.cat(pooled_pred) if pooled_pred else torch.zeros(0, dtype=torch.int64)
         true_all = torch.cat(pooled_true) if pooled_true else torch.zeros(0, dtype=torch.int64)
         cm = _confusion(pred_all, true_all, len(data_classes), len(data_classes))
@@ -705,8 +717,9 @@ def run_crossdata(s: Session, kind: str, ckpt: Mapping[str, Any] | None = None,
     """The body of test_ck48.py (``kind="ck48"``), test_jaffe.py (``kind="jaffe"``) and
     ``fernas crosstest`` (``kind="any"``) in a session (``plan``: from :func:`plan_crossdata`,
     made before the session's run folder; made here when not given). The run folder's own
-    ``last.pt`` holds the flags (what ``--resume`` takes back); finished folds are reused on
-    resume and an interrupted one continues."""
+    ``last.pt`` holds the position: the flags (what ``--resume`` takes back) and the folds
+    finished so far, rewritten after each fold; on resume those are read back and an
+    interrupted fold continues from its own last.pt."""
     from nas.engine.trainer import config_from_args
     from nas.runtime.checkpoint import safe_load
 
@@ -716,10 +729,15 @@ def run_crossdata(s: Session, kind: str, ckpt: Mapping[str, Any] | None = None,
         ckpt = safe_load(args.checkpoint)
     if plan is None:
         plan = plan_crossdata(args, kind)
-    if s.state is None:
+    def record(done: list[str]) -> None:
+        # the run's position: its flags (what --resume takes back) and the folds finished so far
         run.save("last.pt", {"kind": CROSSVAL_KIND, "stage": "crosstest" if kind == "any" else kind,
-                             "args": {k: v for k, v in vars(args).items()},
-                             "epoch": 0, "step": 0})
+                             "args": {k: v for k, v in vars(args).items()}, "folds_done": list(done),
+                             "folds": [f.name for f in plan.folds], "epoch": len(done), "step": 0})
+
+    folds_done = None if s.state is None else s.state.get("folds_done")
+    if s.state is None:
+        record([])
     data, folds, label, csv_name, extra = plan.data, plan.folds, plan.label, plan.csv_name, plan.extra
     n = len(data)
     cov = extra["coverage"]
@@ -735,4 +753,5 @@ def run_crossdata(s: Session, kind: str, ckpt: Mapping[str, Any] | None = None,
     return cross_validate(args.checkpoint, data, folds, run, finetune=finetune, cfg=cfg, head=args.head,
                           dist=dist, tta=args.tta, seed=args.seed, verbose=args.verbose, fold_label=label,
                           csv_name=csv_name, keep_checkpoints=args.keep_checkpoints, resume=s.state is not None,
-                          args=vars(args), extra=extra)
+                          args=vars(args), extra=extra, folds_done=folds_done,
+                          on_fold_done=record if finetune else None)

@@ -187,12 +187,24 @@ def test_two_fold_finetuning_run_writes_consistent_files(ck):
     assert int(cm.sum()) == n and math.isclose(100 * int(cm.trace()) / n, res["pooled"]["accuracy"], abs_tol=1e-6)
     assert (out / "config.yaml").exists() and (out / "log.txt").exists()
 
-    # resume: a fold whose results are gone runs again and gives the same figures (seeded)
+    # the run's last.pt is its position: the flags and the folds finished, rewritten after each fold
+    from nas.runtime.checkpoint import atomic_save
+
+    pos = safe_load(out / "last.pt")
+    assert pos["folds_done"] == ["1", "2"] and pos["folds"] == ["1", "2"] and pos["epoch"] == 2
+    # a fold recorded as finished whose files are gone: one line, nothing rerun behind the user's back
     (out / "fold_02" / "heldout.pt").unlink()
+    proc = run_inprocess("test_ck48.py", ["--resume", out, "--device", "cpu"])
+    assert proc.returncode == 2 and "fold 2 is recorded as finished" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    # resume after an interruption during fold 2 (the position says fold 1 is done): fold 2 runs
+    # again and gives the same figures (seeded)
+    atomic_save({**pos, "folds_done": ["1"], "epoch": 1}, out / "last.pt")
     proc = run_inprocess("test_ck48.py", ["--resume", out, "--device", "cpu"])
     assert proc.returncode == 0, proc.stderr
     again = read_csv_rows(out / "folds.csv")
     assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]
+    assert safe_load(out / "last.pt")["folds_done"] == ["1", "2"]
 
 
 def test_direct_test_and_reference_protocol(ck):

@@ -76,3 +76,10 @@ def test_score_network_and_the_rank_vote():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # copies were scored
     votes = proxies.rank_vote([{"a": 1.0, "b": 5.0}, {"a": 3.0, "b": 4.0}, {"a": 2.0, "b": float("nan")}], ["a", "b"])
     assert votes == [2.0, 2.5, 1.5]
+
+
+def test_the_search_flag_lists_every_proxy_and_the_vote():
+    from nas.search.config import ZC_PROXIES
+    from nas.search.proxies import PROXIES
+
+    assert ZC_PROXIES == (*PROXIES, "vote")

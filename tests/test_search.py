@@ -12,7 +12,8 @@ import torch
 from nas.data.dataset import FERData
 from nas.runtime.errors import FerNasError, RunInterrupted
 from nas.models.genotypes import load_genotype
-from nas.apps.search import get_args_parser, run_search
+from nas.apps.search import get_args_parser
+from nas.apps.search import main as run_search
 from nas.engine.session import start_session
 from nas.search.searcher import BilevelSearch, Searcher, check_args
 
@@ -45,7 +46,7 @@ def tiny_args(save, *extra):
 
 def searcher(args, data, stop=None):
     """A Searcher in the session search.py would open (flags checked first, then the resume
-    rule, run folder and seed), as ``nas.apps.search.run_search`` does."""
+    rule, run folder and seed), as ``nas.apps.search.main`` does."""
     if not args.resume:
         check_args(args)
     return Searcher(start_session(args, get_args_parser(), stage="search"), data, stop=stop)

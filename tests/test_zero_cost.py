@@ -40,7 +40,7 @@ def test_zero_cost_keeps_the_best_by_the_vote_and_resumes_exactly(tmp_path):
     # interrupted after two candidates, then resumed: the same scores and the same cell
     args = search.get_args_parser().parse_args(_argv(csv, tmp_path / "cut"))
     with pytest.raises(RunInterrupted):
-        search.run_search(args, stop=StopAfter(2))
+        search.main(args, stop=StopAfter(2))
     assert (tmp_path / "cut" / "last.pt").exists()
     again = search.main(search.get_args_parser().parse_args(["--resume", str(tmp_path / "cut"), "--progress",
                                                              "False"]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Sequence
 
-from nas.apps.ck48 import parser_for, run_kind
+from nas.apps._crossval import parser_for, run_kind
 from nas.runtime.cli import ArgumentParser, run
 
 __all__ = ["get_args_parser", "main", "cli"]

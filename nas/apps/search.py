@@ -10,7 +10,7 @@ if TYPE_CHECKING:  # the names of the contracts, without importing torch at impo
     from nas.data.dataset import FERData
     from nas.engine.loop import StopRequest
 
-__all__ = ["get_args_parser", "main", "run_search", "cli"]
+__all__ = ["get_args_parser", "main", "cli"]
 
 
 def get_args_parser(prog: str = "search.py") -> ArgumentParser:
@@ -28,26 +28,18 @@ def get_args_parser(prog: str = "search.py") -> ArgumentParser:
     return p
 
 
-def run_search(args: argparse.Namespace, data: FERData | None = None, stop: StopRequest | None = None) -> dict[str, Any]:
-    """Search with ``args`` (``data``: a FERData instead of reading ``--data``); under
-    ``torchrun`` the ranks join one process group for the run."""
+def main(args: argparse.Namespace, data: FERData | None = None, stop: StopRequest | None = None) -> dict[str, Any]:
+    """Search with parsed flags (``data``: a FERData instead of reading ``--data``; ``stop``:
+    anything with ``requested``); under ``torchrun`` the ranks join one process group and rank 0
+    prints. Returns the search's summary (genotype, run folder, export)."""
     from nas.engine.session import open_session
-    from nas.search.searcher import Searcher, check_args
+    from nas.search.searcher import check_args, run_search
 
-    if not args.resume:
-        check_args(args)  # before any folder or data work
     with open_session(args, get_args_parser(), stage="search", check=check_args) as s:
-        return Searcher(s, data, stop=stop).run()
-
-
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the stage with parsed flags; returns what it writes to results.json."""
-    import os
-
-    result = run_search(args)
-    if os.environ.get("RANK", "0") == "0":  # torchrun: one line, from rank 0
-        print(f"genotype: {result['run_dir']}/genotype.json" + (f" (exported as {result['exported']})"
-                                                                if result["exported"] else ""))
+        result = run_search(s, data, stop=stop)
+        if s.dist.is_main:
+            print(f"genotype: {result['run_dir']}/genotype.json" + (f" (exported as {result['exported']})"
+                                                                    if result["exported"] else ""))
     return result
 
 

@@ -33,26 +33,12 @@ def get_args_parser(prog: str = "train_searched.py") -> ArgumentParser:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Run the stage with parsed flags; returns what it writes to results.json."""
-    from nas.data import open_data_from_args
     from nas.engine.session import open_session, safe_name
-    from nas.engine.trainer import Trainer, config_from_args, write_run_report
-    from nas.models import build_model
+    from nas.engine.trainer import run_train
 
     with open_session(args, get_args_parser(), stage="train", default_name=f"train-{safe_name(args.arch)}",
                       check=check_args) as s:
-        args = s.args
-        data = open_data_from_args(args)  # the reader refuses --labels ferplus_* without FER+ votes
-        model = build_model(args.arch, num_classes=len(data.classes), init_channels=args.init_channels,
-                            layers=args.layers, auxiliary=args.auxiliary, in_channels=int(data.images.shape[1]),
-                            drop_path_prob=args.drop_path_prob)
-        trainer = Trainer(model, data, config_from_args(args), s.run, dist=s.dist, args=vars(args), stage="train")
-        if s.state is not None:
-            trainer.loop.load_state_dict(s.state)
-        results = trainer.fit()
-        if s.dist.is_main and args.plots:
-            for p in write_run_report(s.run, data, device=s.device):
-                s.run.log(f"  wrote {p.name}", echo=False)
-        return results
+        return run_train(s)
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -78,12 +78,16 @@ class StepContext:
     guard: "UpdateGuard"
 
 
-class Objective(Protocol):
-    """A training objective: one step function and the state it owns.
+class Objective:
+    """A training objective: one step function and the state it owns; subclass it.
 
-    ``kind`` names its checkpoints; ``sum_names`` the columns of :attr:`StepResult.sums`
-    (one must be ``n``, the samples of a step); ``model`` is the module whose batch-norm
-    statistics the loop averages over ranks and checks for finiteness."""
+    What the loop needs, an objective must give: ``kind`` (names its checkpoints), ``sum_names``
+    (the columns of :attr:`StepResult.sums`; one must be ``n``, the samples of a step),
+    ``model`` (the module whose batch-norm statistics the loop averages over ranks and checks
+    for finiteness), :meth:`epoch_batches`, :meth:`step`, :meth:`state_dict` and
+    :meth:`load_state_dict`. The rest is optional: :meth:`epoch_row` defaults to the per-sample
+    means of the sums, :meth:`end_epoch` to nothing, and the three display hooks
+    (:meth:`describe`, :meth:`epoch_line`, :meth:`progress`) to plain text from the row and sums."""
 
     kind: str
     sum_names: tuple[str, ...]
@@ -91,30 +95,48 @@ class Objective(Protocol):
 
     def epoch_batches(self, epoch: int, generator: torch.Generator) -> Sequence[Any]:
         """The epoch's batches, drawn from ``generator`` alone (so they can be drawn again)."""
+        raise NotImplementedError
 
     def step(self, epoch: int, step: int, batch: Any, ctx: StepContext) -> StepResult:
         """Forward, backward and the updates of one batch, guarded by ``ctx.guard``."""
-
-    def epoch_row(self, epoch: int, sums: Mapping[str, float]) -> dict[str, Any]:
-        """The epoch's metrics columns from its summed step results."""
-
-    def end_epoch(self, epoch: int, row: Mapping[str, Any]) -> None:
-        """After the callbacks: schedules and controllers move on."""
-
-    def describe(self) -> str:
-        """The line logged when a run starts."""
-
-    def epoch_line(self, row: Mapping[str, Any], epochs: int) -> str:
-        """The line logged after each epoch."""
-
-    def progress(self, sums: Mapping[str, float]) -> dict[str, str]:
-        """The progress bar's postfix."""
+        raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue bit for bit (models, optimizers, schedules)."""
+        raise NotImplementedError
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output."""
+        raise NotImplementedError
+
+    # -- optional, with defaults ------------------------------------------------------------
+    def epoch_row(self, epoch: int, sums: Mapping[str, float]) -> dict[str, Any]:
+        """The epoch's metrics columns from its summed step results (default: each sum per sample)."""
+        n = max(float(sums["n"]), 1.0)
+        return {k: float(v) / n for k, v in sums.items() if k not in ("n", "skipped")}
+
+    def end_epoch(self, epoch: int, row: Mapping[str, Any]) -> None:
+        """After the callbacks: schedules and controllers move on (default: nothing)."""
+
+    def describe(self) -> str:
+        """The line logged when a run starts (default: the objective and its parameter count)."""
+        n = sum(p.numel() for p in self.model.parameters())
+        return f"{type(self).__name__}: {n:,} parameters"
+
+    def epoch_line(self, row: Mapping[str, Any], epochs: int) -> str:
+        """The line logged after each epoch (default: the row's columns)."""
+        cols = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "epoch"]
+        return " | ".join([f"epoch {row['epoch']}/{epochs}", *cols])
+
+    def progress(self, sums: Mapping[str, float]) -> dict[str, str]:
+        """The progress bar's postfix (default: mean loss and accuracy when the sums hold them)."""
+        n = float(sums["n"])
+        if not n or "loss" not in sums:
+            return {}
+        out = {"loss": f"{sums['loss'] / n:.3f}"}
+        if "correct" in sums:
+            out["acc"] = f"{100 * sums['correct'] / n:.1f}"
+        return out
 
 
 class StopRequest(Protocol):

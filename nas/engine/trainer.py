@@ -36,14 +36,15 @@ from nas import __version__
 from nas.data.dataset import SPLITS, FERData
 from nas.data.ferplus import fes_for_classes, fes_offlabel, fes_smoothing
 from nas.engine.evaluate import TTA_MODES, evaluate_split, load_model_from_checkpoint, predict
-from nas.engine.loop import NAN_POLICIES, Callback, Loop, StepContext, StepResult, StopRequest
+from nas.engine.loop import NAN_POLICIES, Callback, Loop, Objective, StepContext, StepResult, StopRequest
+from nas.engine.session import Session
 from nas.engine.optim import OPTIMIZERS, SCHEDULERS, all_fused, build_optimizer, build_scheduler, current_lr
 from nas.runtime.checkpoint import RunDir, atomic_write_text, plain, read_csv_rows
 from nas.runtime.device import autocast, memory_layout
-from nas.runtime.distributed import DistInfo, shard_batch, single_process
+from nas.runtime.distributed import DistInfo, data_parallel, shard_batch, single_process
 from nas.runtime.errors import FerNasError
 
-__all__ = ["TrainConfig", "add_train_args", "config_from_args", "check_train_args", "Classification", "ModelSelection", "Snapshots",
+__all__ = ["run_train", "TrainConfig", "add_train_args", "config_from_args", "check_train_args", "Classification", "ModelSelection", "Snapshots",
            "Trainer", "TargetHook", "write_run_report", "summary_line", "training_norm", "NAN_POLICIES",
            "LABEL_MODES"]
 
@@ -110,8 +111,6 @@ class TrainConfig:
             raise FerNasError(f"--optimizer {self.optimizer!r}: choose from {', '.join(OPTIMIZERS)}")
         if self.scheduler not in SCHEDULERS:
             raise FerNasError(f"--scheduler {self.scheduler!r}: choose from {', '.join(SCHEDULERS)}")
-        if self.nan_policy not in NAN_POLICIES:
-            raise FerNasError(f"--nan_policy {self.nan_policy!r}: choose from {', '.join(NAN_POLICIES)}")
         if self.tta not in TTA_MODES:
             raise FerNasError(f"--tta {self.tta!r}: choose from {', '.join(TTA_MODES)}")
         for name in ("epochs", "batch_size", "eval_every", "log_interval", "eval_batch_size"):
@@ -275,7 +274,7 @@ def training_norm(images: torch.Tensor, chunk: int = 8192) -> tuple[float, float
 
 
 # ----------------------------------------------------------------------------- the objective
-class Classification:
+class Classification(Objective):
     """Cross-entropy training of ``model`` on the Training split of ``data`` (an
     :class:`~nas.engine.loop.Objective`): augmentation, optional auxiliary head, label
     smoothing or soft targets, gradient clipping, drop-path schedule.
@@ -330,12 +329,7 @@ class Classification:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.crop = int(cfg.crop or getattr(model, "default_input_size", 44))
         has_aux = bool(getattr(model, "auxiliary", False) or getattr(model, "auxiliary_head", None) is not None)
-        fwd: nn.Module = self.model
-        if dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            fwd = DDP(self.model, device_ids=[device] if cuda else None,
-                      find_unused_parameters=cfg.auxiliary_weight == 0 and has_aux)
+        fwd = data_parallel(self.model, dist, find_unused_parameters=cfg.auxiliary_weight == 0 and has_aux)
         self.fwd = torch.compile(fwd, mode=None if cfg.compile_mode == "default" else cfg.compile_mode,
                                  backend=cfg.compile_backend) if cfg.compile else fwd
 
@@ -502,10 +496,6 @@ class Classification:
         if row["images_per_s"] != "":
             parts.append(f"{row['images_per_s']} img/s")
         return " | ".join(parts)
-
-    def progress(self, sums: Mapping[str, float]) -> dict[str, str]:
-        n = sums["n"]
-        return {"loss": f"{sums['loss'] / n:.3f}", "acc": f"{100 * sums['correct'] / n:.1f}"} if n else {}
 
     def state_dict(self) -> dict[str, Any]:
         """The model as it can be rebuilt alone, and the optimisation state."""
@@ -760,3 +750,26 @@ def write_run_report(run: RunDir, data: FERData, *, checkpoint: str = "best.pt",
     return write_report(run.path, model=model, metrics_rows=rows, images=part.images.cpu(), labels=part.labels.cpu(),
                         probs=probs.cpu() if probs is not None else None, classes=list(ckpt.get("classes") or data.classes),
                         mean=mean, std=std, crop=crop, genotype=genotype, split_name=split)
+
+
+def run_train(s: Session, data: FERData | None = None) -> dict[str, Any]:
+    """The training stage's entry: build ``--arch`` for the data, train it in session ``s`` from its
+    position to the end (PublicTest selects, PrivateTest is the result) and write the report
+    PNGs; returns the results (``data``: a FERData instead of reading ``--data``)."""
+    from nas.data import open_data_from_args
+    from nas.models import build_model
+
+    args = s.args
+    if data is None:
+        data = open_data_from_args(args)  # the reader refuses --labels ferplus_* without FER+ votes
+    model = build_model(args.arch, num_classes=len(data.classes), init_channels=args.init_channels,
+                        layers=args.layers, auxiliary=args.auxiliary, in_channels=int(data.images.shape[1]),
+                        drop_path_prob=args.drop_path_prob)
+    trainer = Trainer(model, data, config_from_args(args), s.run, dist=s.dist, args=vars(args), stage="train")
+    if s.state is not None:
+        trainer.loop.load_state_dict(s.state)
+    results = trainer.fit()
+    if s.dist.is_main and args.plots:
+        for p in write_run_report(s.run, data, device=s.device):
+            s.run.log(f"  wrote {p.name}", echo=False)
+    return results

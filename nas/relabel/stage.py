@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -65,7 +65,7 @@ from nas.runtime.distributed import DistInfo
 from nas.runtime.errors import FerNasError
 
 __all__ = ["RELABEL_MODES", "DEFAULT_THRESHOLDS", "COLLAPSE_RATE", "REFERENCE_RULE_WARNING", "TRANSITIONS_CSV", "REFERENCE_DEFAULTS", "Relabeller",
-           "add_relabel_args", "resolve_fes",
+           "RelabelConfig", "relabel_config", "add_relabel_args", "resolve_fes",
            "drop_path_schedule", "run_relabel", "check_relabel_args", "summarize_relabel", "plot_relabel"]
 
 #: ``--relabel_threshold`` when not given, per rule. The reference's 0.2 for its window; the
@@ -84,6 +84,54 @@ COLLAPSE_RATE = 50.0
 RELABEL_MODES = ("batch", "persistent")
 TRANSITIONS_CSV = "relabel_transitions.csv"
 REFERENCE_DEFAULTS = {"batch_size": 64, "learning_rate": 0.02272721, "epochs": 100}
+
+
+# ----------------------------------------------------------------------------- the settings
+@dataclass
+class RelabelConfig:
+    """A relabelling rule's settings, checked in one place (flags: ``--rule``,
+    ``--relabel_threshold``, ``--fes_threshold``, ``--relabel_mode``, ``--relabel_warmup``,
+    ``--ema_momentum``, ``--consensus_epochs``, ``--soft_lambda``). The stage builds it from its
+    flags (:func:`relabel_config`) before its run folder exists; :class:`Relabeller` builds it from
+    its arguments, so code that makes a relabeller directly gets the same one-line errors."""
+
+    rule: str = "autofernet"
+    threshold: float = 0.2
+    fes_threshold: float = 0.03
+    mode: str = "batch"
+    warmup: int = 1
+    ema_momentum: float = 0.7
+    consensus_epochs: int = 2
+    soft_lambda: float = 0.5
+
+    def __post_init__(self) -> None:
+        """The rules between the settings: one-line errors naming the flag."""
+        from nas.relabel.rules import RULES
+
+        if self.rule not in RULES:
+            raise FerNasError(f"--rule {self.rule!r}: choose from {', '.join(RULES)}")
+        if self.mode not in RELABEL_MODES:
+            raise FerNasError(f"--relabel_mode {self.mode!r}: choose from {', '.join(RELABEL_MODES)}")
+        if self.mode == "persistent" and self.rule in ("consensus", "soft"):
+            raise FerNasError(f"--relabel_mode persistent is for the autofernet and confident rules: --rule "
+                              f"{self.rule} keeps its own per-sample state across epochs")
+        for flag, value, ok, want in (
+                ("relabel_threshold", self.threshold, 0.0 <= self.threshold <= 1.0, "in [0, 1]"),
+                ("fes_threshold", self.fes_threshold, 0.0 <= self.fes_threshold <= 1.0, "in [0, 1]"),
+                ("relabel_warmup", self.warmup, self.warmup >= 0, ">= 0"),
+                ("ema_momentum", self.ema_momentum, 0.0 <= self.ema_momentum < 1.0, "in [0, 1)"),
+                ("consensus_epochs", self.consensus_epochs, self.consensus_epochs >= 1, ">= 1"),
+                ("soft_lambda", self.soft_lambda, 0.0 <= self.soft_lambda <= 1.0, "in [0, 1]")):
+            if not ok:  # a NaN fails every comparison, so it is refused too
+                raise FerNasError(f"--{flag} must be {want}, got {value}")
+
+
+def relabel_config(args: argparse.Namespace) -> RelabelConfig:
+    """The :class:`RelabelConfig` of parsed flags (after :func:`check_relabel_args` filled the
+    threshold)."""
+    return RelabelConfig(rule=args.rule, threshold=args.relabel_threshold, fes_threshold=args.fes_threshold,
+                         mode=args.relabel_mode, warmup=args.relabel_warmup, ema_momentum=args.ema_momentum,
+                         consensus_epochs=args.consensus_epochs, soft_lambda=args.soft_lambda)
 
 
 # ----------------------------------------------------------------------------- the hook
@@ -116,25 +164,9 @@ class Relabeller(Callback):
                  clean_labels: torch.Tensor | None = None, classes: Sequence[str] = (),
                  dist: DistInfo | None = None, log: bool = True, rule: str = "autofernet",
                  ema_momentum: float = 0.7, consensus_epochs: int = 2, soft_lambda: float = 0.5) -> None:
-        from nas.relabel.rules import RULES
-
-        if rule not in RULES:
-            raise FerNasError(f"--rule {rule!r}: choose from {', '.join(RULES)}")
-        if mode not in RELABEL_MODES:
-            raise FerNasError(f"--relabel_mode {mode!r}: choose from {', '.join(RELABEL_MODES)}")
-        if mode == "persistent" and rule in ("consensus", "soft"):
-            raise FerNasError(f"--relabel_mode persistent is for the autofernet and confident rules: --rule {rule} "
-                              f"keeps its own per-sample state across epochs")
-        if not 0.0 <= ema_momentum < 1.0:
-            raise FerNasError(f"--ema_momentum must be in [0, 1), got {ema_momentum}")
-        if consensus_epochs < 1:
-            raise FerNasError(f"--consensus_epochs must be >= 1, got {consensus_epochs}")
-        if not 0.0 <= soft_lambda <= 1.0:
-            raise FerNasError(f"--soft_lambda must be in [0, 1], got {soft_lambda}")
-        if not math.isfinite(threshold) or threshold < 0:
-            raise FerNasError(f"--relabel_threshold must be a number >= 0, got {threshold}")
-        if warmup < 0:
-            raise FerNasError(f"--relabel_warmup must be >= 0, got {warmup}")
+        self.cfg = RelabelConfig(rule=rule, threshold=threshold, fes_threshold=fes_threshold, mode=mode,
+                                 warmup=warmup, ema_momentum=ema_momentum, consensus_epochs=consensus_epochs,
+                                 soft_lambda=soft_lambda)
         self.original = labels.long()
         self.device = self.original.device
         self.train_idx = train_idx.to(self.device).long()
@@ -446,20 +478,10 @@ def check_relabel_args(args: argparse.Namespace) -> None:
                           "continue soft training")
     if not args.resume and not args.checkpoint:
         raise FerNasError("--checkpoint PATH is required (e.g. runs/train-FER_V1-.../snapshot_train85.pt)")
-    if args.relabel_mode == "persistent" and args.rule in ("consensus", "soft"):
-        raise FerNasError(f"--relabel_mode persistent is for the autofernet and confident rules: --rule {args.rule} "
-                          f"keeps its own per-sample state across epochs")
+    relabel_config(args)
     from nas.engine.trainer import check_train_args
 
     check_train_args(args)
-    for name, ok, want in (("relabel_threshold", 0.0 <= args.relabel_threshold <= 1.0, "in [0, 1]"),
-                           ("fes_threshold", 0.0 <= args.fes_threshold <= 1.0, "in [0, 1]"),
-                           ("relabel_warmup", args.relabel_warmup >= 0, ">= 0"),
-                           ("ema_momentum", 0.0 <= args.ema_momentum < 1.0, "in [0, 1)"),
-                           ("consensus_epochs", args.consensus_epochs >= 1, ">= 1"),
-                           ("soft_lambda", 0.0 <= args.soft_lambda <= 1.0, "in [0, 1]")):
-        if not ok:
-            raise FerNasError(f"--{name} must be {want}, got {getattr(args, name)}")
 
 
 def run_relabel(s: Session, start: tuple[nn.Module, dict[str, Any]] | None = None) -> dict[str, Any]:

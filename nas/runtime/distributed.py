@@ -10,6 +10,12 @@ draw the same permutation (same generator seed), batch it at
 ``batch_size * world_size`` and rank ``r`` takes ``batch[r::world_size]``.
 Shards are disjoint, every rank does the same number of steps, and the
 per-rank batch is ``--batch_size`` (as with ``DistributedSampler``).
+
+Gradients are averaged here and nowhere else: a classifier's step goes through
+:func:`data_parallel` (DDP, whose hooks overlap the all-reduce with the backward pass); the
+bilevel search's step calls :func:`all_reduce_mean_grads` for the weights and the architecture,
+because its second-order architecture gradient differentiates through a virtual step that DDP's
+hooks do not see.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ import torch.distributed as dist
 from nas.runtime.errors import FerNasError
 
 __all__ = ["DistInfo", "init_distributed", "cleanup", "all_reduce_sum", "all_reduce_max", "all_gather_objects",
-           "average_batchnorm_stats", "all_reduce_mean_grads",
+           "average_batchnorm_stats", "all_reduce_mean_grads", "data_parallel",
            "broadcast_object", "barrier", "shard_batch", "single_process"]
 
 
@@ -160,6 +166,18 @@ def average_batchnorm_stats(model: torch.nn.Module, info: DistInfo) -> None:
                     if b.is_floating_point():
                         all_reduce_sum(b)
                         b.div_(info.world_size)
+
+
+def data_parallel(model: torch.nn.Module, info: DistInfo, *, find_unused_parameters: bool = False) -> torch.nn.Module:
+    """``model`` wrapped in DistributedDataParallel when more than one process takes part (on
+    CUDA, on this rank's device), else ``model`` itself. The wrapper is what a step calls; the
+    module itself stays what is saved and evaluated."""
+    if not info.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    cuda = info.device.type == "cuda"
+    return DDP(model, device_ids=[info.device] if cuda else None, find_unused_parameters=find_unused_parameters)
 
 
 def all_reduce_mean_grads(params: list[torch.Tensor]) -> None:

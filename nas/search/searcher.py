@@ -34,136 +34,23 @@ import torch
 import torch.nn.functional as F
 
 from nas.data.dataset import FERData
-from nas.engine.loop import Callback, Loop, StepContext, StepResult, StopRequest, UpdateGuard, nonfinite
+from nas.engine.loop import Callback, Loop, Objective, StepContext, StepResult, StopRequest, UpdateGuard, nonfinite
 from nas.engine.optim import all_fused, build_optimizer
 from nas.engine.session import Session
-from nas.models.genotypes import Genotype, check_export_name, export_genotype, genotype_to_dict, genotype_to_json
-from nas.models.ops import SEARCH_SPACES, search_space
+from nas.models.genotypes import Genotype, export_genotype, genotype_to_dict, genotype_to_json
 from nas.runtime.checkpoint import atomic_write_text, read_csv_rows, write_csv
 from nas.runtime.device import autocast, memory_layout
 from nas.runtime.distributed import DistInfo, all_reduce_mean_grads, all_reduce_sum, shard_batch
 from nas.runtime.errors import FerNasError
 from nas.search.architect import Architect
+from nas.models.ops import search_space
+from nas.search.config import STRATEGIES, SearchConfig, add_search_args, check_args, search_config  # noqa: F401 (re-exported)
 from nas.search.random_cells import is_parameter_free, parameter_free_share
 from nas.search.sgas import CELL_TYPES, SGAS
 from nas.search.supernet import PRUNED, UNDECIDED, SearchNetwork, edge_list
 
-__all__ = ["STRATEGIES", "add_search_args", "check_args", "search_step", "BilevelSearch", "SearchRecorder",
+__all__ = ["run_search", "SearchConfig", "search_config", "STRATEGIES", "add_search_args", "check_args", "search_step", "BilevelSearch", "SearchRecorder",
            "Searcher", "genotype_line"]
-
-STRATEGIES = ("sgas", "darts", "beta_darts", "darts_minus", "random", "zero_cost")
-
-
-def add_search_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The flags of ``search.py``: the reference's names and defaults, plus the toolkit's
-    (the data and run flags come from :mod:`nas.data` and :mod:`nas.engine.session`)."""
-    from nas.runtime.cli import str2bool
-
-    g = parser.add_argument_group("search")
-    g.add_argument("--strategy", default="sgas", choices=STRATEGIES,
-                   help="sgas: greedy edge decisions; darts: train all epochs, DARTS genotype rule; beta_darts / "
-                        "darts_minus: darts with beta-decay / an auxiliary skip (against collapse); random: sample "
-                        "a cell, no training")
-    g.add_argument("--zc_samples", type=int, default=100,
-                   help="zero_cost: random cells scored at initialisation (each built at --init_channels/--layers)")
-    g.add_argument("--zc_proxy", default="vote", choices=("naswot", "synflow", "snip", "grad_norm", "jacob_cov", "vote"),
-                   help="zero_cost: the proxy that keeps a cell, or vote (best mean rank over the five)")
-    g.add_argument("--beta_decay_slope", type=float, default=0.5,
-                   help="beta_darts: the Beta-Decay weight is this x epoch (0-based; the authors' code: "
-                        "50 x epoch/100)")
-    g.add_argument("--aux_skip_start", type=float, default=1.0,
-                   help="darts_minus: auxiliary skip weight at the first epoch, decaying linearly to 0 at the last")
-    g.add_argument("--search_space", default="auto_fernet",
-                   help=f"candidate operations per edge: {', '.join(SEARCH_SPACES)}, or a comma-separated "
-                        "list of operation names")
-    g.add_argument("--batch_size", type=int, default=24, help="initial batch size (per process)")
-    g.add_argument("--batch_increase", type=int, default=8, help="batch size increase after each decision (0: fixed)")
-    g.add_argument("--learning_rate", type=float, default=0.025, help="initial weight learning rate")
-    g.add_argument("--learning_rate_min", type=float, default=0.001, help="final learning rate (cosine)")
-    g.add_argument("--momentum", type=float, default=0.9, help="weight optimizer (SGD) momentum")
-    g.add_argument("--weight_decay", type=float, default=3e-4, help="weight decay of the weights")
-    g.add_argument("--init_channels", type=int, default=16, help="supernet channels")
-    g.add_argument("--layers", type=int, default=8, help="cells in the supernet (reductions at L/3 and 2L/3)")
-    g.add_argument("--seed", type=int, default=2,
-                   help="seed of the halves, the supernet and every random stream (reference: 2)")
-    g.add_argument("--grad_clip", type=float, default=5.0, help="weight gradient norm clip (0: off)")
-    g.add_argument("--train_portion", type=float, default=0.5,
-                   help="fraction of Training for the weights (the rest trains the architecture)")
-    g.add_argument("--unrolled", action="store_true", help="second-order (unrolled) architecture gradient")
-    g.add_argument("--compile", type=str2bool, nargs="?", const=True, default=False,
-                   help="torch.compile the supernet (recompiles once per SGAS decision: the decided edges change "
-                        "the graph)")
-    g.add_argument("--compile_mode", default="default", choices=("default", "reduce-overhead", "max-autotune"),
-                   help="torch.compile mode (reduce-overhead: CUDA graphs)")
-    g.add_argument("--compile_backend", default="inductor", choices=("inductor", "aot_eager", "eager"),
-                   help="inductor, or aot_eager / eager (no code generation: to check graphs and recompiles)")
-    g.add_argument("--fused", type=str2bool, default=None,
-                   help="fused optimizer kernels, which skip a non-finite step without a host sync (default: on CUDA)")
-    g.add_argument("--arch_learning_rate", type=float, default=3e-4, help="architecture optimizer (Adam) learning rate")
-    g.add_argument("--arch_weight_decay", type=float, default=1e-3, help="architecture weight decay")
-    g.add_argument("--complexity_weight", type=float, default=0.0,
-                   help="weight of the expected-parameter-cost regulariser over all edges (0: off)")
-    g.add_argument("--partial_channels", type=int, default=1,
-                   help="PC-DARTS: 1/K of the channels through the mixed ops, edge normalisation (1: off)")
-    g.add_argument("--warmup_dec_epoch", type=int, default=9, help="first decision epoch (sgas)")
-    g.add_argument("--decision_freq", type=int, default=5, help="epochs between decisions (sgas)")
-    g.add_argument("--use_history", action="store_true", help="SGAS criterion 2 (histogram intersection)")
-    g.add_argument("--history_size", type=int, default=4, help="epochs of history for criterion 2 (sgas)")
-    g.add_argument("--epochs_after_last_decision", type=int, default=5, help="post-train epochs (sgas)")
-    g.add_argument("--epochs", type=int, default=None,
-                   help="epochs for --strategy darts (default 50); sgas derives its own count")
-    g.add_argument("--post_val", action="store_true", help="evaluate on the architecture half after each epoch")
-    g.add_argument("--crop", type=int, default=44, help="random-crop size (images are padded-free crops)")
-    g.add_argument("--cutout", action="store_true", default=False, help="cutout augmentation")
-    g.add_argument("--cutout_length", type=int, default=16, help="cutout square side")
-    g.add_argument("--export", default=None, metavar="NAME", help="also write genotypes/NAME.json")
-    g.add_argument("--plots", type=str2bool, default=True,
-                   help="draw search.png (curves, parameter-free share) after every epoch and "
-                        "cell_normal.png / cell_reduce.png at the end")
-    return parser
-
-
-def check_args(args: argparse.Namespace) -> None:
-    """One-line errors for flag values that cannot work (before any data is read)."""
-    if args.batch_size < 1:
-        raise FerNasError(f"--batch_size {args.batch_size}: must be >= 1")
-    for name, ok, want in (("learning_rate", 0.0 < args.learning_rate < float("inf"), "> 0"),
-                           ("learning_rate_min", 0.0 <= args.learning_rate_min <= args.learning_rate,
-                            f">= 0 and at most --learning_rate ({args.learning_rate})"),
-                           ("momentum", 0.0 <= args.momentum < 1.0, "in [0, 1)"),
-                           ("weight_decay", args.weight_decay >= 0, ">= 0"),
-                           ("arch_learning_rate", 0.0 < args.arch_learning_rate < float("inf"), "> 0"),
-                           ("arch_weight_decay", args.arch_weight_decay >= 0, ">= 0"),
-                           ("grad_clip", args.grad_clip >= 0, ">= 0")):
-        if not ok:
-            raise FerNasError(f"--{name} {getattr(args, name)}: must be {want}")
-    if args.batch_increase < 0:
-        raise FerNasError(f"--batch_increase {args.batch_increase}: must be >= 0")
-    if not 0.0 < args.train_portion < 1.0:
-        raise FerNasError(f"--train_portion {args.train_portion}: must be between 0 and 1")
-    if args.decision_freq < 1:
-        raise FerNasError(f"--decision_freq {args.decision_freq}: must be >= 1")
-    for name in ("warmup_dec_epoch", "epochs_after_last_decision", "history_size", "cutout_length"):
-        if getattr(args, name) < 0:
-            raise FerNasError(f"--{name} {getattr(args, name)}: must be >= 0")
-    search_space(args.search_space)
-    if args.init_channels < 1 or args.layers < 3:
-        raise FerNasError("--init_channels must be >= 1 and --layers >= 3")
-    if args.beta_decay_slope < 0 or args.aux_skip_start < 0:
-        raise FerNasError("--beta_decay_slope and --aux_skip_start must be >= 0")
-    if getattr(args, "zc_samples", 2) < 2:
-        raise FerNasError(f"--zc_samples {args.zc_samples}: sample at least 2 cells")
-    if args.epochs is not None:
-        if args.strategy in ("zero_cost", "random"):
-            raise FerNasError(f"--epochs: --strategy {args.strategy} trains nothing")
-        if args.strategy == "sgas":
-            raise FerNasError("--epochs applies to --strategy darts; SGAS derives its epochs from "
-                              "--warmup_dec_epoch, --decision_freq and --epochs_after_last_decision")
-        if args.epochs < 1:
-            raise FerNasError(f"--epochs {args.epochs}: must be >= 1")
-    if args.export is not None:
-        check_export_name(args.export, args.force)  # fail now, not after hours of search
-
 
 def search_step(model: SearchNetwork, architect: Architect, w_optimizer: torch.optim.Optimizer,
                 xt: torch.Tensor, yt: torch.Tensor, xa: torch.Tensor, ya: torch.Tensor, lr: float,
@@ -192,7 +79,7 @@ def search_step(model: SearchNetwork, architect: Architect, w_optimizer: torch.o
 
 
 # ----------------------------------------------------------------------------- the objective
-class BilevelSearch:
+class BilevelSearch(Objective):
     """The supernet, its two optimizers and the strategy's controller, as an
     :class:`~nas.engine.loop.Objective`. ``data`` is the whole dataset; only its Training
     split is used."""
@@ -205,57 +92,58 @@ class BilevelSearch:
         from nas.data.loader import stratified_split
 
         self.args, self.device, self.dist = args, device, dist
+        cfg = self.cfg = search_config(args)
         train = data.subset("Training")
         train = train.select(train.labels >= 0)  # formats without labels mark them -1
         if len(train) == 0:
             raise FerNasError(f"{args.data or args.dataset}: the data has no Training split to search on")
         self.classes = list(data.classes)
-        self.arch_idx, self.w_idx = stratified_split(train.labels, args.train_portion, seed=args.seed)
+        self.arch_idx, self.w_idx = stratified_split(train.labels, cfg.train_portion, seed=cfg.seed)
         if min(len(self.arch_idx), len(self.w_idx)) < 2:
             raise FerNasError(f"only {len(train)} Training images: too few to split for search")
         self.images = train.images.to(device)
         self.labels = train.labels.to(device)
         self.mean, self.std = 0.5, 0.25
-        self.augment = BatchAugment(crop=args.crop, flip=True, brightness=0.0, contrast=0.0, rotate=0.0,
-                                    translate=0.0, scale=(1.0, 1.0), cutout=args.cutout_length if args.cutout else 0,
+        self.augment = BatchAugment(crop=cfg.crop, flip=True, brightness=0.0, contrast=0.0, rotate=0.0,
+                                    translate=0.0, scale=(1.0, 1.0), cutout=cfg.cutout_length if cfg.cutout else 0,
                                     mean=self.mean, std=self.std)
         self.amp = device.type == "cuda" if args.amp is None else bool(args.amp)
-        self.model_kwargs = dict(C=args.init_channels, num_classes=len(self.classes), layers=args.layers,
-                                 primitives=search_space(args.search_space), steps=4, multiplier=4,
-                                 in_channels=int(self.images.shape[1]), partial_channels=args.partial_channels)
+        self.model_kwargs = dict(C=cfg.init_channels, num_classes=len(self.classes), layers=cfg.layers,
+                                 primitives=search_space(cfg.search_space), steps=4, multiplier=4,
+                                 in_channels=int(self.images.shape[1]), partial_channels=cfg.partial_channels)
         model = SearchNetwork(**self.model_kwargs).to(device)
         # channels_last by default on CUDA only: the CPU supernet was not measured faster in NHWC
         self.channels_last, self.layout_note = memory_layout(model, device, self.amp, args.channels_last,
                                                              default=device.type == "cuda")
         self.model = model.to(memory_format=torch.channels_last) if self.channels_last else model
         self.weights = self.model.weight_parameters()
-        if getattr(args, "compile", False):
+        if cfg.compile:
             # in place: the module (its state dict, the optimizers' parameters) stays the same object;
             # the decided edges are Python state the graph depends on, so each decision recompiles
-            self.model.compile(mode=None if args.compile_mode == "default" else args.compile_mode,
-                               backend=args.compile_backend)
+            self.model.compile(mode=None if cfg.compile_mode == "default" else cfg.compile_mode,
+                               backend=cfg.compile_backend)
         # the training builder's SGD (fused on CUDA: a non-finite step is skipped on the device)
-        self.w_optimizer = build_optimizer(self.weights, "sgd", lr=args.learning_rate, momentum=args.momentum,
-                                           weight_decay=args.weight_decay, fused=getattr(args, "fused", None))
-        self.architect = Architect(self.model, args.arch_learning_rate, args.arch_weight_decay,
-                                   unrolled=args.unrolled, complexity_weight=args.complexity_weight,
-                                   autocast=self._autocast, fused=getattr(args, "fused", None))
+        self.w_optimizer = build_optimizer(self.weights, "sgd", lr=cfg.learning_rate, momentum=cfg.momentum,
+                                           weight_decay=cfg.weight_decay, fused=cfg.fused)
+        self.architect = Architect(self.model, cfg.arch_learning_rate, cfg.arch_weight_decay,
+                                   unrolled=cfg.unrolled, complexity_weight=cfg.complexity_weight,
+                                   autocast=self._autocast, fused=cfg.fused)
         self.sync_free = all_fused(self.w_optimizer, self.architect.optimizer)
         self.sgas: SGAS | None = None
         self.sampled: Genotype | None = None
-        if args.strategy == "sgas":
-            self.sgas = SGAS(self.model, args.warmup_dec_epoch, args.decision_freq, args.use_history,
-                             args.history_size, args.batch_size, args.batch_increase, args.epochs_after_last_decision)
+        if cfg.strategy == "sgas":
+            self.sgas = SGAS(self.model, cfg.warmup_dec_epoch, cfg.decision_freq, cfg.use_history,
+                             cfg.history_size, cfg.batch_size, cfg.batch_increase, cfg.epochs_after_last_decision)
             self.total_epochs = self.sgas.total_epochs
-        elif args.strategy == "random":
+        elif cfg.strategy == "random":
             from nas.search.random_cells import sample_genotype
 
-            self.sampled = sample_genotype(self.model.primitives, self.model.steps, seed=args.seed)
+            self.sampled = sample_genotype(self.model.primitives, self.model.steps, seed=cfg.seed)
             self.total_epochs = 0
         else:
-            self.total_epochs = args.epochs or 50
+            self.total_epochs = cfg.epochs or 50
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, float(max(self.total_epochs, 1)),
-                                                                    eta_min=args.learning_rate_min)
+                                                                    eta_min=cfg.learning_rate_min)
         self.last_decisions: list[dict[str, Any]] = []
 
     def _autocast(self) -> ContextManager:
@@ -265,7 +153,7 @@ class BilevelSearch:
     def batch_size(self) -> int:
         """The per-process batch size of the coming epoch: the SGAS controller's (it grows
         after each decision), else ``--batch_size``."""
-        return self.sgas.batch_size if self.sgas is not None else int(self.args.batch_size)
+        return self.sgas.batch_size if self.sgas is not None else int(self.cfg.batch_size)
 
     def genotype(self) -> Genotype:
         """The current genotype: SGAS's (forced while edges are open), the sampled one
@@ -277,7 +165,7 @@ class BilevelSearch:
     def set_schedules(self, epoch: int) -> None:
         """The strategies' per-epoch weights (derived from the epoch alone, so a resumed run
         gets the same): β-DARTS's Beta-Decay weight and DARTS-'s auxiliary skip."""
-        a = self.args
+        a = self.cfg
         if a.strategy == "beta_darts":
             self.architect.beta_decay_weight = a.beta_decay_slope * epoch
         if a.strategy == "darts_minus":
@@ -320,7 +208,7 @@ class BilevelSearch:
         xt, yt = self._batch(batch[0], ctx.augment)
         xa, ya = self._batch(batch[1], ctx.augment)
         loss, logits, arch_loss, bad = search_step(self.model, self.architect, self.w_optimizer, xt, yt, xa, ya,
-                                                   self.scheduler.get_last_lr()[0], self.args.grad_clip,
+                                                   self.scheduler.get_last_lr()[0], self.cfg.grad_clip,
                                                    self._autocast, self.weights, ctx.guard)
         ctx.guard.end(bad)
         n = loss.new_full((), float(yt.numel()), dtype=torch.float64)
@@ -346,7 +234,7 @@ class BilevelSearch:
         the architecture half's accuracy (``--post_val``) and the genotype."""
         self.scheduler.step()
         self.last_decisions = self.sgas.end_of_epoch(epoch) if self.sgas is not None else []
-        row["valid_acc"] = self.evaluate() if self.args.post_val else ""
+        row["valid_acc"] = self.evaluate() if self.cfg.post_val else ""
         row["decided"] = " ".join(f"{d['cell']}:{d['node']}<-{d['input']}:{d['op']}" for d in self.last_decisions)
         row["n_decided"] = sum(s >= 0 for c in CELL_TYPES for s in self.model.edge_state[c])
         g = self.genotype()
@@ -366,7 +254,7 @@ class BilevelSearch:
         bs = max(self.batch_size, 64)
         for i in range(0, idx_all.numel(), bs):
             idx = idx_all[i:i + bs]
-            x = eval_views(self.images[idx], "center", self.args.crop, self.mean, self.std)[0]
+            x = eval_views(self.images[idx], "center", self.cfg.crop, self.mean, self.std)[0]
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self._autocast():
@@ -377,7 +265,7 @@ class BilevelSearch:
         return 100.0 * float(correct) / self.arch_idx.numel()
 
     def describe(self) -> str:
-        a = self.args
+        a = self.cfg
         n_w = sum(p.numel() for p in self.weights)
         return (f"search ({a.strategy}, {a.search_space}, {'second' if a.unrolled else 'first'} order): supernet "
                 f"C={a.init_channels} L={a.layers}, {n_w:,} weights, {len(self.w_idx)} images for weights / "
@@ -401,10 +289,6 @@ class BilevelSearch:
                 parts.append(f"+{d['cell']} node {d['node']} <- {d['input']} {d['op']}{pruned}")
         parts.append(f"{row['time_s']:.1f}s")
         return " | ".join(parts) + f"\n  genotype {row['genotype']}"
-
-    def progress(self, sums: Mapping[str, float]) -> dict[str, str]:
-        n = max(sums["n"], 1)
-        return {"loss": f"{sums['loss'] / n:.3f}", "acc": f"{100 * sums['correct'] / n:.1f}"}
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "model_kwargs": self.model_kwargs,
@@ -489,12 +373,13 @@ class Searcher:
     def __init__(self, session: Session, data: FERData | None = None, *, stop: StopRequest | None = None) -> None:
         args = session.args
         check_args(args)
+        cfg = search_config(args)
         self.args, self.run_dir = args, session.run
         if data is None:
             from nas.data import open_data_from_args
 
             data = open_data_from_args(args)
-        if args.strategy == "zero_cost":
+        if cfg.strategy == "zero_cost":
             from nas.search.zero_cost import ProxyRecorder, ZeroCostSearch
 
             self.objective = ZeroCostSearch(args, data, device=session.device, dist=session.dist)
@@ -504,7 +389,7 @@ class Searcher:
             recorder = SearchRecorder(self.objective)
         # --strategy random trains nothing; the loop still holds the run's position and files
         self.loop = Loop(self.objective, epochs=max(self.objective.total_epochs, 1), run=session.run,
-                         dist=session.dist, seed=args.seed, device=session.device,
+                         dist=session.dist, seed=cfg.seed, device=session.device,
                          callbacks=[recorder], nan_policy=args.nan_policy,
                          log_interval=args.log_interval, progress=args.progress, args=vars(args), stage="search",
                          stop=stop)
@@ -553,3 +438,8 @@ class Searcher:
                 + (f" and {result['exported']} (use --arch {a.export})" if result["exported"] else ""))
         return result
 
+
+def run_search(s: Session, data: FERData | None = None, *, stop: StopRequest | None = None) -> dict[str, Any]:
+    """The search stage's entry: search in session ``s`` from its position to the end and write
+    the genotype; returns the summary (``data``: a FERData instead of reading ``--data``)."""
+    return Searcher(s, data, stop=stop).run()

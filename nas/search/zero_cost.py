@@ -19,21 +19,22 @@ import torch
 from torch import nn
 
 from nas.data.dataset import FERData
-from nas.engine.loop import Callback, Loop, StepContext, StepResult
+from nas.engine.loop import Callback, Loop, Objective, StepContext, StepResult
 from nas.models.genotypes import Genotype, genotype_from_dict, genotype_to_dict
 from nas.models.ops import search_space
 from nas.runtime.checkpoint import write_csv
 from nas.runtime.distributed import DistInfo
 from nas.runtime.errors import FerNasError
 from nas.search.proxies import PROXIES, rank_vote, score_network
+from nas.search.config import ZC_PROXIES, search_config
 from nas.search.random_cells import sample_genotype
 
 __all__ = ["ZeroCostSearch", "ProxyRecorder", "ZC_CHOICES"]
 
-ZC_CHOICES = (*PROXIES, "vote")
+ZC_CHOICES = ZC_PROXIES  # the five proxies and their vote (tests/test_proxies checks the list)
 
 
-class ZeroCostSearch:
+class ZeroCostSearch(Objective):
     """The candidates, the batch they are scored on, and the scores so far."""
 
     kind = "fer-nas-zero-cost"
@@ -44,23 +45,20 @@ class ZeroCostSearch:
     sync_free = False  # a step reads its scores back: it is a measurement, not a training step
 
     def __init__(self, args: argparse.Namespace, data: FERData, *, device: torch.device, dist: DistInfo) -> None:
-        if args.zc_samples < 2:
-            raise FerNasError(f"--zc_samples {args.zc_samples}: sample at least 2 cells")
-        if args.zc_proxy not in ZC_CHOICES:
-            raise FerNasError(f"--zc_proxy {args.zc_proxy!r}: choose from {', '.join(ZC_CHOICES)}")
         self.args, self.device, self.dist = args, device, dist
+        cfg = self.cfg = search_config(args)  # checked: --zc_samples, --zc_proxy
         self.model = nn.Identity()  # the loop's batch-norm and finiteness checks find nothing to do
-        primitives = search_space(args.search_space)
-        rng = np.random.default_rng([int(args.seed), 7])
-        self.cells: list[Genotype] = [sample_genotype(primitives, 4, rng) for _ in range(args.zc_samples)]
+        primitives = search_space(cfg.search_space)
+        rng = np.random.default_rng([int(cfg.seed), 7])
+        self.cells: list[Genotype] = [sample_genotype(primitives, 4, rng) for _ in range(cfg.zc_samples)]
         train = data.subset("Training")
         if len(train) < 2:
             raise FerNasError(f"{data.source}: the Training split has {len(train)} images; need at least 2")
-        g = torch.Generator().manual_seed(int(args.seed))
-        pick = torch.randperm(len(train), generator=g)[:args.batch_size]
+        g = torch.Generator().manual_seed(int(cfg.seed))
+        pick = torch.randperm(len(train), generator=g)[:cfg.batch_size]
         from nas.data.augment import eval_views
 
-        self.crop = int(args.crop)
+        self.crop = int(cfg.crop)
         x = eval_views(train.images[pick], mode="center", crop=self.crop, mean=0.5, std=0.25)[0]
         self.x, self.y = x.to(device), train.labels[pick].to(device)
         self.classes = list(data.classes)
@@ -76,9 +74,9 @@ class ZeroCostSearch:
         from nas.models import build_model
 
         # the weights of candidate k come from their own seed: the same whatever was scored before
-        torch.manual_seed(int(self.args.seed) * 100_003 + int(batch))
-        model = build_model(self.cells[batch], num_classes=len(self.classes), init_channels=self.args.init_channels,
-                            layers=self.args.layers, auxiliary=False, in_channels=int(self.x.shape[1])).to(self.device)
+        torch.manual_seed(int(self.cfg.seed) * 100_003 + int(batch))
+        model = build_model(self.cells[batch], num_classes=len(self.classes), init_channels=self.cfg.init_channels,
+                            layers=self.cfg.layers, auxiliary=False, in_channels=int(self.x.shape[1])).to(self.device)
         self.scores[batch] = score_network(model, self.x, self.y)
         one = torch.ones(1, dtype=torch.float64, device=self.device)
         return StepResult(one, torch.zeros((), device=self.device))
@@ -88,22 +86,15 @@ class ZeroCostSearch:
         best = self.best_index()
         return {"scored": sum(s is not None for s in self.scores), "best_candidate": best}
 
-    def end_epoch(self, epoch: int, row: Mapping[str, Any]) -> None:
-        """Nothing moves on: there is no schedule."""
-
     def describe(self) -> str:
         """The line logged when the run starts."""
-        return (f"zero-cost search: {len(self.cells)} random cells of {self.args.search_space}, scored at "
-                f"initialisation as C{self.args.init_channels} L{self.args.layers} networks on {len(self.y)} Training "
-                f"images; kept by {self.args.zc_proxy}")
+        return (f"zero-cost search: {len(self.cells)} random cells of {self.cfg.search_space}, scored at "
+                f"initialisation as C{self.cfg.init_channels} L{self.cfg.layers} networks on {len(self.y)} Training "
+                f"images; kept by {self.cfg.zc_proxy}")
 
     def epoch_line(self, row: Mapping[str, Any], epochs: int) -> str:
         """The line logged after the epoch."""
-        return f"scored {row['scored']} cells; best by {self.args.zc_proxy}: candidate {row['best_candidate']}"
-
-    def progress(self, sums: Mapping[str, float]) -> dict[str, str]:
-        """No postfix: the bar counts the candidates."""
-        return {}
+        return f"scored {row['scored']} cells; best by {self.cfg.zc_proxy}: candidate {row['best_candidate']}"
 
     # -- the result -----------------------------------------------------------------------
     def best_index(self) -> int:
@@ -111,10 +102,10 @@ class ZeroCostSearch:
         done = [k for k, s in enumerate(self.scores) if s is not None]
         if not done:
             return 0
-        if self.args.zc_proxy == "vote":
+        if self.cfg.zc_proxy == "vote":
             votes = rank_vote([self.scores[k] for k in done], list(PROXIES))
             return done[int(np.argmax(votes))]
-        vals = [self.scores[k][self.args.zc_proxy] for k in done]
+        vals = [self.scores[k][self.cfg.zc_proxy] for k in done]
         vals = [v if math.isfinite(v) else -math.inf for v in vals]
         return done[int(np.argmax(vals))]
 

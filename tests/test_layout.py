@@ -124,3 +124,21 @@ def test_the_six_scripts_are_a_few_lines_that_call_the_apps():
         assert len(text.splitlines()) <= 10, name
         assert f"from nas.apps.{app} import cli, get_args_parser, main" in text, name
         assert code[-2:] == ["if __name__ == '__main__':", "    cli()"], name
+
+
+def test_every_training_stage_has_one_entry_that_takes_a_session():
+    """Issue 36: each stage module offers ``run_<stage>(session, ...) -> results``; its app opens
+    the session (check, then write) and calls it."""
+    import inspect
+
+    from nas.crossdata import run_crossdata
+    from nas.engine.trainer import run_train
+    from nas.relabel.stage import run_relabel
+    from nas.search.searcher import run_search
+
+    for entry, app in ((run_train, "train"), (run_search, "search"), (run_relabel, "relabel"),
+                       (run_crossdata, "_crossval")):
+        first = next(iter(inspect.signature(entry).parameters.values()))
+        assert first.name == "s" and first.annotation in ("Session", "'Session'"), entry.__name__
+        src = (ROOT / "nas" / "apps" / f"{app}.py").read_text(encoding="utf-8")
+        assert "open_session(" in src and f"{entry.__name__}(s" in src, app

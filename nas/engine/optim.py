@@ -21,11 +21,31 @@ from torch import nn
 
 from nas.runtime.errors import FerNasError
 
-__all__ = ["OPTIMIZERS", "SCHEDULERS", "build_optimizer", "build_scheduler", "current_lr",
+__all__ = ["OPTIMIZERS", "SCHEDULERS", "check_optimizer_settings", "build_optimizer", "build_scheduler", "current_lr",
            "supports_found_inf", "set_found_inf", "all_fused"]
 
 OPTIMIZERS = ("sgd", "nesterov", "adam")
 SCHEDULERS = ("cosine", "plateau", "none")
+
+
+def check_optimizer_settings(**values: float) -> None:
+    """One-line errors for the optimizer flags training and search share, given by flag name:
+    ``learning_rate`` and ``arch_learning_rate`` positive, ``learning_rate_min`` from 0 to
+    ``learning_rate``, ``momentum`` in [0, 1), ``weight_decay``, ``arch_weight_decay`` and
+    ``grad_clip`` (0: off) at least 0. A NaN fails every rule."""
+    inf = float("inf")
+    lr = values.get("learning_rate", inf)
+    rules = {"learning_rate": (lambda v: 0.0 < v < inf, "positive"),
+             "arch_learning_rate": (lambda v: 0.0 < v < inf, "positive"),
+             "learning_rate_min": (lambda v: 0.0 <= v <= lr, f"from 0 to --learning_rate ({lr})"),
+             "momentum": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+             "weight_decay": (lambda v: 0.0 <= v < inf, ">= 0"),
+             "arch_weight_decay": (lambda v: 0.0 <= v < inf, ">= 0"),
+             "grad_clip": (lambda v: 0.0 <= v < inf, ">= 0 (0: no clipping)")}
+    for name, value in values.items():
+        ok, want = rules[name]
+        if not ok(float(value)):
+            raise FerNasError(f"--{name} must be {want}, got {value}")
 
 
 def _fused_ok(params: list[torch.Tensor]) -> bool:

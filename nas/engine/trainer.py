@@ -38,9 +38,9 @@ from nas.data.ferplus import fes_for_classes, fes_offlabel, fes_smoothing
 from nas.engine.evaluate import TTA_MODES, evaluate_split, load_model_from_checkpoint, predict
 from nas.engine.loop import NAN_POLICIES, Callback, Loop, Objective, StepContext, StepResult, StopRequest
 from nas.engine.session import Session
-from nas.engine.optim import OPTIMIZERS, SCHEDULERS, all_fused, build_optimizer, build_scheduler, current_lr
+from nas.engine.optim import OPTIMIZERS, SCHEDULERS, all_fused, check_optimizer_settings, build_optimizer, build_scheduler, current_lr
 from nas.runtime.checkpoint import RunDir, atomic_write_text, plain, read_csv_rows
-from nas.runtime.device import autocast, memory_layout
+from nas.runtime.device import COMPILE_BACKENDS, COMPILE_MODES, autocast, memory_layout
 from nas.runtime.distributed import DistInfo, data_parallel, shard_batch, single_process
 from nas.runtime.errors import FerNasError
 
@@ -49,8 +49,6 @@ __all__ = ["run_train", "TrainConfig", "add_train_args", "config_from_args", "ch
            "LABEL_MODES"]
 
 LABEL_MODES = ("fer", "ferplus_majority", "ferplus_soft")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
-COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 #: Training augmentation: ``default`` (crop, flip, rotation, translation, scale, brightness and
 #: contrast jitter) or ``light`` (crop and flip only).
 AUGMENTS = ("default", "light")
@@ -65,7 +63,10 @@ TargetHook = Callable[[int, int, torch.Tensor, torch.Tensor, torch.Tensor], torc
 @dataclass
 class TrainConfig:
     """Everything training needs besides the model and the data. Defaults are the
-    reference (Auto-FERNet/DARTS) retraining recipe."""
+    reference (Auto-FERNet/DARTS) retraining recipe, written here once (:func:`add_train_args`
+    reads them). The rules between flags live in :meth:`__post_init__`, except two that map
+    flags onto fields, both in :func:`config_from_args`: ``--labels ferplus_soft`` sets
+    ``soft_targets``, and ``--no_auxiliary`` sets ``auxiliary_weight`` to 0."""
 
     epochs: int = 600
     batch_size: int = 64
@@ -118,14 +119,9 @@ class TrainConfig:
                 raise FerNasError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if int(self.patience) < 0:
             raise FerNasError(f"--patience must be >= 0, got {self.patience}")
-        if self.learning_rate <= 0 or not math.isfinite(self.learning_rate):
-            raise FerNasError(f"--learning_rate must be positive, got {self.learning_rate}")
-        for name, ok, want in (("learning_rate_min", 0.0 <= self.learning_rate_min < self.learning_rate,
-                                f">= 0 and below --learning_rate ({self.learning_rate})"),
-                               ("momentum", 0.0 <= self.momentum < 1.0, "in [0, 1)"),
-                               ("weight_decay", 0.0 <= self.weight_decay < math.inf, ">= 0"),
-                               ("grad_clip", 0.0 <= self.grad_clip < math.inf, ">= 0 (0: no clipping)"),
-                               ("auxiliary_weight", 0.0 <= self.auxiliary_weight < math.inf, ">= 0"),
+        check_optimizer_settings(learning_rate=self.learning_rate, learning_rate_min=self.learning_rate_min,
+                                 momentum=self.momentum, weight_decay=self.weight_decay, grad_clip=self.grad_clip)
+        for name, ok, want in (("auxiliary_weight", 0.0 <= self.auxiliary_weight < math.inf, ">= 0"),
                                ("cutout_length", int(self.cutout_length) >= 1, ">= 1")):
             if not ok:
                 raise FerNasError(f"--{name} must be {want}, got {getattr(self, name)}")
@@ -246,7 +242,8 @@ def check_train_args(args: argparse.Namespace, **overrides: Any) -> None:
 
 
 def config_from_args(args: argparse.Namespace | Mapping[str, Any], **overrides: Any) -> TrainConfig:
-    """A :class:`TrainConfig` from parsed flags (unknown keys ignored)."""
+    """A :class:`TrainConfig` from parsed flags (unknown keys ignored; the two flag-to-field
+    rules are documented on :class:`TrainConfig`)."""
     d = dict(vars(args) if isinstance(args, argparse.Namespace) else args)
     if "labels" in d and "soft_targets" not in d:
         d["soft_targets"] = d["labels"] == "ferplus_soft"

@@ -7,7 +7,12 @@ import torch
 
 from nas.runtime.errors import FerNasError
 
-__all__ = ["resolve_device", "autocast", "memory_layout", "cpu_channels_last_unsafe", "compiled_graphs"]
+__all__ = ["COMPILE_MODES", "COMPILE_BACKENDS", "resolve_device", "autocast", "memory_layout", "cpu_channels_last_unsafe", "compiled_graphs"]
+
+#: torch.compile's modes (reduce-overhead adds CUDA graphs) and the backends the stages offer:
+#: inductor generates kernels; aot_eager and eager do not (the tests count graphs and recompiles)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 
 
 def resolve_device(name: str | None = "auto") -> torch.device:

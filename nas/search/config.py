@@ -9,19 +9,18 @@ from :mod:`nas.data` and :mod:`nas.engine.session`; ``--export`` and ``--plots``
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from nas.engine.optim import check_optimizer_settings
 from nas.models.ops import SEARCH_SPACES, search_space
+from nas.runtime.device import COMPILE_BACKENDS, COMPILE_MODES
 from nas.runtime.errors import FerNasError
 
 __all__ = ["STRATEGIES", "ZC_PROXIES", "SearchConfig", "add_search_args", "search_config", "check_args"]
 
 STRATEGIES = ("sgas", "darts", "beta_darts", "darts_minus", "random", "zero_cost")
 ZC_PROXIES = ("naswot", "synflow", "snip", "grad_norm", "jacob_cov", "vote")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
-COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 
 
 @dataclass
@@ -73,15 +72,10 @@ class SearchConfig:
                 raise FerNasError(f"--{name} {getattr(self, name)!r}: choose from {', '.join(choices)}")
         if self.batch_size < 1:
             raise FerNasError(f"--batch_size {self.batch_size}: must be >= 1")
-        for name, ok, want in (("learning_rate", 0.0 < self.learning_rate < math.inf, "> 0"),
-                               ("learning_rate_min", 0.0 <= self.learning_rate_min <= self.learning_rate,
-                                f">= 0 and at most --learning_rate ({self.learning_rate})"),
-                               ("momentum", 0.0 <= self.momentum < 1.0, "in [0, 1)"),
-                               ("weight_decay", self.weight_decay >= 0, ">= 0"),
-                               ("arch_learning_rate", 0.0 < self.arch_learning_rate < math.inf, "> 0"),
-                               ("arch_weight_decay", self.arch_weight_decay >= 0, ">= 0"),
-                               ("grad_clip", self.grad_clip >= 0, ">= 0"),
-                               ("complexity_weight", self.complexity_weight >= 0, ">= 0"),
+        check_optimizer_settings(learning_rate=self.learning_rate, learning_rate_min=self.learning_rate_min,
+                                 momentum=self.momentum, weight_decay=self.weight_decay, grad_clip=self.grad_clip,
+                                 arch_learning_rate=self.arch_learning_rate, arch_weight_decay=self.arch_weight_decay)
+        for name, ok, want in (("complexity_weight", self.complexity_weight >= 0, ">= 0"),
                                ("partial_channels", self.partial_channels >= 1, ">= 1")):
             if not ok:
                 raise FerNasError(f"--{name} {getattr(self, name)}: must be {want}")

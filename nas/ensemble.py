@@ -37,7 +37,6 @@ replacement* by default: a member may be added again, which raises its weight
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -386,8 +385,10 @@ def run_ensemble(names: Sequence[str], data: FERData, run: RunDir, *, method: st
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The printed table: name, arch, parameters, input size, count, PublicTest and PrivateTest %."""
+    from nas.runtime.cli import fmt_pct
+
     def pct(v: Any) -> str:
-        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+        return fmt_pct(v, unit="")
 
     names = [_short(str(r["name"])) for r in rows[:-1]] + [str(rows[-1]["name"])]  # the ensemble row in full
     wn = max(12, *(len(n) for n in names))

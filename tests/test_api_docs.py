@@ -90,3 +90,13 @@ def test_public_signatures_name_their_types():
             bare.add(f"{rel} {qual} -> Any")
     assert bare <= ANY_ALLOWED, "bare Any in public signatures:\n" + "\n".join(sorted(bare - ANY_ALLOWED))
     assert ANY_ALLOWED <= bare, f"stale exceptions: {sorted(ANY_ALLOWED - bare)}"
+
+
+def test_fmt_pct_is_the_one_percentage_formatter():
+    from nas.runtime.cli import fmt_pct
+
+    assert fmt_pct(81.4999) == "81.50%" and fmt_pct("12.25", digits=1, unit=" %") == "12.2 %"
+    assert [fmt_pct(v) for v in (None, "", float("nan"), "x")] == ["n/a"] * 4
+    helpers = [p.relative_to(ROOT).as_posix() for p in NAS.rglob("*.py")
+               if "def pct(" in p.read_text(encoding="utf-8") and "fmt_pct" not in p.read_text(encoding="utf-8")]
+    assert not helpers, f"percentage helpers of their own: {helpers}"

@@ -122,8 +122,9 @@ def _num(v: Any) -> float | None:
 
 
 def _pct(v: Any) -> str:
-    x = _num(v)
-    return "n/a" if x is None else f"{x:.2f} %"
+    from nas.runtime.cli import fmt_pct
+
+    return fmt_pct(_num(v), unit=" %")
 
 
 def _genotype_line(g: Mapping[str, Any]) -> str:

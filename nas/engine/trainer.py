@@ -704,8 +704,8 @@ class Trainer:
 
 def summary_line(res: Mapping[str, Any]) -> str:
     """One line: the result, and the best test figure clearly marked as not a result."""
-    def pct(v):
-        return "n/a" if v is None else f"{v:.2f}%"
+    from nas.runtime.cli import fmt_pct as pct
+
     line = f"result: PrivateTest {pct(res['test_acc'])} at epoch {res['selected_epoch']}"
     if res.get("val_acc") is not None:
         line += f" (selected by PublicTest {pct(res['val_acc'])})"

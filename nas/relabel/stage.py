@@ -61,6 +61,7 @@ from nas.data.dataset import SPLITS, FERData
 from nas.data.ferplus import fes_offlabel
 from nas.engine.loop import Callback, Loop
 from nas.engine.session import Session
+from nas.runtime.cli import fmt_pct
 from nas.runtime.distributed import DistInfo
 from nas.runtime.errors import FerNasError
 
@@ -398,7 +399,7 @@ def _describe(row: Mapping[str, Any]) -> str:
     s = f"{row['relabel_changed']} labels changed"
     if "relabel_restored" in row:
         def pct(v):
-            return "n/a" if v == "" else f"{v:.1f}%"
+            return fmt_pct(v, digits=1)
         s += (f" (restored {row['relabel_restored']}, harmed {row['relabel_harmed']}, wrong->wrong "
               f"{row['relabel_wrong_to_wrong']}); precision {pct(row['relabel_precision'])}, recall "
               f"{pct(row['relabel_recall'])}, harm {pct(row['relabel_harm'])}")
@@ -607,7 +608,7 @@ def _describe_summary(s: Mapping[str, Any]) -> str:
     text = f"{s['changed']} changes over {s['epochs_relabelled']} epoch(s)"
     if "restored" in s:
         def pct(v):
-            return "n/a" if v is None else f"{v:.1f}%"
+            return fmt_pct(v, digits=1)
         text += (f": restored {s['restored']}, harmed {s['harmed']}, precision {pct(s['precision'])}; "
                  f"last epoch recall {pct(s['last_recall'])}, harm {pct(s['last_harm'])}")
     return text

@@ -7,6 +7,7 @@ into one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 from nas.runtime.errors import FerNasError, RunInterrupted
 
-__all__ = ["ArgumentParser", "str2bool", "int_list", "float_list", "parse_args", "run", "load_yaml_config"]
+__all__ = ["ArgumentParser", "fmt_pct", "str2bool", "int_list", "float_list", "parse_args", "run", "load_yaml_config"]
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -164,3 +165,13 @@ def _oom_types() -> tuple[type[BaseException], ...]:
         return (torch.cuda.OutOfMemoryError,)
     except Exception:  # pragma: no cover - torch is a hard dependency
         return ()
+
+
+def fmt_pct(v: object, digits: int = 2, unit: str = "%") -> str:
+    """A percentage for a printed line: ``v`` with ``digits`` decimals and ``unit``, or ``n/a``
+    when it is missing (None, an empty CSV cell, NaN or not a number)."""
+    try:
+        x = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "n/a"
+    return "n/a" if math.isnan(x) else f"{x:.{digits}f}{unit}"

@@ -62,9 +62,24 @@ def test_trainer_compiles_with_the_flags(tmp_path):
     assert res["test_acc"] == eager["test_acc"] and res["final_train_acc"] == eager["final_train_acc"]
 
 
-@pytest.mark.slow  # dynamo traces the supernet again at each of the 8 decisions: about a minute
+class _StopAfterPolls:
+    """A stop request after ``n`` polls (the loop polls after each step)."""
+
+    signum = 15
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    @property
+    def requested(self) -> bool:
+        self.n -= 1
+        return self.n < 0
+
+
+@pytest.mark.slow  # dynamo traces the supernet again after each decision: half a minute for five epochs
 def test_sgas_search_recompiles_at_most_once_per_decision(tmp_path):
     from nas.apps import search
+    from nas.runtime.errors import RunInterrupted
 
     # 44 training faces: 22 per search half, room for the batch to grow by one at each decision
     csv = write_fer2013_csv(tmp_path / "d" / "fer2013.csv", *small_fer2013((44, 7, 7), seed=1))
@@ -72,12 +87,16 @@ def test_sgas_search_recompiles_at_most_once_per_decision(tmp_path):
     from torch._dynamo.utils import counters
 
     counters.clear()
-    search.main(search.get_args_parser().parse_args(
-        ["--data", str(csv), "--search_space", "conv_1x1,skip_connect,max_pool_3x3,sep_conv_3x3",
-         "--init_channels", "2", "--layers", "3", "--batch_size", "7", "--crop", "12", "--strategy", "sgas",
-         "--warmup_dec_epoch", "0", "--decision_freq", "1", "--epochs_after_last_decision", "1",
-         "--batch_increase", "1", "--compile", "--compile_backend", "eager", "--save", str(tmp_path / "r"),
-         "--device", "cpu", "--plots", "False", "--progress", "False"]))
+    # a decision after every epoch; the run is stopped after its first five epochs (3 + 4 x 2
+    # steps as the batch grows): four decisions are enough to see one recompile each, and each
+    # trace of the supernet costs seconds
+    with pytest.raises(RunInterrupted):
+        search.main(search.get_args_parser().parse_args(
+            ["--data", str(csv), "--search_space", "conv_1x1,skip_connect",
+             "--init_channels", "2", "--layers", "3", "--batch_size", "7", "--crop", "12", "--strategy", "sgas",
+             "--warmup_dec_epoch", "0", "--decision_freq", "1", "--epochs_after_last_decision", "1",
+             "--batch_increase", "1", "--compile", "--compile_backend", "eager", "--save", str(tmp_path / "r"),
+             "--device", "cpu", "--plots", "False", "--progress", "False"]), stop=_StopAfterPolls(11))
     rows = read_csv_rows(tmp_path / "r" / "metrics.csv")
     graphs = [int(r["compiled_graphs"]) for r in rows]
     decided_before = [0] + [int(r["n_decided"]) for r in rows[:-1]]
@@ -90,3 +109,4 @@ def test_sgas_search_recompiles_at_most_once_per_decision(tmp_path):
         grew = int(rows[e - 1]["n_decided"]) > (int(rows[e - 2]["n_decided"]) if e >= 2 else 0)
         assert graphs[e] - graphs[e - 1] <= (1 if grew else 0), (e, graphs, [r["n_decided"] for r in rows])
     assert graphs[-1] <= 1 + decisions_seen
+    assert len(rows) >= 4 and decisions_seen >= 3, (len(rows), decisions_seen)

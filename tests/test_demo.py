@@ -1,6 +1,7 @@
 """``python -m nas demo --quick`` end to end, in a subprocess as a user runs it.
 
-One quick demo (module fixture, about 1.5 minutes on one CPU thread) is checked against
+One quick demo (the suite's one run, by the installed copy: tests/installed.py; about 1.5
+minutes on one CPU thread) is checked against
 the files its stages wrote: the report's figures must be the ones in results.json,
 metrics.csv, ensemble.csv, folds.csv and subjects.csv, the found genotype must load and
 be the one that was retrained and relabelled, and the linked PNGs must exist. Then the
@@ -34,11 +35,9 @@ def demo(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "quick"
-    r = demo("--quick", "--out", str(out))
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return out, r
+def quick(quick_demo):
+    """The one quick demo of the suite, run by the installed copy (tests/installed.py)."""
+    return quick_demo
 
 
 def rows_of(path: Path) -> list[dict[str, str]]:

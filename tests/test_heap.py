@@ -39,7 +39,10 @@ def _faults(mode: str) -> int:
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's mallopt only")
 def test_retained_heap_reuses_pages_instead_of_faulting_them_in():
-    assert _faults("retain") < 1000
+    # against the same draw with glibc's adaptive thresholds, not a fixed count: on a loaded host
+    # the kernel reclaims pages and the retained heap faulted 1,195 (the full suite beside a training grid, 2026-12-07)
+    retain, plain = _faults("retain"), _faults("plain")
+    assert retain * 4 < plain, (retain, plain)
 
 
 def test_retain_is_idempotent_and_says_whether_it_applied():

@@ -178,7 +178,7 @@ def add_train_args(parser: argparse.ArgumentParser, **defaults: Any) -> argparse
     add("--momentum", type=float, help="SGD momentum")
     add("--weight_decay", type=float, help="L2 weight decay")
     add("--epochs", type=int, help="epochs (the length of the cosine schedule)")
-    add("--optimizer", default="sgd", choices=OPTIMIZERS, help="sgd (momentum), nesterov or adam")
+    add("--optimizer", choices=OPTIMIZERS, help="sgd (momentum), nesterov or adam")
     add("--scheduler", choices=SCHEDULERS[:2],
         help="cosine per epoch to --learning_rate_min, or plateau (x0.75 after 5 epochs without a better PublicTest accuracy)")
     add("--grad_clip", type=float, help="max gradient norm (0: no clipping)")
@@ -209,7 +209,7 @@ def add_train_args(parser: argparse.ArgumentParser, **defaults: Any) -> argparse
     add("--labels", default="fer", choices=LABEL_MODES,
         help="training targets: FER2013 labels, FER+ majority, or FER+ vote distributions (needs --ferplus)")
     add("--ferplus", default=None, help="FER+ votes file fer2013new.csv (for --labels ferplus_*)")
-    add("--tta", default="center", choices=TTA_MODES, help="test-time view for validation/test")
+    add("--tta", choices=TTA_MODES, help="test-time view for validation/test")
     add("--eval_every", type=int, help="validate every N epochs (and at the last)")
     add("--patience", type=int,
         help="stop after N epochs without a better PublicTest accuracy (0: train every epoch)")

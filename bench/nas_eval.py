@@ -51,7 +51,7 @@ if __package__ in (None, ""):
 else:
     from bench.common import FolderLock, check_protocol, num as _num, process_pool, provenance, provenance_columns, \
         PROVENANCE_COLUMNS, read_rows, run_or_resume
-from nas.runtime.stats import percentile_among, t_interval, two_sample
+from nas.runtime.stats import n_for_mde, percentile_among, t_interval, two_sample
 
 CSV_NAME = "nas_eval.csv"
 PROXY_CSV = "oneshot.csv"
@@ -325,7 +325,34 @@ def summarize(rows: Sequence[Mapping[str, Any]], searched: Sequence[Mapping[str,
                and int(float(r["selected_epoch"])) == int(float(r["last_epoch"]))]
     return {"genotypes": table, "strategies": per_strategy, "proxy_taus": taus,
             "selected_at_last_epoch": {"runs": len(at_last), "of": len(rows)},
+            "power": power_plan(table, by),
             "random": {"n": len(random_means), "mean_test_acc": float(np.mean(random_means)) if random_means else None}}
+
+
+#: the difference the protocol should detect at 80 % power (issue 34), in points of PrivateTest
+TARGET_MDE = 1.5
+
+
+def power_plan(table: Sequence[Mapping[str, Any]], by: Mapping[str, Sequence[Mapping[str, Any]]],
+               target: float = TARGET_MDE) -> dict[str, Any]:
+    """The power analysis a pilot asks for: the spread of the cells' mean accuracies (pooled
+    over the searched and the random group), the spread between training seeds of one cell
+    (pooled over cells with two or more seeds), and how many cells per group a two-sample
+    comparison needs to detect ``target`` points at 80 % power: with equal groups, and as random
+    cells against the searched cells there are (None: no number of random cells is enough)."""
+    groups = [[e["test_acc"] for e in table if e["kind"] == k] for k in ("searched", "random")]
+    dof = sum(len(g) - 1 for g in groups if len(g) > 1)
+    sd_cells = (math.sqrt(sum(float(np.var(g, ddof=1)) * (len(g) - 1) for g in groups if len(g) > 1) / dof)
+                if dof else float("nan"))
+    seed_vars = [float(np.var(a, ddof=1)) for a in
+                 ([x for x in (_num(r["test_acc"]) for r in rs) if x is not None] for rs in by.values()) if len(a) > 1]
+    sd_seeds = math.sqrt(float(np.mean(seed_vars))) if seed_vars else float("nan")
+    n_searched = len(groups[0])
+    return {"target_points": target, "sd_cells": sd_cells, "sd_seeds": sd_seeds,
+            "cells_per_group": n_for_mde(sd_cells, target, paired=False),
+            "random_cells_vs_searched": n_for_mde(sd_cells, target, paired=False, n_other=n_searched)
+            if n_searched else None,
+            "searched_cells": n_searched}
 
 
 def _mean_or_nan(xs: Sequence[float]) -> float:
@@ -364,6 +391,16 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
                      f"{a['edges']:.0f} / {a['edges_and_ops']:.0f} | "
                      f"{100 * v['param_free_share']:.0f} % | {v['kendall_tau_alpha']:.2f} / "
                      f"{v['kendall_tau_oneshot']:.2f} |")
+    pw = summary.get("power") or {}
+    if pw and math.isfinite(pw.get("sd_cells", float("nan"))):
+        def need(n):
+            return "no number of random cells" if n is None else f"{n}"
+
+        lines += ["", f"Power: the cells' mean accuracies spread by {pw['sd_cells']:.2f} points (SD), one cell's "
+                      f"training seeds by {pw['sd_seeds']:.2f}; detecting {pw['target_points']} points at 80 % power "
+                      f"needs {need(pw['cells_per_group'])} cells per group, or "
+                      f"{need(pw['random_cells_vs_searched'])} random cells against the {pw['searched_cells']} "
+                      f"searched ones."]
     last = summary.get("selected_at_last_epoch") or {}
     if last.get("of"):
         lines += ["", f"{last['runs']} of {last['of']} trainings were selected at their last epoch."]

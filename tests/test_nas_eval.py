@@ -105,3 +105,20 @@ def test_a_folder_of_another_protocol_is_refused(tmp_path):
     with pytest.raises(FerNasError, match="another protocol .*random"):
         nas_eval.main(nas_eval.get_args_parser().parse_args(["--quick", "--out", str(out)]))
     assert not (out / "genotypes").exists() and json.loads((out / "protocol.json").read_text()) == proto
+
+
+def test_power_plan_pools_the_spreads_and_asks_for_enough_cells():
+    from nas.runtime.stats import mde_two_sample, n_for_mde
+
+    table = ([{"kind": "searched", "test_acc": a} for a in (80.0, 82.0, 84.0)]
+             + [{"kind": "random", "test_acc": a} for a in (75.0, 78.0, 81.0, 84.0)])
+    by = {"a": [{"test_acc": "80"}, {"test_acc": "82"}], "b": [{"test_acc": "70"}, {"test_acc": "74"}],
+          "c": [{"test_acc": "90"}]}
+    p = nas_eval.power_plan(table, by, target=1.5)
+    # pooled SD of the groups: (2 x 4 + 3 x 15) / 5 = 10.6
+    assert p["sd_cells"] == pytest.approx(math.sqrt(10.6))
+    assert p["sd_seeds"] == pytest.approx(math.sqrt((2.0 + 8.0) / 2))           # cell c has one seed
+    n = p["cells_per_group"]
+    assert n == n_for_mde(math.sqrt(10.6), 1.5, paired=False)
+    assert mde_two_sample(math.sqrt(10.6), n, n) <= 1.5 < mde_two_sample(math.sqrt(10.6), n - 1, n - 1)
+    assert p["random_cells_vs_searched"] is None                             # 3 searched cells are too few

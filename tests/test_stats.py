@@ -94,3 +94,17 @@ def test_binomial_standard_error():
     # 300 faces at 75 %: 2.5 points, the figure issue 32 starts from
     assert stats.binomial_se(75.0, 300) == pytest.approx(2.5, abs=0.01)
     assert stats.binomial_se(75.0, 3000) == pytest.approx(0.79, abs=0.01)
+
+
+def test_n_for_mde_is_the_power_analysis_of_g_power():
+    """G*Power 3.1 (two-sided, alpha 0.05, power 0.8): a paired t-test needs 10 pairs for
+    d = 1 (its detectable d at 10 is 0.996), a two-sample t-test 17 per group."""
+    from nas.runtime.stats import mde_paired, n_for_mde
+
+    assert n_for_mde(1.0, 1.0) == 10 and n_for_mde(2.0, 2.0) == 10           # scale-free
+    assert n_for_mde(1.0, 1.0, paired=False) == 17
+    n = n_for_mde(1.3, 0.5)
+    assert mde_paired(1.3, n) <= 0.5 < mde_paired(1.3, n - 1)                # the fewest, not just enough
+    # against a fixed group of 3, adding seeds to the other side cannot reach a small target
+    assert n_for_mde(2.0, 1.5, paired=False, n_other=3) is None
+    assert n_for_mde(1.0, 0.0) is None

@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 __all__ = ["Comparison", "paired", "two_sample", "t_interval", "sign_flip_p", "permutation_p", "mde_paired",
-           "mde_two_sample", "percentile_among", "kendall_tau", "spearman_rho", "bootstrap_ci",
+           "mde_two_sample", "n_for_mde", "percentile_among", "kendall_tau", "spearman_rho", "bootstrap_ci",
            "binomial_se"]
 
 ALTERNATIVES = ("two-sided", "greater", "less")
@@ -215,6 +215,34 @@ def mde_two_sample(sd: float, n_a: int, n_b: int, *, alpha: float = 0.05, power:
     if n_a < 1 or n_b < 1 or n_a + n_b < 3:
         return float("nan")
     return _mde(float(sd), math.sqrt(1 / n_a + 1 / n_b), n_a + n_b - 2, alpha, power)
+
+
+def n_for_mde(sd: float, target: float, *, paired: bool = True, n_other: int | None = None,
+              alpha: float = 0.05, power: float = 0.8, max_n: int = 10_000) -> int | None:
+    """The power analysis: the fewest seeds (pairs with ``paired``; else the size of the group
+    being added, against ``n_other`` fixed, or two equal groups when ``n_other`` is None) at which
+    :func:`mde_paired` / :func:`mde_two_sample` reaches ``target`` for spread ``sd``. None when
+    ``max_n`` is not enough (or ``target`` is not positive)."""
+    if not (target > 0 and math.isfinite(sd)):
+        return None
+
+    def mde(n: int) -> float:
+        if paired:
+            return mde_paired(sd, n, alpha=alpha, power=power)
+        return mde_two_sample(sd, n, n if n_other is None else n_other, alpha=alpha, power=power)
+
+    lo, hi = 2, 2
+    while not mde(hi) <= target:  # the detectable difference falls as n grows: double, then bisect
+        if hi >= max_n:
+            return None
+        lo, hi = hi, min(2 * hi, max_n)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if mde(mid) <= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi
 
 
 # ----------------------------------------------------------------------------- comparisons

@@ -27,7 +27,7 @@ setup(
         "export": _ONNX,
         # the tests cover predict and export on real photographs bundled in scikit-image
         # submitit: bench/nas_eval.py --executor submitit is tested through its local executor
-        "test": ["pytest", "hypothesis", _OPENCV, *_ONNX, "scikit-image", "submitit>=1.5"],
+        "test": ["pytest", "pytest-xdist>=3.5", "hypothesis", _OPENCV, *_ONNX, "scikit-image", "submitit>=1.5"],
         "plots": ["matplotlib"],
         # bench/nas_eval.py --executor submitit: the protocol's units as Slurm array jobs
         "cluster": ["submitit>=1.5"],

@@ -14,6 +14,11 @@ torch.set_num_threads(1)
 import pytest  # noqa: E402
 
 
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per core, at most four (each imports torch; the tests are small)."""
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
 @pytest.fixture(scope="session")
 def installed(tmp_path_factory):
     """fer-nas installed (not editable) in a fresh environment (tests/installed.py)."""

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow  # the quick demo: about a minute
+pytestmark = [pytest.mark.slow,  # the quick demo: about a minute
+              pytest.mark.xdist_group("installed")]  # one worker runs the one install and demo
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["data", "search", "train_found", "train_fer_v1", "relabel", "ensemble", "ck48", "jaffe"]

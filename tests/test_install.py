@@ -16,6 +16,7 @@ import pytest
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("installed")  # the worker that runs the demo tests: one install and demo
 def test_non_editable_install_runs_from_an_empty_folder(installed, quick_demo):
     """The install and the demo run are the shared fixtures of tests/installed.py (the demo's
     files are checked in tests/test_demo.py)."""

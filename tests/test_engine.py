@@ -74,3 +74,47 @@ def test_resume_rule_takes_the_runs_flags_and_only_the_resumable_ones_from_the_c
     with pytest.raises(FerNasError, match="nothing to resume"):
         resumed_args(p.parse_args(["--resume", str(tmp_path / "nope")]), p, "train")
     assert torch.is_tensor(state["model"][next(iter(state["model"]))])
+
+
+def test_an_objective_with_only_what_the_loop_needs_runs_with_the_defaults(tmp_path):
+    """Issue 36: ``Objective``'s display hooks and ``epoch_row``/``end_epoch`` have defaults, so a
+    step, its batches and its state are all an objective must write."""
+    from nas.engine.loop import Loop, Objective, StepResult
+    from nas.runtime.distributed import single_process
+
+    class LeastSquares(Objective):
+        kind, sum_names = "test-least-squares", ("loss", "n")
+
+        def __init__(self) -> None:
+            torch.manual_seed(0)
+            self.model = torch.nn.Linear(3, 1)
+            self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1)
+            self.x = torch.randn(32, 3)
+            self.y = self.x @ torch.tensor([[1.0], [-2.0], [0.5]])
+
+        def epoch_batches(self, epoch, generator):
+            return list(torch.randperm(32, generator=generator).split(8))
+
+        def step(self, epoch, step, batch, ctx):
+            self.opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(self.model(self.x[batch]), self.y[batch])
+            loss.backward()
+            bad = ctx.guard.flag(loss)
+            ctx.guard.apply(self.opt, bad)
+            return StepResult(torch.stack([loss.detach().double() * len(batch), torch.tensor(float(len(batch)),
+                                                                                            dtype=torch.float64)]), bad)
+
+        def state_dict(self):
+            return {"model": self.model.state_dict(), "opt": self.opt.state_dict()}
+
+        def load_state_dict(self, state):
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["opt"])
+
+    obj = LeastSquares()
+    assert obj.progress({"loss": 8.0, "n": 4.0}) == {"loss": "2.000"} and obj.describe().startswith("LeastSquares: 4")
+    Loop(obj, epochs=3, run=RunDir(tmp_path / "r"), dist=single_process(), seed=0, progress=False).fit()
+    rows = read_csv_rows(tmp_path / "r" / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])             # the default row: the mean loss
+    assert "epoch 3/3 | loss" in (tmp_path / "r" / "log.txt").read_text()  # the default epoch line

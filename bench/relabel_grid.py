@@ -320,8 +320,15 @@ def plot(summary: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
             ax.set_ylabel(f"clean PrivateTest % {what}")
             ax.set_title(f"noise mode: {mode}")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-    fig.tight_layout()
+    # one legend for every panel, beside them: inside, ten methods hide the points
+    handles, labels = [], []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.tight_layout(rect=(0, 0, 0.82, 1))
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.83, 0.5), fontsize=9, title="arm")
     return save_figure(fig, path)
 
 

@@ -395,11 +395,14 @@ class Relabeller(Callback):
         self.touched.zero_()
 
 
+def _pct1(v: object) -> str:
+    return fmt_pct(v, digits=1)
+
+
 def _describe(row: Mapping[str, Any]) -> str:
     s = f"{row['relabel_changed']} labels changed"
     if "relabel_restored" in row:
-        def pct(v):
-            return fmt_pct(v, digits=1)
+        pct = _pct1
         s += (f" (restored {row['relabel_restored']}, harmed {row['relabel_harmed']}, wrong->wrong "
               f"{row['relabel_wrong_to_wrong']}); precision {pct(row['relabel_precision'])}, recall "
               f"{pct(row['relabel_recall'])}, harm {pct(row['relabel_harm'])}")
@@ -607,8 +610,7 @@ def _mean(values) -> float | None:
 def _describe_summary(s: Mapping[str, Any]) -> str:
     text = f"{s['changed']} changes over {s['epochs_relabelled']} epoch(s)"
     if "restored" in s:
-        def pct(v):
-            return fmt_pct(v, digits=1)
+        pct = _pct1
         text += (f": restored {s['restored']}, harmed {s['harmed']}, precision {pct(s['precision'])}; "
                  f"last epoch recall {pct(s['last_recall'])}, harm {pct(s['last_harm'])}")
     return text

@@ -155,22 +155,11 @@ def add_train_args(parser: argparse.ArgumentParser, **defaults: Any) -> argparse
     :class:`TrainConfig` field takes its default from the dataclass (the defaults are written
     once, there); ``defaults`` overrides a flag's default for one stage, e.g.
     ``learning_rate=0.02272721``."""
-    from nas.runtime.cli import float_list
+    from nas.runtime.cli import config_flag_adder, float_list
 
-    have = set(parser._option_string_actions)
-    config_defaults = {f.name: (list(f.default) if isinstance(f.default, tuple) else f.default)
-                       for f in fields(TrainConfig)}
-    g = parser.add_argument_group("training")
-
-    def add(*flags: str, **kw: Any) -> None:
-        if any(f in have for f in flags):  # e.g. --labels/--ferplus already added by nas.data.add_data_args
-            return
-        dest = kw.get("dest") or flags[0].lstrip("-").replace("-", "_")
-        if dest in defaults:
-            kw["default"] = defaults[dest]
-        elif dest in config_defaults and "default" not in kw:
-            kw["default"] = config_defaults[dest]
-        g.add_argument(*flags, **kw)
+    # flags already on the parser (e.g. --labels/--ferplus from nas.data.add_data_args) are left out
+    add = config_flag_adder(parser.add_argument_group("training"), TrainConfig, defaults,
+                            skip=parser._option_string_actions)
 
     add("--batch_size", type=int, help="per-process batch size")
     add("--learning_rate", type=float, help="initial learning rate")

@@ -11,11 +11,11 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from nas.runtime.errors import FerNasError, RunInterrupted
 
-__all__ = ["ArgumentParser", "fmt_pct", "str2bool", "int_list", "float_list", "parse_args", "run", "load_yaml_config"]
+__all__ = ["ArgumentParser", "config_flag_adder", "fmt_pct", "str2bool", "int_list", "float_list", "parse_args", "run", "load_yaml_config"]
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -175,3 +175,27 @@ def fmt_pct(v: object, digits: int = 2, unit: str = "%") -> str:
     except (TypeError, ValueError):
         return "n/a"
     return "n/a" if math.isnan(x) else f"{x:.{digits}f}{unit}"
+
+
+def config_flag_adder(group: argparse._ArgumentGroup, config: type, overrides: Mapping[str, Any] | None = None,
+                      skip: Iterable[str] = ()) -> Callable[..., None]:
+    """``add(*flags, **kw)`` for ``group``: a flag named like a field of the dataclass ``config``
+    takes that field's default (the defaults are written once, on the dataclass); ``overrides``
+    replaces a default for one stage; a flag in ``skip`` (already on the parser) is left out."""
+    import dataclasses
+
+    defaults = {f.name: (list(f.default) if isinstance(f.default, tuple) else f.default)
+                for f in dataclasses.fields(config)}
+    overrides, skip = dict(overrides or {}), set(skip)
+
+    def add(*flags: str, **kw: Any) -> None:
+        if any(f in skip for f in flags):
+            return
+        dest = kw.get("dest") or flags[0].lstrip("-").replace("-", "_")
+        if dest in overrides:
+            kw["default"] = overrides[dest]
+        elif dest in defaults and "default" not in kw and kw.get("action") != "store_true":
+            kw["default"] = defaults[dest]
+        group.add_argument(*flags, **kw)
+
+    return add

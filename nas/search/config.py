@@ -125,16 +125,10 @@ def check_args(args: argparse.Namespace) -> None:
 
 def add_search_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The flags of ``search.py``: the reference's names, defaults from :class:`SearchConfig`."""
-    from nas.runtime.cli import str2bool
+    from nas.runtime.cli import config_flag_adder, str2bool
 
-    defaults = {f.name: f.default for f in fields(SearchConfig)}
     g = parser.add_argument_group("search")
-
-    def add(flag: str, **kw: Any) -> None:
-        dest = flag.lstrip("-")
-        if kw.get("action") != "store_true":
-            kw["default"] = defaults[dest]
-        g.add_argument(flag, **kw)
+    add = config_flag_adder(g, SearchConfig)
 
     add("--strategy", choices=STRATEGIES,
         help="sgas: greedy edge decisions; darts: train all epochs, DARTS genotype rule; beta_darts / darts_minus: "

@@ -61,16 +61,26 @@ COLUMNS = ["genotype", "kind", "strategy", "search_seed", "train_seed", "params"
 REFERENCES = ("FER_V1", "DARTS_V2")
 
 # The documented CPU size, and the --quick one (tests, smoke runs).
+# random_match: "searched" draws the random cells within ±15 % of the searched cells' mean size
+# (so they depend on which searches ran); "space" within ±15 % of the median size of the space's
+# random cells at the retraining size (a fixed pool: later strategies join the same folder and
+# reuse its retrained cells). sgas_warmup: SGAS epochs before its first decision.
 FULL: dict[str, Any] = {
-    "size": 3000, "public_size": 2000, "private_size": 3000, "space": "darts", "search": {"init_channels": 8, "layers": 5, "batch_size": 32, "crop": 32,
-                                               "darts_epochs": 10, "train_portion": 0.5},
+    "size": 3000, "public_size": 2000, "private_size": 3000, "space": "darts", "random_match": "searched",
+    "search": {"init_channels": 8, "layers": 5, "batch_size": 32, "crop": 32, "darts_epochs": 10,
+               "train_portion": 0.5, "sgas_warmup": 0, "arch_learning_rate": 3e-4},
     "train": {"init_channels": 8, "layers": 5, "epochs": 8, "batch_size": 64, "learning_rate": 0.025},
 }
 QUICK: dict[str, Any] = {
     "size": 400, "public_size": 100, "private_size": 100, "space": "none,max_pool_3x3,skip_connect,sep_conv_3x3,dil_conv_3x3",
-    "search": {"init_channels": 4, "layers": 3, "batch_size": 16, "crop": 24, "darts_epochs": 1, "train_portion": 0.5},
+    "random_match": "searched",
+    "search": {"init_channels": 4, "layers": 3, "batch_size": 16, "crop": 24, "darts_epochs": 1, "train_portion": 0.5,
+               "sgas_warmup": 0, "arch_learning_rate": 3e-4},
     "train": {"init_channels": 4, "layers": 3, "epochs": 1, "batch_size": 32, "learning_rate": 0.025},
 }
+RANDOM_MATCHES = ("searched", "space")
+#: keys of a folder's protocol that only add units when they grow, where the pool is fixed
+GROWING = ("strategies", "search_seeds", "random", "train_seeds", "references")
 
 
 def get_args_parser() -> ArgumentParser:
@@ -79,7 +89,8 @@ def get_args_parser() -> ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: 400 images, tiny networks, one epoch, one darts search and one random cell")
     p.add_argument("--strategies", default=None,
-                   help="search strategies, comma-separated (default sgas,darts,beta_darts,darts_minus; quick: darts)")
+                   help="search strategies, comma-separated, or none for the random pool alone (default "
+                        "sgas,darts,beta_darts,darts_minus; quick: darts)")
     p.add_argument("--search_seeds", type=int, default=None, help="search seeds 0..S-1 (default 3; quick 1)")
     p.add_argument("--random", type=int, default=None, help="random genotypes (default 10; quick 1)")
     p.add_argument("--train_seeds", type=int, default=None, help="training seeds per genotype (default 2; quick 1)")
@@ -160,9 +171,10 @@ def search_unit(out: str, strategy: str, seed: int, recipe: Mapping[str, Any], d
     s = recipe["search"]
     argv = ["--strategy", strategy, "--search_space", recipe["space"], "--init_channels", s["init_channels"],
             "--layers", s["layers"], "--batch_size", s["batch_size"], "--crop", s["crop"], "--seed", seed,
-            "--train_portion", s["train_portion"], "--device", device, *_data_flags(recipe)]
-    if strategy == "sgas":  # one decision per epoch from the first: 8 decisions in 9 epochs
-        argv += ["--batch_increase", "0", "--warmup_dec_epoch", "0", "--decision_freq", "1",
+            "--train_portion", s["train_portion"], "--arch_learning_rate", s["arch_learning_rate"],
+            "--device", device, *_data_flags(recipe)]
+    if strategy == "sgas":  # after the warm-up one decision per epoch: 8 decisions in warm-up + 9 epochs
+        argv += ["--batch_increase", "0", "--warmup_dec_epoch", s["sgas_warmup"], "--decision_freq", "1",
                  "--epochs_after_last_decision", "0"]
     elif strategy not in ("random", "zero_cost"):  # these two train nothing
         argv += ["--epochs", s["darts_epochs"]]
@@ -180,6 +192,15 @@ def count_params(genotype: Any, recipe: Mapping[str, Any]) -> int:
     t = recipe["train"]
     return count_parameters(build_model(genotype, init_channels=t["init_channels"], layers=t["layers"],
                                         auxiliary=False))
+
+
+def space_median_params(space: Sequence[str], recipe: Mapping[str, Any], draws: int = 500) -> int:
+    """The median parameter count, at the retraining size, of ``draws`` random cells of ``space``
+    (seed 1, a stream apart from the pool's own draws): the size a fixed pool is matched to."""
+    from nas.search.random_cells import sample_genotype
+
+    rng = np.random.default_rng(1)
+    return int(np.median([count_params(sample_genotype(space, 4, rng), recipe) for _ in range(draws)]))
 
 
 def count_params_flops(genotype: Any, recipe: Mapping[str, Any]) -> tuple[int, int]:
@@ -522,9 +543,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             recipe[key] = getattr(args, key)
     if args.train_epochs:
         recipe["train"]["epochs"] = args.train_epochs
+    if recipe["random_match"] not in RANDOM_MATCHES:
+        raise FerNasError(f"--recipe {args.recipe}: random_match {recipe['random_match']!r}: choose from "
+                          f"{', '.join(RANDOM_MATCHES)}")
     if args.data:
         recipe["data"] = str(Path(args.data).resolve())
-    strategies = (args.strategies or ("darts" if args.quick else "sgas,darts,beta_darts,darts_minus")).split(",")
+    strategies = [x for x in (args.strategies if args.strategies is not None else
+                              "darts" if args.quick else "sgas,darts,beta_darts,darts_minus").split(",")
+                  if x and x != "none"]  # none: the random pool alone
     bad = [s for s in strategies if s not in STRATEGIES or s == "random"]
     if bad:
         raise FerNasError(f"--strategies: unknown or not a search: {', '.join(bad)} (choose from "
@@ -553,7 +579,9 @@ def _protocol(args: argparse.Namespace, out: Path, recipe: dict[str, Any], strat
     from nas.runtime.checkpoint import json_safe
     from nas.search.random_cells import sample_matched
 
-    check_protocol(out, recipe)
+    # a fixed pool lets a folder grow (more strategies, seeds, cells): only the sizes are its protocol
+    check_protocol(out, {k: v for k, v in recipe.items() if k not in GROWING}
+                   if recipe["random_match"] == "space" else recipe)
     (out / "genotypes").mkdir(parents=True, exist_ok=True)
     executor = make_executor(args, out)
     threads = 1 if args.workers > 1 and executor is None else None
@@ -570,6 +598,8 @@ def _protocol(args: argparse.Namespace, out: Path, recipe: dict[str, Any], strat
                 found[k] = res
                 bar.update(1)
         searched = [found[k] for k in range(len(search_jobs))]
+        if recipe["random_match"] == "space":  # a growing folder: every search it holds is retrained and summarised
+            searched = [json.loads(p.read_text()) for p in sorted(out.glob("search-*/done.json"))]
 
     # 2. the genotypes to retrain: searched, random (parameter-matched), references
     genos: list[dict[str, Any]] = []
@@ -578,9 +608,12 @@ def _protocol(args: argparse.Namespace, out: Path, recipe: dict[str, Any], strat
                       "search_seed": s["seed"], "genotype": s["genotype"]})
     sizes = {g["name"]: count_params_flops(genotype_from_dict(g["genotype"]), recipe) for g in genos}
     if n_random:
-        target = (int(np.mean([p for p, _ in sizes.values()])) if sizes
-                  else count_params(load_genotype("DARTS_V2"), recipe))
         space = search_space(recipe["space"])
+        if recipe["random_match"] == "space":
+            target = space_median_params(space, recipe)
+        else:
+            target = (int(np.mean([p for p, _ in sizes.values()])) if sizes
+                      else count_params(load_genotype("DARTS_V2"), recipe))
         randoms = sample_matched(space, lambda g: count_params(g, recipe), target, n_random, tol=0.15, seed=0)
         for k, g in enumerate(randoms):
             genos.append({"name": f"random_{k:02d}", "kind": "random", "strategy": "random", "search_seed": "",

@@ -232,7 +232,8 @@ def train_unit(out: str, name: str, genotype_path: str, seed: int, recipe: Mappi
     return run_or_resume(train_app, Path(out) / f"train-{name}-s{seed}",
                          ["--arch", genotype_path, "--init_channels", t["init_channels"], "--layers", t["layers"],
                           "--epochs", t["epochs"], "--batch_size", t["batch_size"], "--learning_rate",
-                          t["learning_rate"], "--seed", seed, "--snapshot_at", "", "--device", device,
+                          t["learning_rate"], "--seed", seed, "--snapshot_at", "", "--test_curve", "False",
+                          "--device", device,
                           *_data_flags(recipe)])
 
 

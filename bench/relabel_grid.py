@@ -168,7 +168,8 @@ def run_cell(out: str, mode: str, noise: float, seed: int, rules: Sequence[str],
 
     common = ["--batch_size", str(recipe["batch_size"]), "--learning_rate", str(recipe["learning_rate"]),
               "--optimizer", recipe["optimizer"], "--weight_decay", str(recipe["weight_decay"]),
-              "--augment", recipe["augment"], "--seed", str(seed), "--device", device]
+              "--augment", recipe["augment"], "--seed", str(seed), "--device", device,
+              "--test_curve", "False"]  # the rows need PrivateTest at the selected and last epochs only
     cell = Path(out) / f"{mode}-n{round(noise * 100):02d}-s{seed}"
     base = run_or_resume(train_app, cell / "base", ["--arch", recipe["arch"], "--epochs", str(recipe["base_epochs"]),
                                                        "--snapshot_at", "", *data(noise), *common])

@@ -404,3 +404,30 @@ def test_cpu_channels_last_guard_for_narrow_strided_1x1_convs(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "channels_last False (off: narrow stride-2 1x1 convs" in log
+
+
+@pytest.mark.parametrize("patience", [0, 2])
+def test_without_the_test_curve_the_results_are_the_same(tmp_path, patience):
+    """--test_curve False scores PrivateTest only at a new best PublicTest epoch and at the
+    epoch that ends the run: the selected and last figures equal those of a run that scored it
+    every epoch (same seed), and the epochs in between have no PrivateTest figure."""
+    data = make_data(64, 16, 16)
+    res, rows = {}, {}
+    for curve in (True, False):
+        name = f"curve{curve}"
+        tr = Trainer(tiny_model(), data, cfg(epochs=6, patience=patience, test_curve=curve),
+                     RunDir(tmp_path / name), args={"arch": "FER_V1"})
+        res[curve] = tr.fit()
+        rows[curve] = read_csv_rows(tmp_path / name / "metrics.csv")
+    for k in ("selected_epoch", "val_acc", "test_acc", "last_epoch", "last_test_acc", "epochs_trained"):
+        assert res[False][k] == res[True][k], k
+    assert res[False]["best_test_acc_for_reference_only"] is None
+    assert [r["val_acc"] for r in rows[False]] == [r["val_acc"] for r in rows[True]]
+    best, scored = -1.0, []
+    for r in rows[True]:
+        if float(r["val_acc"]) > best:
+            best = float(r["val_acc"])
+            scored.append(r["epoch"])
+    scored.append(rows[True][-1]["epoch"])
+    assert [r["epoch"] for r in rows[False] if r["test_acc"] != ""] == sorted(set(scored), key=int)
+    assert all(r["test_acc"] == rows[True][k]["test_acc"] for k, r in enumerate(rows[False]) if r["test_acc"] != "")

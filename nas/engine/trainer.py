@@ -92,6 +92,7 @@ class TrainConfig:
     crop: int | None = None           # None: model.default_input_size
     tta: str = "center"               # test-time view for validation and test during training
     eval_every: int = 1
+    test_curve: bool = True           # False: PrivateTest only where it can be a result (new best, last epoch)
     eval_batch_size: int = 256
     patience: int = 0                 # epochs without a better PublicTest accuracy before stopping (0: never)
     snapshot_at: Sequence[float] = (85.0, 90.0)
@@ -200,6 +201,9 @@ def add_train_args(parser: argparse.ArgumentParser, **defaults: Any) -> argparse
     add("--ferplus", default=None, help="FER+ votes file fer2013new.csv (for --labels ferplus_*)")
     add("--tta", choices=TTA_MODES, help="test-time view for validation/test")
     add("--eval_every", type=int, help="validate every N epochs (and at the last)")
+    add("--test_curve", type=_bool,
+        help="score PrivateTest at every validation (True), or only where it can be a result: an epoch with a "
+             "new best PublicTest and the last one (False: the same results, no PrivateTest curve, faster)")
     add("--patience", type=int,
         help="stop after N epochs without a better PublicTest accuracy (0: train every epoch)")
     add("--snapshot_at", type=float_list,
@@ -515,9 +519,11 @@ class Classification(Objective):
 # ----------------------------------------------------------------------------- callbacks
 class ModelSelection(Callback):
     """Validation on PublicTest every ``eval_every`` epochs (and at the last), PrivateTest
-    scored alongside; ``best.pt`` at the best PublicTest accuracy; with ``patience`` the
-    run ends after that many epochs without a better one. Without a PublicTest split the
-    latest evaluated epoch is the selected one."""
+    scored alongside (with ``test_curve`` off only at a new best and at the epoch that ends
+    the run: the selected and last figures are the same, the curve between them is not
+    drawn); ``best.pt`` at the best PublicTest accuracy; with ``patience`` the run ends after
+    that many epochs without a better one. Without a PublicTest split the latest evaluated
+    epoch is the selected one."""
 
     name = "selection"
 
@@ -537,7 +543,11 @@ class ModelSelection(Callback):
         if not ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == loop.epochs):
             return
         val = obj.evaluate("val") if obj.val_idx.numel() else None
-        test = obj.evaluate("test") if obj.test_idx.numel() else None
+        score = val["acc"] if val is not None else float(epoch + 1)
+        best_epoch = epoch + 1 if score > self.best["score"] else self.best["epoch"]
+        stops = self.patience and val is not None and epoch + 1 - int(best_epoch) >= self.patience
+        wanted = cfg.test_curve or score > self.best["score"] or epoch + 1 == loop.epochs or stops
+        test = obj.evaluate("test") if obj.test_idx.numel() and wanted else None
         if val is not None:
             row.update(val_loss=val["loss"], val_acc=val["acc"])
         if test is not None:
@@ -546,7 +556,6 @@ class ModelSelection(Callback):
                 self.best.update(best_test_acc=test["acc"], best_test_epoch=epoch + 1)
         self.last = {"epoch": epoch + 1, "val_acc": val["acc"] if val is not None else None,
                      "test_acc": test["acc"] if test is not None else None}
-        score = val["acc"] if val is not None else float(epoch + 1)
         if score > self.best["score"]:
             self.new_best = True
             self.best.update(score=score, epoch=epoch + 1, val_acc=val["acc"] if val is not None else None,
@@ -671,8 +680,10 @@ class Trainer:
             "last_epoch": self.selection.last["epoch"],
             "last_val_acc": self.selection.last["val_acc"],
             "last_test_acc": self.selection.last["test_acc"],
-            "best_test_acc_for_reference_only": b["best_test_acc"] if b["best_test_epoch"] else None,
-            "best_test_epoch_for_reference_only": b["best_test_epoch"],
+            # without the PrivateTest curve its maximum is over a few epochs: not reported
+            "best_test_acc_for_reference_only": b["best_test_acc"] if b["best_test_epoch"] and self.cfg.test_curve
+            else None,
+            "best_test_epoch_for_reference_only": b["best_test_epoch"] if self.cfg.test_curve else None,
             "final_train_acc": self.loop.last_row.get("train_acc"),
             "epochs": self.cfg.epochs,
             "epochs_trained": self.loop.epoch,

@@ -1,8 +1,10 @@
 #!/bin/bash
-# Issue 33's grid, cell by cell in order of importance. Run it from a clean checkout of the commit
-# that wrote the CSV's first rows (b6d7f52) so every row records the same code; OUT is this folder
-# in the checkout that commits the rows. Each arm's row lands as it finishes; a rerun resumes.
-#   git worktree add /tmp/wt b6d7f52 && (cd /tmp/wt && nice -n 19 bash bench/grids/noise/run.sh /work/main/bench/grids/noise)
+# Issue 33's grid, cell by cell in order of importance. Run it from a clean checkout of one commit
+# so that its rows record the code that made them; OUT is this folder in the checkout that commits
+# the rows. Each arm's row lands as it finishes; a rerun resumes. The 30 % uniform cell ran at
+# b6d7f52; the later cells run at dd113ec, which scores PrivateTest only where it can be a result
+# (--test_curve False) and gives the same rows (same_rows.py, same-rows.json).
+#   git worktree add /tmp/wt dd113ec && (cd /tmp/wt && nice -n 19 bash bench/grids/noise/run.sh /work/main/bench/grids/noise)
 set -u
 OUT=${1:?usage: run.sh OUT_FOLDER}
 G="python bench/relabel_grid.py --out $OUT --arch cnn_gap --size 1500 --public_size 2000 --private_size 3000

@@ -369,12 +369,15 @@ def power_plan(table: Sequence[Mapping[str, Any]], by: Mapping[str, Sequence[Map
     seed_vars = [float(np.var(a, ddof=1)) for a in
                  ([x for x in (_num(r["test_acc"]) for r in rs) if x is not None] for rs in by.values()) if len(a) > 1]
     sd_seeds = math.sqrt(float(np.mean(seed_vars))) if seed_vars else float("nan")
-    n_searched = len(groups[0])
+    n_searched, n_random = len(groups[0]), len(groups[1])
     return {"target_points": target, "sd_cells": sd_cells, "sd_seeds": sd_seeds,
             "cells_per_group": n_for_mde(sd_cells, target, paired=False),
             "random_cells_vs_searched": n_for_mde(sd_cells, target, paired=False, n_other=n_searched)
             if n_searched else None,
-            "searched_cells": n_searched}
+            # what a fixed pool asks of a strategy: its search seeds, against the pool's cells
+            "searched_cells_vs_random": n_for_mde(sd_cells, target, paired=False, n_other=n_random)
+            if n_random > 1 else None,
+            "searched_cells": n_searched, "random_cells": n_random}
 
 
 def _mean_or_nan(xs: Sequence[float]) -> float:
@@ -418,11 +421,14 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         def need(n):
             return "no number of random cells" if n is None else f"{n}"
 
+        against = (f"{need(pw['random_cells_vs_searched'])} random cells against the {pw['searched_cells']} "
+                   f"searched ones, or " if pw.get("searched_cells") else "")
+        pool = ("no number of searched cells" if pw.get("searched_cells_vs_random") is None
+                else f"{pw['searched_cells_vs_random']} searched cells (search seeds)")
         lines += ["", f"Power: the cells' mean accuracies spread by {pw['sd_cells']:.2f} points (SD), one cell's "
                       f"training seeds by {pw['sd_seeds']:.2f}; detecting {pw['target_points']} points at 80 % power "
-                      f"needs {need(pw['cells_per_group'])} cells per group, or "
-                      f"{need(pw['random_cells_vs_searched'])} random cells against the {pw['searched_cells']} "
-                      f"searched ones."]
+                      f"needs {need(pw['cells_per_group'])} cells per group, {against}{pool} against the "
+                      f"{pw.get('random_cells', '?')} random ones."]
     last = summary.get("selected_at_last_epoch") or {}
     if last.get("of"):
         lines += ["", f"{last['runs']} of {last['of']} trainings were selected at their last epoch."]

@@ -182,3 +182,12 @@ def test_power_plan_pools_the_spreads_and_asks_for_enough_cells():
     assert n == n_for_mde(math.sqrt(10.6), 1.5, paired=False)
     assert mde_two_sample(math.sqrt(10.6), n, n) <= 1.5 < mde_two_sample(math.sqrt(10.6), n - 1, n - 1)
     assert p["random_cells_vs_searched"] is None                             # 3 searched cells are too few
+    # against the 4 random cells as a fixed pool: the searched cells a strategy would need
+    k = p["searched_cells_vs_random"]
+    assert k is None or mde_two_sample(math.sqrt(10.6), k, 4) <= 1.5
+    big = nas_eval.power_plan([{"kind": "random", "test_acc": 70.0 + (a % 5)} for a in range(40)], by, target=1.5)
+    k = big["searched_cells_vs_random"]
+    assert big["searched_cells"] == 0 and big["random_cells"] == 40
+    assert mde_two_sample(big["sd_cells"], k, 40) <= 1.5 < mde_two_sample(big["sd_cells"], k - 1, 40)
+    assert "searched cells (search seeds) against the 40 random ones" in nas_eval.summary_markdown(
+        {"genotypes": [], "strategies": {}, "power": big})

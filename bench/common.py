@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import json
 import math
 import os
@@ -58,10 +59,13 @@ def gpu_model(device: str | None = None) -> str | None:
     return torch.cuda.get_device_name(torch.device(device) if device else None)
 
 
+@functools.lru_cache(maxsize=None)
 def git_state(root: Path = ROOT) -> tuple[str, bool | None]:
     """``(commit, dirty)`` of the checkout holding the benches: the HEAD commit and whether a
     tracked file differs from it (untracked files, such as run folders, do not count);
-    ``("unknown", None)`` outside a git checkout."""
+    ``("unknown", None)`` outside a git checkout. Read once per process, when this module is
+    imported (below): a bench that runs for an hour records the code it loaded, not a commit
+    made while it ran."""
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=30, check=True).stdout.strip()
@@ -70,6 +74,9 @@ def git_state(root: Path = ROOT) -> tuple[str, bool | None]:
     except (OSError, subprocess.SubprocessError):
         return "unknown", None
     return commit, bool(status.strip())
+
+
+git_state()  # the code this process loaded: see git_state
 
 
 def _flags(flags: argparse.Namespace | Mapping[str, Any] | None) -> dict[str, Any]:

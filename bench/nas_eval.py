@@ -8,9 +8,11 @@ same space, retrained with one recipe.
 On SynthFER (v2, ``--size`` images, difficulty 1):
 
 1. every strategy searches with ``--search_seeds`` seeds (``search.py``, each run its own folder);
-2. ``--random`` random genotypes of the same space are drawn, each within ±15 % of the
-   searched cells' mean parameter count at the retraining size (rejection sampling,
-   :mod:`nas.search.random_cells`), beside the named references FER_V1 and DARTS_V2;
+2. ``--random`` random genotypes of the same space are drawn, each within ±15 % of a parameter
+   count at the retraining size (rejection sampling, :mod:`nas.search.random_cells`): the
+   median of the space's random cells (recipe ``random_match: space``, the documented protocol:
+   a fixed pool that later strategies join) or the searched cells' mean (``searched``); beside
+   them the named references FER_V1 and DARTS_V2;
 3. every genotype is retrained from scratch with one recipe and ``--train_seeds`` seeds
    (``train_searched.py``), PrivateTest at the best-PublicTest epoch.
 

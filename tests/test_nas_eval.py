@@ -29,36 +29,6 @@ def test_seed_agreement_by_hand():
     assert a["edges_and_ops"] < a["edges"] < 100
 
 
-def test_a_fixed_pool_is_matched_to_the_space_and_grows_with_later_strategies(tmp_path):
-    """random_match "space": the random cells do not depend on the searches, so a pool trained
-    first (--strategies none) is reused when a strategy joins the folder later, and more cells
-    extend it (the first draws stay the same)."""
-    from nas.models.ops import search_space
-
-    recipe = tmp_path / "r.json"
-    recipe.write_text(json.dumps({"random_match": "space"}))
-    out = tmp_path / "pool"
-    base = ["--quick", "--out", str(out), "--recipe", str(recipe)]
-    nas_eval.main(nas_eval.get_args_parser().parse_args([*base, "--strategies", "none", "--random", "1"]))
-    rows = nas_eval.read_rows(out / nas_eval.CSV_NAME)
-    assert [(r["genotype"], r["kind"]) for r in rows] == [("random_00", "random")]
-    target = nas_eval.space_median_params(search_space(nas_eval.QUICK["space"]), nas_eval.QUICK)
-    assert abs(int(rows[0]["params"]) - target) <= 0.15 * target + 1
-    first = (out / "genotypes" / "random_00.json").read_text()
-    summary = nas_eval.main(nas_eval.get_args_parser().parse_args([*base, "--random", "2"]))
-    rows = nas_eval.read_rows(out / nas_eval.CSV_NAME)
-    assert [r["genotype"] for r in rows] == ["random_00", "darts_s0", "random_01"]   # random_00 not retrained
-    assert (out / "genotypes" / "random_00.json").read_text() == first
-    assert summary["random"]["n"] == 2 and "darts" in summary["strategies"]
-    # the sizes are the protocol: another one is still refused
-    recipe.write_text(json.dumps({"random_match": "space", "train": {"epochs": 2}}))
-    with pytest.raises(FerNasError, match="another protocol .*train"):
-        nas_eval.main(nas_eval.get_args_parser().parse_args(base))
-    recipe.write_text(json.dumps({"random_match": "nearby"}))
-    with pytest.raises(FerNasError, match="random_match 'nearby'"):
-        nas_eval.main(nas_eval.get_args_parser().parse_args(base))
-
-
 @pytest.mark.slow  # a search and two trainings
 def test_quick_protocol_end_to_end_and_resumable(tmp_path):
     out = tmp_path / "nas"

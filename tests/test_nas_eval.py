@@ -61,6 +61,7 @@ def test_quick_protocol_end_to_end_and_resumable(tmp_path):
     assert len(nas_eval.read_rows(out / nas_eval.PROXY_CSV)) == 2
 
 
+@pytest.mark.slow  # a search and three trainings
 def test_a_fixed_pool_is_matched_to_the_space_and_grows_with_later_strategies(tmp_path):
     """random_match "space": the random cells do not depend on the searches, so a pool trained
     first (--strategies none) is reused when a strategy joins the folder later, and more cells

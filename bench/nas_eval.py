@@ -601,17 +601,16 @@ def _protocol(args: argparse.Namespace, out: Path, recipe: dict[str, Any], strat
 
     # 1. searches
     search_jobs = [(str(out), s, seed, recipe, args.device, threads) for s in strategies for seed in range(search_seeds)]
-    if args.summary_only:
-        searched = [json.loads(p.read_text()) for p in sorted(out.glob("search-*/done.json"))]
-    else:
-        found: dict[int, Any] = {}
+    found: dict[int, Any] = {}
+    if not args.summary_only:
         with tqdm(total=len(search_jobs), desc="nas_eval searches", unit="search") as bar:
             for k, res in _run_units(search_unit, search_jobs, args.workers, executor):
                 found[k] = res
                 bar.update(1)
+    if args.summary_only or recipe["random_match"] == "space":  # a growing folder: every search it holds
+        searched = [json.loads(p.read_text()) for p in sorted(out.glob("search-*/done.json"))]
+    else:
         searched = [found[k] for k in range(len(search_jobs))]
-        if recipe["random_match"] == "space":  # a growing folder: every search it holds is retrained and summarised
-            searched = [json.loads(p.read_text()) for p in sorted(out.glob("search-*/done.json"))]
 
     # 2. the genotypes to retrain: searched, random (parameter-matched), references
     genos: list[dict[str, Any]] = []

@@ -544,9 +544,11 @@ class ModelSelection(Callback):
             return
         val = obj.evaluate("val") if obj.val_idx.numel() else None
         score = val["acc"] if val is not None else float(epoch + 1)
-        best_epoch = epoch + 1 if score > self.best["score"] else self.best["epoch"]
-        stops = self.patience and val is not None and epoch + 1 - int(best_epoch) >= self.patience
-        wanted = cfg.test_curve or score > self.best["score"] or epoch + 1 == loop.epochs or stops
+        self.new_best = score > self.best["score"]
+        best_epoch = epoch + 1 if self.new_best else int(self.best["epoch"])
+        stops = bool(self.patience) and val is not None and epoch + 1 - best_epoch >= self.patience \
+            and epoch + 1 < loop.epochs
+        wanted = cfg.test_curve or self.new_best or epoch + 1 == loop.epochs or stops
         test = obj.evaluate("test") if obj.test_idx.numel() and wanted else None
         if val is not None:
             row.update(val_loss=val["loss"], val_acc=val["acc"])
@@ -556,13 +558,11 @@ class ModelSelection(Callback):
                 self.best.update(best_test_acc=test["acc"], best_test_epoch=epoch + 1)
         self.last = {"epoch": epoch + 1, "val_acc": val["acc"] if val is not None else None,
                      "test_acc": test["acc"] if test is not None else None}
-        if score > self.best["score"]:
-            self.new_best = True
+        if self.new_best:
             self.best.update(score=score, epoch=epoch + 1, val_acc=val["acc"] if val is not None else None,
                              val_loss=val["loss"] if val is not None else None,
                              test_acc=test["acc"] if test is not None else None)
-        if self.patience and val is not None and epoch + 1 - int(self.best["epoch"]) >= self.patience \
-                and epoch + 1 < loop.epochs:
+        if stops:
             loop.stop_reason = (f"early stop after epoch {epoch + 1}: no better PublicTest accuracy for "
                                 f"{self.patience} epoch(s) since epoch {self.best['epoch']}")
 

@@ -36,7 +36,10 @@ be added to a folder's grid later. ``summary.json`` / ``summary.md`` give per (m
 rule) the mean and 95 % t-interval over seeds, and the paired comparison with the control at
 the selected and at the last epoch (:func:`nas.runtime.stats.paired`: interval, exact
 sign-flip p, the smallest difference detectable at 80 % power); ``relabel_grid.png`` plots
-PrivateTest against the noise rate, one line per rule.
+PrivateTest against the noise rate, one line per rule. ``summary.md`` ends with what to run
+at each noise rate (:func:`recommend`: chosen by the noisy PublicTest, never by PrivateTest, and
+recommended over the plain run only where the paired interval is above 0) and issue 33's
+targets for the method chosen at 30 %.
 """
 from __future__ import annotations
 
@@ -87,7 +90,7 @@ DEFAULT_RULES = ("control", "autofernet", "confident", "consensus", "soft", "cle
 COLUMNS = ["mode", "noise", "seed", "rule", "changed", "restored", "harmed", "precision", "recall", "harm",
            "label_noise", "clean_mass", "val_acc", "test_acc", "selected_epoch", "last_val_acc", "last_test_acc",
            "last_epoch", "train_acc", "base_test_acc", "base_last_test_acc", "seconds", *PROVENANCE_COLUMNS]
-METRICS = ["test_acc", "last_test_acc", "train_acc", "restored", "harmed", "precision", "recall", "harm",
+METRICS = ["test_acc", "last_test_acc", "val_acc", "last_val_acc", "train_acc", "restored", "harmed", "precision", "recall", "harm",
            "label_noise", "clean_mass"]
 CSV_NAME = "relabel_grid.csv"
 
@@ -244,6 +247,98 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def recommend(summary: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What to run at each noise rate, and issue 33's targets for that choice.
+
+    The choice never looks at PrivateTest: at each noise rate the method (any arm but the
+    control and the clean ceiling, which a user does not have) with the highest mean best
+    PublicTest over that rate's modes and seeds, PublicTest being as noisy as Training here,
+    as a user's would be. It is recommended over the plain run only where its last-epoch
+    PrivateTest beats the control's with a paired 95 % interval above 0 in every mode of that
+    rate; else the recommendation is the plain run (``none``). The targets are then read on
+    PrivateTest for the method chosen at 30 %: in each 30 % uniform / ambiguous cell it wins back
+    at least half of the clean-minus-control gap and gains at least 5 points at the last epoch,
+    the interval excluding 0; at 0 and 10 % it loses at most 0.5 points (3-seed mean)."""
+    rates = sorted({e["noise"] for e in summary})
+    picks: dict[str, Any] = {}
+    for rate in rates:
+        cells = [e for e in summary if e["noise"] == rate]
+        modes = sorted({e["mode"] for e in cells})
+        by_rule: dict[str, list[Mapping[str, Any]]] = {}
+        for e in cells:
+            if e["rule"] not in ("control", "clean") and "val_acc" in e:
+                by_rule.setdefault(e["rule"], []).append(e)
+        full = {r: es for r, es in by_rule.items() if len(es) == len(modes)}  # a rule seen in every mode
+        if not full:
+            continue
+        best = max(full, key=lambda r: sum(e["val_acc"] for e in full[r]) / len(full[r]))
+        es = full[best]
+        wins = all(e.get("vs_control_last", float("nan")) - e.get("vs_control_last_ci", float("nan")) > 0 for e in es)
+        picks[f"{round(rate * 100)}"] = {
+            "noise": rate, "modes": modes, "best_by_public_test": best,
+            "public_test": sum(e["val_acc"] for e in es) / len(es),
+            "recommended": best if wins else "none",
+            "cells": [{k: e.get(k) for k in ("mode", "seeds", "test_acc", "last_test_acc", "vs_control_last",
+                                            "vs_control_last_ci", "won_back_last")} for e in es]}
+    targets: dict[str, Any] = {}
+    method = (picks.get("30") or {}).get("best_by_public_test")
+    if method:
+        targets["method"] = method
+        get = {(e["mode"], e["noise"], e["rule"]): e for e in summary}
+        for mode in ("uniform", "ambiguous"):
+            e = get.get((mode, 0.3, method))
+            if e and "vs_control_last" in e and "won_back_last" in e:
+                d, hw = e["vs_control_last"], e["vs_control_last_ci"]
+                targets[f"{mode} 30 %"] = {"won_back": e["won_back_last"], "gain": d, "gain_ci": hw, "seeds": e["seeds"],
+                                         "met": bool(e["won_back_last"] >= 0.5 and d >= 5 and d - hw > 0)}
+        for rate in (0.0, 0.1):
+            for mode in sorted({e["mode"] for e in summary if e["noise"] == rate}):
+                e = get.get((mode, rate, method))
+                if e and "vs_control_last" in e:
+                    targets[f"{mode} {round(rate * 100)} %"] = {
+                        "gain": e["vs_control_last"], "gain_ci": e["vs_control_last_ci"], "seeds": e["seeds"],
+                        "met": bool(e["vs_control_last"] >= -0.5)}
+    return {"by_noise": picks, "targets": targets}
+
+
+def recommend_markdown(rec: Mapping[str, Any]) -> str:
+    lines = ["## What to run, by suspected noise rate", "",
+             "Chosen by the noisy PublicTest (never by PrivateTest): the method with the best mean PublicTest at "
+             "that rate; recommended over the plain run only if its last-epoch PrivateTest beats the control's "
+             "with the paired 95 % interval above 0 in every mode.", "",
+             "| noise | modes | best by PublicTest | PrivateTest %, last epoch | vs control, last | won back | "
+             "recommended |", "|---|---|---|---|---|---|---|"]
+    for k, p in rec["by_noise"].items():
+        cells = p["cells"]
+
+        def each(key: str, f: Any) -> str:  # one figure per mode, in the order of the modes
+            return " / ".join("–" if c.get(key) is None else f(c) for c in cells)
+
+        last = each("last_test_acc", lambda c: f"{c['last_test_acc']:.2f}")
+        diff = each("vs_control_last", lambda c: f"{c['vs_control_last']:+.2f} ± {c['vs_control_last_ci']:.2f}")
+        won = each("won_back_last", lambda c: f"{100 * c['won_back_last']:.0f} %")
+        lines.append(f"| {k} % | {' / '.join(p['modes'])} | {p['best_by_public_test']} | {last} | {diff} | {won} | "
+                     f"**{p['recommended']}** |")
+    t = rec["targets"]
+    if t:
+        lines += ["", f"## Issue 33's targets, for the method chosen at 30 % ({t['method']})", "",
+                  "| cell | target | measured | met |", "|---|---|---|---|"]
+        for k, v in t.items():
+            if k == "method":
+                continue
+            if "won_back" in v:
+                what = "won back ≥ 50 % and ≥ +5 points, interval above 0"
+                got = f"{100 * v['won_back']:.0f} %, {v['gain']:+.2f} ± {v['gain_ci']:.2f} ({v['seeds']} seeds)"
+            else:
+                what = "loses ≤ 0.5 points"
+                got = f"{v['gain']:+.2f} ± {v['gain_ci']:.2f} ({v['seeds']} seeds)"
+            met = "yes" if v["met"] else "no"
+            if v["seeds"] < 3:
+                met += f" so far ({v['seeds']} of 3 seeds)"
+            lines.append(f"| {k} | {what} | {got} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
 def _pm(entry: Mapping[str, Any], key: str, digits: int = 2, signed: bool = False) -> str:
     if key not in entry:
         return "–"
@@ -360,8 +455,10 @@ def write_report(out: Path, recipe: Mapping[str, Any], args: argparse.Namespace 
     result = {"recipe": dict(recipe), "runs": len(rows), "summary": summary,
               "provenance": provenance({**vars(args or argparse.Namespace()), **recipe},
                                        getattr(args, "device", None))}
+    result["recommendation"] = recommend(summary)
     atomic_write_text(json.dumps(json_safe(result), indent=2) + "\n", out / "summary.json")
-    atomic_write_text(summary_markdown(summary), out / "summary.md")
+    atomic_write_text(summary_markdown(summary) + "\n" + recommend_markdown(result["recommendation"]),
+                      out / "summary.md")
     plot(summary, out / "relabel_grid.png")
     return result
 

@@ -57,3 +57,34 @@ def test_bad_grid_flags_are_refused_before_anything_is_written(tmp_path):
         with pytest.raises(FerNasError, match=msg):
             relabel_grid.main(parser.parse_args([*argv, "--out", str(tmp_path / "g")]))
         assert not (tmp_path / "g").exists()
+
+
+def _entry(mode, noise, rule, val, last, diff=None, hw=None, won=None, seeds=3):
+    e = {"mode": mode, "noise": noise, "rule": rule, "seeds": seeds, "val_acc": val, "test_acc": last,
+         "last_test_acc": last}
+    if diff is not None:
+        e.update(vs_control_last=diff, vs_control_last_ci=hw)
+    if won is not None:
+        e["won_back_last"] = won
+    return e
+
+
+def test_the_recommendation_is_chosen_by_public_test_and_gated_by_the_paired_interval():
+    s = []
+    for mode in ("uniform", "ambiguous"):
+        s += [_entry(mode, 0.3, "control", 55.0, 74.0), _entry(mode, 0.3, "clean", 70.0, 94.0),
+              # best PrivateTest, worse PublicTest: never chosen
+              _entry(mode, 0.3, "smallloss", 60.0, 90.0, 16.0, 2.0, 0.8),
+              _entry(mode, 0.3, "consensus", 63.0, 86.0, 12.0, 3.0, 0.6 if mode == "uniform" else 0.45)]
+        s += [_entry(mode, 0.1, "control", 80.0, 90.0), _entry(mode, 0.1, "consensus", 81.0, 89.0, -1.0, 1.5)]
+    s.append(_entry("uniform", 0.0, "consensus", 90.0, 95.0, -0.4, 0.3))
+    rec = relabel_grid.recommend(s)
+    assert rec["by_noise"]["30"]["best_by_public_test"] == "consensus"
+    assert rec["by_noise"]["30"]["recommended"] == "consensus"
+    assert rec["by_noise"]["10"]["recommended"] == "none"          # its interval includes 0
+    t = rec["targets"]
+    assert t["method"] == "consensus"
+    assert t["uniform 30 %"]["met"] and not t["ambiguous 30 %"]["met"]   # 45 % won back < 50 %
+    assert t["uniform 0 %"]["met"] and not t["uniform 10 %"]["met"]      # -0.4 within 0.5; -1.0 not
+    md = relabel_grid.recommend_markdown(rec)
+    assert "| 30 % | ambiguous / uniform | consensus |" in md and "**none**" in md

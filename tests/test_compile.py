@@ -62,6 +62,35 @@ def test_trainer_compiles_with_the_flags(tmp_path):
     assert res["test_acc"] == eager["test_acc"] and res["final_train_acc"] == eager["final_train_acc"]
 
 
+def test_the_drop_path_ramp_compiles_one_graph(tmp_path):
+    """The ramp starts at 0 and rises every epoch: the compiled step reads it from a tensor, so
+    three epochs (0, then 0.067 and 0.133) trace the network once (dynamo's own counter), and the
+    eager network draws the same masks as before (no draw at 0)."""
+    from nas.apps import train
+    from nas.models.network import drop_path
+    from nas.runtime.device import compiled_graphs
+
+    csv = write_fer2013_csv(tmp_path / "d" / "fer2013.csv", *small_fer2013((28, 7, 7), seed=1))
+    torch._dynamo.reset()
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    train.main(train.get_args_parser().parse_args(
+        ["--data", str(csv), "--arch", "FER_V1", "--init_channels", "4", "--layers", "3", "--epochs", "3",
+         "--batch_size", "7", "--drop_path_prob", "0.2", "--compile", "--compile_backend", "eager",
+         "--save", str(tmp_path / "r"), "--device", "cpu", "--plots", "False", "--progress", "False",
+         "--snapshot_at", ""]))
+    assert compiled_graphs() == 1
+    # the tensor path: 0 keeps every sample unscaled; p keeps a sample whole (scaled by 1/(1-p)) or drops it
+    x = torch.ones(64, 2, 3, 3)
+    assert torch.equal(drop_path(x, torch.tensor(0.0)), x)
+    y = drop_path(x, torch.tensor(0.25))
+    assert set(torch.unique(y).tolist()) <= {0.0, torch.tensor(1 / 0.75).item()} and (y == 0).any()
+    # the float path draws nothing at 0 (the eager runs' random stream is unchanged)
+    g = torch.get_rng_state()
+    assert drop_path(x, 0.0) is x and torch.equal(torch.get_rng_state(), g)
+
+
 class _StopAfterPolls:
     """A stop request after ``n`` polls (the loop polls after each step)."""
 

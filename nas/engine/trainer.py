@@ -319,6 +319,8 @@ class Classification(Objective):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.crop = int(cfg.crop or getattr(model, "default_input_size", 44))
         has_aux = bool(getattr(model, "auxiliary", False) or getattr(model, "auxiliary_head", None) is not None)
+        if cfg.compile and cfg.drop_path_prob > 0 and hasattr(self.model, "drop_path_traced"):
+            self.model.drop_path_traced = True  # one graph for the whole drop-path ramp, 0 included
         fwd = data_parallel(self.model, dist, find_unused_parameters=cfg.auxiliary_weight == 0 and has_aux)
         self.fwd = torch.compile(fwd, mode=None if cfg.compile_mode == "default" else cfg.compile_mode,
                                  backend=cfg.compile_backend) if cfg.compile else fwd

@@ -31,10 +31,18 @@ __all__ = ["drop_path", "Cell", "AuxiliaryHead", "NetworkFER", "STEM_MULTIPLIER"
 STEM_MULTIPLIER = 3
 
 
-def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
+def drop_path(x: torch.Tensor, drop_prob: float | torch.Tensor) -> torch.Tensor:
     """Zero each sample of ``x`` with probability ``drop_prob`` and rescale the kept ones
     by ``1 / (1 - drop_prob)``. The mask is drawn on ``x``'s device from the global RNG
-    (so ``torch.manual_seed`` reproduces it); not in place, so autograd stays exact."""
+    (so ``torch.manual_seed`` reproduces it); not in place, so autograd stays exact.
+
+    A 0-d tensor ``drop_prob`` is the compiled path: the graph does not depend on its value, so
+    the per-epoch ramp never recompiles, and 0 draws a mask of ones (the same values as
+    skipping, one more draw from the RNG)."""
+    if isinstance(drop_prob, torch.Tensor):
+        keep_t = 1.0 - drop_prob.to(torch.float32)
+        mask = torch.bernoulli(keep_t.expand(x.shape[0], 1, 1, 1))
+        return x * (mask / keep_t).to(x.dtype)
     if drop_prob <= 0.0:
         return x
     keep = 1.0 - drop_prob
@@ -69,9 +77,9 @@ class Cell(nn.Module):
             stride = 2 if reduction and index < 2 else 1
             self._ops.append(OPS[name](C, stride, True))
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float) -> torch.Tensor:
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float | torch.Tensor) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        use_drop = self.training and drop_prob > 0.0
+        use_drop = self.training and (isinstance(drop_prob, torch.Tensor) or drop_prob > 0.0)
         for i in range(self._steps):
             total = None
             for k in (2 * i, 2 * i + 1):
@@ -129,6 +137,11 @@ class NetworkFER(nn.Module):
         self.genotype = genotype
         self._layers = layers
         self._auxiliary = auxiliary
+        # A compiled trainer sets drop_path_traced: the forward then reads the probability from
+        # this buffer, which the setter below keeps equal to drop_path_prob. A float in the graph
+        # is a guard, and the ramp's first step up from 0 recompiled it.
+        self.register_buffer("drop_path_tensor", torch.zeros(()), persistent=False)
+        self.drop_path_traced = False
         self.drop_path_prob = float(drop_path_prob)
         C_curr = STEM_MULTIPLIER * init_channels
         self.stem = nn.Sequential(
@@ -155,14 +168,26 @@ class NetworkFER(nn.Module):
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
 
+    @property
+    def drop_path_prob(self) -> float:
+        """The probability of dropping each non-identity edge of a sample in training mode."""
+        return self._drop_path_prob
+
+    @drop_path_prob.setter
+    def drop_path_prob(self, p: float) -> None:
+        self._drop_path_prob = float(p)
+        with torch.no_grad():
+            self.drop_path_tensor.fill_(float(p))  # asynchronous on a GPU: no host sync
+
     def forward(self, x: torch.Tensor, features: bool = False):
         """Logits, or ``(logits, logits_aux)`` in training mode with the auxiliary head; with
         ``features=True`` always ``(logits, logits_aux or None, last feature map)`` (for class
         activation maps: ``classifier.weight`` applied to the map at each position)."""
         logits_aux = None
+        drop = self.drop_path_tensor if self.drop_path_traced else self.drop_path_prob
         s0 = s1 = self.stem(x)
         for i, cell in enumerate(self.cells):
-            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            s0, s1 = s1, cell(s0, s1, drop)
             if i == self.aux_index and self.auxiliary_head is not None and self.training:
                 logits_aux = self.auxiliary_head(s1)
         logits = self.classifier(torch.flatten(self.global_pooling(s1), 1))

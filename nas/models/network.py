@@ -175,6 +175,7 @@ class NetworkFER(nn.Module):
 
     @drop_path_prob.setter
     def drop_path_prob(self, p: float) -> None:
+        """Set the probability, and the buffer a compiled network reads it from."""
         self._drop_path_prob = float(p)
         with torch.no_grad():
             self.drop_path_tensor.fill_(float(p))  # asynchronous on a GPU: no host sync

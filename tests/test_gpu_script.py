@@ -29,4 +29,21 @@ def test_gpu_script_quick_on_cpu(tmp_path):
     assert doc["epochs"]["train"]["projected_600_epochs_min"] > 0
     assert doc["epochs"]["search"]["projected_50_epochs_min"] > 0
     assert doc["verdict"]["note"] == "a CPU smoke run: not the GPU's figures"
+    assert "partial" not in doc  # the last write is the whole document
     assert doc["provenance"]["device"] == "cpu" and doc["provenance"]["flags"]["quick"] is True
+
+
+def test_a_call_killed_midway_leaves_what_it_measured(tmp_path, monkeypatch):
+    """The lease's limit kills the call: the training figures are already on disk, marked partial."""
+    import gpu
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # what the limit's signal would do here
+
+    monkeypatch.setattr(gpu, "supernet", killed)
+    out = tmp_path / "gpu.json"
+    with pytest.raises(KeyboardInterrupt):
+        gpu.main(gpu.get_args_parser().parse_args(["--device", "cpu", "--quick", "--out", str(out)]))
+    doc = json.loads(out.read_text())
+    assert doc["partial"] is True and doc["training"]["by_batch"]["4"]["eager_trainer"]["images_per_s"] > 0
+    assert "supernet" not in doc and doc["provenance"]["flags"]["quick"] is True

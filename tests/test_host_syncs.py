@@ -7,37 +7,16 @@ sizes: the per-step count must be zero, and an epoch's step loop must not sync m
 more steps. Epoch ends (validation, decisions, metrics) may sync."""
 from __future__ import annotations
 
-import collections
+import sys
 from pathlib import Path
 
 import pytest
-import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from nas.engine.loop import Loop
 from tests.fer_files import small_fer2013, write_fer2013_csv
 
-#: ops after which the host has to wait for the device (a value or a data-dependent size)
-SYNCING = {"aten._local_scalar_dense.default", "aten.nonzero.default", "aten.masked_select.default",
-           "aten._unique2.default", "aten.unique_consecutive.default", "aten.unique_dim.default",
-           "aten.repeat_interleave.Tensor", "aten.masked_scatter.default", "aten.is_nonzero.default",
-           "aten.equal.default", "aten.index.Tensor_bool"}
-
-
-class SyncCounter(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.where = "outside"
-        self.counts: collections.Counter = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = str(func)
-        if name in SYNCING or (name.startswith("aten.index") and any(
-                isinstance(a, (list, tuple)) and any(isinstance(t, torch.Tensor) and t.dtype == torch.bool
-                                                     for t in a) for a in args)):
-            self.counts[(self.where, name)] += 1
-        return func(*args, **(kwargs or {}))
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from host_syncs import SyncCounter  # noqa: E402  (the counter bench/host_syncs.py reports with)
 
 def counted(monkeypatch, counter: SyncCounter) -> None:
     """Tag syncs by where they happen: inside a step, in an epoch's step loop, elsewhere."""

@@ -271,6 +271,13 @@ def recommend(summary: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         full = {r: es for r, es in by_rule.items() if len(es) == len(modes)}  # a rule seen in every mode
         if not full:
             continue
+        # means over different seeds are not comparable: choose only once every arm has the control's seeds
+        control = {e["mode"]: e["seeds"] for e in cells if e["rule"] == "control"}
+        pending = [r for r, es in by_rule.items() if any(e["seeds"] < control.get(e["mode"], 0) for e in es)]
+        if pending or len(full) < len(by_rule):
+            picks[f"{round(rate * 100)}"] = {"noise": rate, "modes": modes, "best_by_public_test": None,
+                                             "recommended": "pending", "pending": sorted(set(pending) | (set(by_rule) - set(full)))}
+            continue
         best = max(full, key=lambda r: sum(e["val_acc"] for e in full[r]) / len(full[r]))
         es = full[best]
         wins = all(e.get("vs_control_last", float("nan")) - e.get("vs_control_last_ci", float("nan")) > 0 for e in es)
@@ -309,13 +316,17 @@ def recommend_markdown(rec: Mapping[str, Any]) -> str:
              "| noise | modes | best by PublicTest | PrivateTest %, last epoch | vs control, last | won back | "
              "recommended |", "|---|---|---|---|---|---|---|"]
     for k, p in rec["by_noise"].items():
+        if p["recommended"] == "pending":
+            lines.append(f"| {k} % | {' / '.join(p['modes'])} | – | – | – | – | pending: {', '.join(p['pending'])} "
+                         "without every seed |")
+            continue
         cells = p["cells"]
 
         def each(key: str, f: Any) -> str:  # one figure per mode, in the order of the modes
             return " / ".join("–" if c.get(key) is None else f(c) for c in cells)
 
         last = each("last_test_acc", lambda c: f"{c['last_test_acc']:.2f}")
-        diff = each("vs_control_last", lambda c: f"{c['vs_control_last']:+.2f} ± {c['vs_control_last_ci']:.2f}")
+        diff = each("vs_control_last", lambda c: _pm(c, "vs_control_last", signed=True))
         won = each("won_back_last", lambda c: f"{100 * c['won_back_last']:.0f} %")
         lines.append(f"| {k} % | {' / '.join(p['modes'])} | {p['best_by_public_test']} | {last} | {diff} | {won} | "
                      f"**{p['recommended']}** |")
@@ -328,10 +339,10 @@ def recommend_markdown(rec: Mapping[str, Any]) -> str:
                 continue
             if "won_back" in v:
                 what = "won back ≥ 50 % and ≥ +5 points, interval above 0"
-                got = f"{100 * v['won_back']:.0f} %, {v['gain']:+.2f} ± {v['gain_ci']:.2f} ({v['seeds']} seeds)"
+                got = f"{100 * v['won_back']:.0f} %, {_pm(v, 'gain', signed=True)} ({_seeds(v['seeds'])})"
             else:
                 what = "loses ≤ 0.5 points"
-                got = f"{v['gain']:+.2f} ± {v['gain_ci']:.2f} ({v['seeds']} seeds)"
+                got = f"{_pm(v, 'gain', signed=True)} ({_seeds(v['seeds'])})"
             met = "yes" if v["met"] else "no"
             if v["seeds"] < 3:
                 met += f" so far ({v['seeds']} of 3 seeds)"
@@ -339,12 +350,16 @@ def recommend_markdown(rec: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _seeds(n: int) -> str:
+    return f"{n} seed" if n == 1 else f"{n} seeds"
+
+
 def _pm(entry: Mapping[str, Any], key: str, digits: int = 2, signed: bool = False) -> str:
     if key not in entry:
         return "–"
     v, ci = entry[key], entry.get(key + "_ci", float("nan"))
     s = f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
-    return s if math.isnan(ci) else f"{s} ± {ci:.{digits}f}"
+    return s if ci is None or math.isnan(ci) else f"{s} ± {ci:.{digits}f}"  # None: JSON's nan
 
 
 def _p_mde(entry: Mapping[str, Any], key: str) -> str:

@@ -88,3 +88,16 @@ def test_the_recommendation_is_chosen_by_public_test_and_gated_by_the_paired_int
     assert t["uniform 0 %"]["met"] and not t["uniform 10 %"]["met"]      # -0.4 within 0.5; -1.0 not
     md = relabel_grid.recommend_markdown(rec)
     assert "| 30 % | ambiguous / uniform | consensus |" in md and "**none**" in md
+
+
+def test_a_rate_whose_arms_lack_seeds_is_pending_not_recommended():
+    # a rule with the best PublicTest over one seed must not beat rules averaged over three
+    s = [_entry("uniform", 0.1, "control", 80.0, 88.0), _entry("uniform", 0.1, "eac", 82.0, 89.0, 1.6, 0.9),
+         _entry("uniform", 0.1, "consensus", 90.0, 92.0, 3.2, None, seeds=1)]
+    rec = relabel_grid.recommend(s)
+    assert rec["by_noise"]["10"]["recommended"] == "pending"
+    assert rec["by_noise"]["10"]["pending"] == ["consensus"]
+    assert "pending: consensus" in relabel_grid.recommend_markdown(rec)
+    s[2]["seeds"] = 3
+    s[2]["vs_control_last_ci"] = 1.0
+    assert relabel_grid.recommend(s)["by_noise"]["10"]["recommended"] == "consensus"

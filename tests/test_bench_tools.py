@@ -2,6 +2,7 @@
 bench/synthfer_difficulty.py --speed_only, and that bench's linear baseline."""
 from __future__ import annotations
 
+import json
 import platform
 import sys
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
 import common  # noqa: E402
 import synthfer_difficulty as sd  # noqa: E402
 
@@ -113,3 +115,38 @@ def test_pool_workers_die_with_the_bench(tmp_path):
         time.sleep(0.1)
     os.kill(worker, signal.SIGKILL)
     pytest.fail("the pool worker outlived the killed bench")
+
+
+def test_the_demo_bench_refuses_a_used_folder_and_records_provenance(tmp_path, monkeypatch):
+    """bench/demo.py times a demo from scratch: a folder with anything in it is refused in one line
+    (exit 2) before a file is written; a finished demo's stages go to --out with the provenance
+    that demo.json lacks (the demo itself is checked by tests/test_demo.py; here it is replaced)."""
+    import subprocess
+
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "keep.txt").write_text("mine")
+    out = tmp_path / "r.json"
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "demo.py"), "--run_dir", str(used), "--out", str(out)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 2 and "not empty" in p.stderr and "Traceback" not in p.stderr
+    assert not out.exists() and (used / "keep.txt").read_text() == "mine"
+
+    import demo as demo_bench
+
+    import nas.apps.demo as app
+
+    seen = {}
+
+    def fake_run_demo(run_dir, **kw):
+        seen.update(kw, run_dir=str(run_dir))
+        return {"config": {"quick": kw["quick"], "seed": kw["seed"]}, "stages": {"relabel": {"test_acc": 0.5}},
+                "commands": ["python relabel_training.py"]}
+
+    monkeypatch.setattr(app, "run_demo", fake_run_demo)
+    args = demo_bench.get_args_parser().parse_args(["--quick", "--run_dir", str(tmp_path / "new"), "--out", str(out)])
+    doc = demo_bench.main(args)
+    assert seen["quick"] is True and seen["device"] == "cpu" and seen["run_dir"] == str(tmp_path / "new")
+    written = json.loads(out.read_text())
+    assert written["stages"] == {"relabel": {"test_acc": 0.5}} and written == json.loads(json.dumps(doc))
+    assert written["provenance"]["flags"]["quick"] is True and written["provenance"]["torch"]

@@ -415,6 +415,13 @@ def plot(summary: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
     modes = sorted({e["mode"] for e in summary})
     rules = list(dict.fromkeys([*RULE_FLAGS, *(e["rule"] for e in summary)]))
     fig, axes = plt.subplots(2, len(modes), figsize=(5.5 * len(modes), 8.0), squeeze=False)
+    # one colour per arm and one noise axis in every panel, so that panels compare at a glance
+    # (a mode with one rate so far would otherwise span a few tenths of a point)
+    colours = {r: "black" if r == "control" else plt.get_cmap("tab10")(k % 10)
+               for k, r in enumerate(r for r in rules if r != "control")}
+    colours["control"] = "black"
+    rates = [100 * e["noise"] for e in summary]
+    lo, hi = min(rates) - 3, max(rates) + 3
     for row, (key, what) in enumerate((("test_acc", "at the best-PublicTest epoch"),
                                        ("last_test_acc", "at the last epoch"))):
         for ax, mode in zip(axes[row], modes):
@@ -425,8 +432,9 @@ def plot(summary: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
                 x = [100 * e["noise"] + (k - len(rules) / 2) * 0.3 for e in es]
                 y = [e[key] for e in es]
                 err = [0 if math.isnan(e.get(key + "_ci", float("nan"))) else e[key + "_ci"] for e in es]
-                ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=3, label=rule,
-                            color="black" if rule == "control" else None, ls="--" if rule == "control" else "-")
+                ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=3, label=rule, color=colours[rule],
+                            ls="--" if rule == "control" else "-")
+            ax.set_xlim(lo, hi)
             ax.set_xlabel("training labels flipped (%)")
             ax.set_ylabel(f"clean PrivateTest % {what}")
             ax.set_title(f"noise mode: {mode}")

@@ -42,7 +42,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     run_dir = Path(args.run_dir)
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise FerNasError(f"--run_dir {run_dir}: not empty; the bench times a demo from scratch, so pass a new folder")
+        raise FerNasError(f"--run_dir {run_dir}: not an empty folder; the bench runs a demo from scratch, so pass a new one")
     if args.threads < 1:
         raise FerNasError(f"--threads {args.threads}: must be at least 1")
     t0 = time.perf_counter()

@@ -129,7 +129,7 @@ def test_the_demo_bench_refuses_a_used_folder_and_records_provenance(tmp_path, m
     out = tmp_path / "r.json"
     p = subprocess.run([sys.executable, str(ROOT / "bench" / "demo.py"), "--run_dir", str(used), "--out", str(out)],
                        capture_output=True, text=True, cwd=ROOT)
-    assert p.returncode == 2 and "not empty" in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode == 2 and "not an empty folder" in p.stderr and "Traceback" not in p.stderr
     assert not out.exists() and (used / "keep.txt").read_text() == "mine"
 
     import demo as demo_bench

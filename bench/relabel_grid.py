@@ -255,34 +255,41 @@ def recommend(summary: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     PublicTest over that rate's modes and seeds, PublicTest being as noisy as Training here,
     as a user's would be. It is recommended over the plain run only where its last-epoch
     PrivateTest beats the control's with a paired 95 % interval above 0 in every mode of that
-    rate; else the recommendation is the plain run (``none``). The targets are then read on
+    rate; else the recommendation is the plain run (``none``). Only complete modes count (every
+    arm there, each with the control's seeds: means over other seeds do not compare); the rest
+    are listed as pending, and a rate with no complete mode is pending. The targets are then read on
     PrivateTest for the method chosen at 30 %: in each 30 % uniform / ambiguous cell it wins back
     at least half of the clean-minus-control gap and gains at least 5 points at the last epoch,
     the interval excluding 0; at 0 and 10 % it loses at most 0.5 points (3-seed mean)."""
     rates = sorted({e["noise"] for e in summary})
     picks: dict[str, Any] = {}
     for rate in rates:
-        cells = [e for e in summary if e["noise"] == rate]
-        modes = sorted({e["mode"] for e in cells})
-        by_rule: dict[str, list[Mapping[str, Any]]] = {}
-        for e in cells:
-            if e["rule"] not in ("control", "clean") and "val_acc" in e:
-                by_rule.setdefault(e["rule"], []).append(e)
-        full = {r: es for r, es in by_rule.items() if len(es) == len(modes)}  # a rule seen in every mode
-        if not full:
-            continue
-        # means over different seeds are not comparable: choose only once every arm has the control's seeds
+        cells = [e for e in summary if e["noise"] == rate and "val_acc" in e]
+        rules = {e["rule"] for e in cells if e["rule"] not in ("control", "clean")}
         control = {e["mode"]: e["seeds"] for e in cells if e["rule"] == "control"}
-        pending = [r for r, es in by_rule.items() if any(e["seeds"] < control.get(e["mode"], 0) for e in es)]
-        if pending or len(full) < len(by_rule):
-            picks[f"{round(rate * 100)}"] = {"noise": rate, "modes": modes, "best_by_public_test": None,
-                                             "recommended": "pending", "pending": sorted(set(pending) | (set(by_rule) - set(full)))}
+
+        def complete(mode: str) -> bool:
+            # means over different seeds are not comparable: a mode counts once every arm there
+            # has the control's seeds, and every arm of the rate is there
+            es = {e["rule"]: e for e in cells if e["mode"] == mode and e["rule"] not in ("control", "clean")}
+            return set(es) == rules and all(e["seeds"] >= control.get(mode, 0) for e in es.values())
+
+        modes = sorted({e["mode"] for e in cells})
+        done = [m for m in modes if complete(m)]
+        waiting = [m for m in modes if m not in done]
+        key = f"{round(rate * 100)}"
+        if not rules:
             continue
-        best = max(full, key=lambda r: sum(e["val_acc"] for e in full[r]) / len(full[r]))
-        es = full[best]
+        if not done:
+            picks[key] = {"noise": rate, "modes": modes, "best_by_public_test": None, "recommended": "pending",
+                          "pending_modes": waiting}
+            continue
+        by_rule = {r: [e for m in done for e in cells if e["mode"] == m and e["rule"] == r] for r in sorted(rules)}
+        best = max(by_rule, key=lambda r: sum(e["val_acc"] for e in by_rule[r]) / len(by_rule[r]))
+        es = by_rule[best]
         wins = all(e.get("vs_control_last", float("nan")) - e.get("vs_control_last_ci", float("nan")) > 0 for e in es)
-        picks[f"{round(rate * 100)}"] = {
-            "noise": rate, "modes": modes, "best_by_public_test": best,
+        picks[key] = {
+            "noise": rate, "modes": done, "pending_modes": waiting, "best_by_public_test": best,
             "public_test": sum(e["val_acc"] for e in es) / len(es),
             "recommended": best if wins else "none",
             "cells": [{k: e.get(k) for k in ("mode", "seeds", "test_acc", "last_test_acc", "vs_control_last",
@@ -312,13 +319,14 @@ def recommend_markdown(rec: Mapping[str, Any]) -> str:
     lines = ["## What to run, by suspected noise rate", "",
              "Chosen by the noisy PublicTest (never by PrivateTest): the method with the best mean PublicTest at "
              "that rate; recommended over the plain run only if its last-epoch PrivateTest beats the control's "
-             "with the paired 95 % interval above 0 in every mode.", "",
+             "with the paired 95 % interval above 0 in every mode. Only the modes where every arm has every "
+             "seed count; the others are listed as pending.", "",
              "| noise | modes | best by PublicTest | PrivateTest %, last epoch | vs control, last | won back | "
              "recommended |", "|---|---|---|---|---|---|---|"]
     for k, p in rec["by_noise"].items():
         if p["recommended"] == "pending":
-            lines.append(f"| {k} % | {' / '.join(p['modes'])} | – | – | – | – | pending: {', '.join(p['pending'])} "
-                         "without every seed |")
+            lines.append(f"| {k} % | {' / '.join(p['modes'])} | – | – | – | – | pending: no mode has every arm "
+                         "with every seed |")
             continue
         cells = p["cells"]
 
@@ -328,8 +336,9 @@ def recommend_markdown(rec: Mapping[str, Any]) -> str:
         last = each("last_test_acc", lambda c: f"{c['last_test_acc']:.2f}")
         diff = each("vs_control_last", lambda c: _pm(c, "vs_control_last", signed=True))
         won = each("won_back_last", lambda c: f"{100 * c['won_back_last']:.0f} %")
-        lines.append(f"| {k} % | {' / '.join(p['modes'])} | {p['best_by_public_test']} | {last} | {diff} | {won} | "
-                     f"**{p['recommended']}** |")
+        later = f" ({', '.join(p['pending_modes'])} pending)" if p.get("pending_modes") else ""
+        lines.append(f"| {k} % | {' / '.join(p['modes'])}{later} | {p['best_by_public_test']} | {last} | {diff} | "
+                     f"{won} | **{p['recommended']}** |")
     t = rec["targets"]
     if t:
         lines += ["", f"## Issue 33's targets, for the method chosen at 30 % ({t['method']})", "",

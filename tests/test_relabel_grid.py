@@ -96,8 +96,17 @@ def test_a_rate_whose_arms_lack_seeds_is_pending_not_recommended():
          _entry("uniform", 0.1, "consensus", 90.0, 92.0, 3.2, None, seeds=1)]
     rec = relabel_grid.recommend(s)
     assert rec["by_noise"]["10"]["recommended"] == "pending"
-    assert rec["by_noise"]["10"]["pending"] == ["consensus"]
-    assert "pending: consensus" in relabel_grid.recommend_markdown(rec)
+    assert rec["by_noise"]["10"]["pending_modes"] == ["uniform"]
+    assert "pending: no mode" in relabel_grid.recommend_markdown(rec)
     s[2]["seeds"] = 3
     s[2]["vs_control_last_ci"] = 1.0
     assert relabel_grid.recommend(s)["by_noise"]["10"]["recommended"] == "consensus"
+    # a second mode still running (an arm missing, another on fewer seeds): the choice is made on
+    # the complete mode alone, and the other is named as pending
+    s += [_entry("ferplus", 0.1, "control", 70.0, 80.0, seeds=1),
+          _entry("ferplus", 0.1, "eac", 99.0, 99.0, 19.0, None, seeds=1)]
+    rec = relabel_grid.recommend(s)["by_noise"]["10"]
+    assert rec["modes"] == ["uniform"] and rec["pending_modes"] == ["ferplus"]
+    assert rec["best_by_public_test"] == "consensus" and rec["recommended"] == "consensus"
+    assert "| 10 % | uniform (ferplus pending) | consensus |" in relabel_grid.recommend_markdown(
+        relabel_grid.recommend(s))

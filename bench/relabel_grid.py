@@ -266,6 +266,8 @@ def recommend(summary: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     for rate in rates:
         cells = [e for e in summary if e["noise"] == rate and "val_acc" in e]
         rules = {e["rule"] for e in cells if e["rule"] not in ("control", "clean")}
+        if not rules:
+            continue
         control = {e["mode"]: e["seeds"] for e in cells if e["rule"] == "control"}
 
         def complete(mode: str) -> bool:
@@ -278,8 +280,6 @@ def recommend(summary: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         done = [m for m in modes if complete(m)]
         waiting = [m for m in modes if m not in done]
         key = f"{round(rate * 100)}"
-        if not rules:
-            continue
         if not done:
             picks[key] = {"noise": rate, "modes": modes, "best_by_public_test": None, "recommended": "pending",
                           "pending_modes": waiting}
@@ -426,8 +426,7 @@ def plot(summary: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
     fig, axes = plt.subplots(2, len(modes), figsize=(5.5 * len(modes), 8.0), squeeze=False)
     # one colour per arm and one noise axis in every panel, so that panels compare at a glance
     # (a mode with one rate so far would otherwise span a few tenths of a point)
-    colours = {r: "black" if r == "control" else plt.get_cmap("tab10")(k % 10)
-               for k, r in enumerate(r for r in rules if r != "control")}
+    colours = {r: plt.get_cmap("tab10")(k % 10) for k, r in enumerate(r for r in rules if r != "control")}
     colours["control"] = "black"
     rates = [100 * e["noise"] for e in summary]
     lo, hi = min(rates) - 3, max(rates) + 3

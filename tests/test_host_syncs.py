@@ -18,6 +18,7 @@ from tests.fer_files import small_fer2013, write_fer2013_csv
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from host_syncs import SyncCounter  # noqa: E402  (the counter bench/host_syncs.py reports with)
 
+
 def counted(monkeypatch, counter: SyncCounter) -> None:
     """Tag syncs by where they happen: inside a step, in an epoch's step loop, elsewhere."""
     run_step, train_epoch = Loop.run_step, Loop._train_epoch

@@ -105,3 +105,92 @@ def test_the_corrected_command_runs_in_the_same_folder(tmp_path, monkeypatch, ca
     assert not (tmp_path / "x").exists()
     res = train.main(train.get_args_parser().parse_args([*base, "--learning_rate", "0.01"]))
     assert res["epochs_trained"] == 1 and (tmp_path / "x" / "results.json").exists()
+
+
+def _bad_fer2013(tmp_path: Path) -> Path:
+    """A fer2013.csv whose fifth data row has a pixel that is not a number."""
+    from tests.fer_files import small_fer2013, write_fer2013_csv
+
+    f = write_fer2013_csv(tmp_path / "bad" / "fer2013.csv", *small_fer2013())
+    lines = f.read_text().splitlines()
+    y, pixels, usage = lines[5].split(",")
+    lines[5] = ",".join([y, "x " + pixels.split(" ", 1)[1], usage])
+    f.write_text("\n".join(lines) + "\n")
+    return f
+
+
+@pytest.mark.parametrize("command", ["train", "relabel", "search"])
+def test_a_malformed_data_file_is_refused_before_the_run_folder(command, ckpt, tmp_path, monkeypatch, capsys):
+    """The data is input too: a bad row is found before the folder exists, so nothing is written and
+    the command with the mended file runs in the same --save."""
+    monkeypatch.setenv("FERNAS_CACHE", str(tmp_path / "cache"))
+    app = importlib.import_module(f"nas.apps.{command}")
+    save = tmp_path / "runs" / "run"
+    argv = ["--data", str(_bad_fer2013(tmp_path)), "--save", str(save), "--device", "cpu"]
+    if command == "relabel":
+        argv += ["--checkpoint", ckpt]
+    with pytest.raises(SystemExit) as e:
+        app.cli(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "fer2013.csv" in err[0] and "row" in err[0], err
+    assert not (tmp_path / "runs").exists(), "a folder was made before the data was read"
+
+
+def test_force_over_a_run_with_a_malformed_data_file_keeps_the_run(tmp_path, monkeypatch, capsys):
+    """--force clears a run only for a command that can start: a bad data file leaves the old run whole."""
+    from nas.apps import train
+
+    monkeypatch.setenv("FERNAS_CACHE", str(tmp_path / "cache"))
+    save = tmp_path / "x"
+    base = ["--arch", "cnn_shallow", "--epochs", "1", "--batch_size", "16", "--save", str(save), "--device", "cpu",
+            "--plots", "False", "--progress", "False"]
+    train.main(train.get_args_parser().parse_args([*base, "--synth_size", "60"]))
+    before = {p.name: p.read_bytes() for p in save.iterdir() if p.is_file()}
+    assert "last.pt" in before
+    with pytest.raises(SystemExit) as e:
+        train.cli([*base, "--data", str(_bad_fer2013(tmp_path)), "--force"])
+    assert e.value.code == 2 and "fer2013.csv" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in save.iterdir() if p.is_file()} == before
+
+
+def _session_args(save: Path):
+    from nas.apps import train
+
+    parser = train.get_args_parser()
+    return parser, parser.parse_args(["--arch", "cnn_shallow", "--save", str(save), "--device", "cpu"])
+
+
+def test_a_new_run_that_fails_before_any_work_is_taken_back(tmp_path):
+    """Bad input found inside the stage (after the folder exists): the marker, config.yaml and the
+    log go, with the folders the run made, so the corrected command is not refused."""
+    from nas.engine.session import open_session
+    from nas.runtime.errors import FerNasError
+
+    save = tmp_path / "runs" / "deep" / "run"
+    parser, args = _session_args(save)
+    with pytest.raises(FerNasError, match="found late"):
+        with open_session(args, parser, stage="train") as s:
+            s.run.log("a first line", echo=False)
+            assert (save / "config.yaml").exists() and (save / ".fernas-run").exists()
+            raise FerNasError("x.csv: row 3: found late")
+    assert not (tmp_path / "runs").exists()
+    parser, args = _session_args(save)
+    with open_session(args, parser, stage="train") as s:  # the same --save is free again
+        assert s.run.path == save
+
+
+@pytest.mark.parametrize("extra", ["metrics.csv", "last.pt", "notes.txt"])
+def test_a_run_that_did_work_or_holds_other_files_is_not_taken_back(extra, tmp_path):
+    """Only a run that wrote nothing but its first files is removed: a metrics row, a checkpoint or a
+    file the run did not write keeps the folder as it is; the parent that existed stays."""
+    from nas.engine.session import open_session
+    from nas.runtime.errors import FerNasError
+
+    save = tmp_path / "run"
+    parser, args = _session_args(save)
+    with pytest.raises(FerNasError):
+        with open_session(args, parser, stage="train"):
+            (save / extra).write_text("x\n")
+            raise FerNasError("late")
+    assert sorted(p.name for p in save.iterdir()) == sorted([".fernas-run", "config.yaml", extra])
+

@@ -33,17 +33,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from nas.engine.evaluate import load_model_from_checkpoint
     from nas.engine.session import open_session, safe_name
     from nas.engine.robust import check_robust
-    from nas.relabel.stage import check_relabel_args, run_relabel
+    from nas.relabel.stage import check_relabel_args, open_relabel_data, run_relabel
 
-    start, name = None, "relabel"
+    start, name, prepared = None, "relabel", None
     if not args.resume:
+        # the flags, the checkpoint and the data, in that order, all before any folder is made
         check_relabel_args(args)
-        start = load_model_from_checkpoint(args.checkpoint, "cpu")  # a bad checkpoint fails before any folder is made
+        start = load_model_from_checkpoint(args.checkpoint, "cpu")
         check_robust(args.robust, start[0], (start[1].get("model_spec") or {}).get("arch", "the model"))
+        prepared = open_relabel_data(args, start[1])
         name = f"relabel-{safe_name((start[1].get('model_spec') or {}).get('arch', 'model'))}"
     with open_session(args, get_args_parser(), stage="relabel", default_name=name,
                       check=None if not args.resume else check_relabel_args) as s:
-        return run_relabel(s, start)
+        return run_relabel(s, start, prepared)
 
 
 def cli(argv: Sequence[str] | None = None, prog: str = "relabel_training.py") -> None:

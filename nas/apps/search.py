@@ -35,8 +35,17 @@ def main(args: argparse.Namespace, data: FERData | None = None, stop: StopReques
     from nas.engine.session import open_session
     from nas.search.searcher import check_args, run_search
 
-    with open_session(args, get_args_parser(), stage="search", check=check_args) as s:
-        result = run_search(s, data, stop=stop)
+    read = {"data": data}
+
+    def check(a: argparse.Namespace) -> None:  # flags, then the data: both before the run folder exists
+        from nas.data import open_data_from_args
+
+        check_args(a)
+        if read["data"] is None:
+            read["data"] = open_data_from_args(a)
+
+    with open_session(args, get_args_parser(), stage="search", check=check) as s:
+        result = run_search(s, read["data"], stop=stop)
         if s.dist.is_main:
             print(f"genotype: {result['run_dir']}/genotype.json" + (f" (exported as {result['exported']})"
                                                                     if result["exported"] else ""))

@@ -36,9 +36,17 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from nas.engine.session import open_session, safe_name
     from nas.engine.trainer import run_train
 
+    read: dict[str, Any] = {}
+
+    def check(a: argparse.Namespace) -> None:  # flags, then the data: both before the run folder exists
+        from nas.data import open_data_from_args
+
+        check_args(a)
+        read["data"] = open_data_from_args(a)
+
     with open_session(args, get_args_parser(), stage="train", default_name=f"train-{safe_name(args.arch)}",
-                      check=check_args) as s:
-        return run_train(s)
+                      check=check) as s:
+        return run_train(s, read["data"])
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -145,7 +145,15 @@ def open_session(args: argparse.Namespace, parser: argparse.ArgumentParser, *, s
     joined = not is_initialized()
     ok = False
     try:
-        yield start_session(args, parser, stage=stage, default_name=default_name, check=check)
+        s = start_session(args, parser, stage=stage, default_name=default_name, check=check)
+        try:
+            yield s
+        except FerNasError:
+            # bad input found once the stage began (a data file, a checkpoint's contents): a new
+            # run that did no work leaves no folder behind, so the corrected command can use it
+            if s.state is None:
+                s.run.discard()
+            raise
         ok = True
     finally:
         if joined:

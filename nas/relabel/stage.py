@@ -67,7 +67,7 @@ from nas.runtime.errors import FerNasError
 
 __all__ = ["RELABEL_MODES", "DEFAULT_THRESHOLDS", "COLLAPSE_RATE", "REFERENCE_RULE_WARNING", "TRANSITIONS_CSV", "REFERENCE_DEFAULTS", "Relabeller",
            "RelabelConfig", "relabel_config", "add_relabel_args", "resolve_fes",
-           "drop_path_schedule", "run_relabel", "check_relabel_args", "summarize_relabel", "plot_relabel"]
+           "drop_path_schedule", "open_relabel_data", "run_relabel", "check_relabel_args", "summarize_relabel", "plot_relabel"]
 
 #: ``--relabel_threshold`` when not given, per rule. The reference's 0.2 for its window; the
 #: confident rule's 0.7 because at SCN's 0.2 the training step's own confident predictions
@@ -489,12 +489,27 @@ def check_relabel_args(args: argparse.Namespace) -> None:
     check_train_args(args)
 
 
-def run_relabel(s: Session, start: tuple[nn.Module, dict[str, Any]] | None = None) -> dict[str, Any]:
+def open_relabel_data(args: argparse.Namespace, ckpt: Mapping[str, Any]) -> tuple[FERData, np.ndarray | None]:
+    """The data (``--data`` or SynthFER) and the FES gate's matrix for a run from checkpoint
+    ``ckpt``, checked against it (the same classes); one-line errors, called before the run
+    folder exists."""
+    from nas.data import open_data_from_args
+
+    data = open_data_from_args(args)
+    classes = list(ckpt.get("classes") or data.classes)
+    if list(data.classes) != classes:
+        raise FerNasError(f"{ckpt.get('path', args.checkpoint)}: the model's classes {classes} differ from the "
+                          f"data's {list(data.classes)}")
+    return data, resolve_fes(args, data.classes)
+
+
+def run_relabel(s: Session, start: tuple[nn.Module, dict[str, Any]] | None = None,
+                prepared: tuple[FERData, np.ndarray | None] | None = None) -> dict[str, Any]:
     """What ``relabel_training.py`` does in a session (see the script's docstring): the
     model from the snapshot (``start``: already loaded; on resume, the run's last.pt), the
     relabeller as target hook and callback of the trainer, then results.json with the
-    relabelling totals and the PNGs."""
-    from nas.data import open_data_from_args
+    relabelling totals and the PNGs (``prepared``: :func:`open_relabel_data`'s answer, else
+    it is read here)."""
     from nas.engine.evaluate import checkpoint_norm, load_model_from_checkpoint
     from nas.engine.trainer import Trainer, config_from_args, write_run_report
     from nas.runtime.checkpoint import atomic_write_text, read_csv_rows
@@ -504,12 +519,7 @@ def run_relabel(s: Session, start: tuple[nn.Module, dict[str, Any]] | None = Non
     model, ckpt = start if start is not None and not args.resume else load_model_from_checkpoint(source, "cpu")
     mean, std, crop = checkpoint_norm(ckpt)
     arch = (ckpt.get("model_spec") or {}).get("arch", "model")
-    data = open_data_from_args(args)
-    classes = list(ckpt.get("classes") or data.classes)
-    if list(data.classes) != classes:
-        raise FerNasError(f"{ckpt.get('path', source)}: the model's classes {classes} differ from the data's "
-                          f"{list(data.classes)}")
-    fes = resolve_fes(args, data.classes)
+    data, fes = prepared if prepared is not None else open_relabel_data(args, ckpt)
     if s.state is not None:
         dp = ckpt.get("drop_path") or {}
         dp_prob, dp_offset, dp_total = float(dp["prob"]), float(dp["offset"]), float(dp["total"])

@@ -177,10 +177,35 @@ class RunDir:
             # a run's files would mix with (and overwrite) files of something else
             raise FerNasError(f"{self.path}: folder exists and holds files that are not a run; a new run needs a "
                               "new or empty folder (choose another --save)")
+        # the folders this run makes (innermost first), which discard() may take back
+        self.made = [q for q in (self.path, *self.path.parents) if not q.exists()] if not resume else []
+        self.resume = resume
         self.check_writable(self.path, min_free_mb)
         if not resume:
             atomic_write_text(json.dumps({"fernas": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
                               + "\n", self.path / RUN_MARK)
+
+    def discard(self) -> bool:
+        """Take back a new run that failed before any work: when the folder holds only what
+        :meth:`__init__` and the first log lines write (:data:`RUN_FILE_NAMES`: the marker,
+        ``config.yaml``, ``log.txt``), remove those files and the folders this run made, so the
+        corrected command runs in the same folder. Anything more (a checkpoint, metrics, a file
+        someone else put there) and nothing is touched. Returns whether it took the run back."""
+        if not self.enabled or self.resume or not self.path.is_dir():
+            return False
+        with os.scandir(self.path) as it:
+            entries = list(it)
+        if any(e.is_symlink() or not e.is_file(follow_symlinks=False) or e.name not in RUN_FILE_NAMES
+               for e in entries):
+            return False
+        for e in entries:
+            os.unlink(e.path)
+        for q in self.made:  # innermost first; stop at the first that is not empty
+            try:
+                q.rmdir()
+            except OSError:
+                break
+        return True
 
     @staticmethod
     def check_writable(path: Path, min_free_mb: float) -> None:

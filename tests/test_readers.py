@@ -19,6 +19,20 @@ def split_sizes(d) -> dict[str, int]:
 
 # ---------------------------------------------------------------- FER2013 CSV variants
 
+def test_the_fer2013_writer_writes_kaggles_text(tmp_path):
+    """nas.data.fer2013.write_fer2013_csv against the file written by hand: Kaggle's header, a row
+    per image, pixels row by row separated by single spaces; a header without pixels is refused."""
+    imgs = np.arange(2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 3) * 10
+    f = write_fer2013_csv(tmp_path / "a" / "fer2013.csv", [3, 6], ["Training", "PrivateTest"], imgs)
+    assert f.read_text() == ("emotion,pixels,Usage\n"
+                             "3,0 10 20 30 40 50,Training\n"
+                             "6,60 70 80 90 100 110,PrivateTest\n")
+    g = write_fer2013_csv(tmp_path / "icml.csv", [3], ["Training"], imgs[:1], header="emotion, Usage, pixels")
+    assert g.read_text() == "emotion, Usage, pixels\n3,Training,0 10 20 30 40 50\n"
+    with pytest.raises(ValueError, match="pixels"):
+        write_fer2013_csv(tmp_path / "x.csv", [3], ["Training"], imgs[:1], header="emotion,Usage")
+
+
 def test_fer2013_csv_file_folder_and_torchvision_layout(tmp_path):
     labels, usages, imgs = small_fer2013()
     f = write_fer2013_csv(tmp_path / "kaggle" / "fer2013.csv", labels, usages, imgs)

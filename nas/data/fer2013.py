@@ -24,7 +24,7 @@ from nas.data.files import read_clean_labels, require_path, warn
 from nas.data.loader import stratified_split
 from nas.runtime.errors import FerNasError
 
-__all__ = ["locate_csv", "read_fer2013_csv", "LABEL_MODES"]
+__all__ = ["locate_csv", "read_fer2013_csv", "write_fer2013_csv", "LABEL_MODES"]
 
 LABEL_MODES = ("fer", "ferplus_majority", "ferplus_soft")
 _SINGLE = ("fer2013.csv", "icml_face_data.csv")
@@ -168,3 +168,23 @@ def _join_ferplus(path: Path, source: Path, usage_all: np.ndarray, row: np.ndarr
         y = soft.argmax(dim=1)
     meta["ferplus"] = {"file": str(path), "labels": labels, "dropped": int((~keep).sum())}
     return keep.nonzero().flatten(), y[keep], soft[keep]
+
+
+def write_fer2013_csv(path: str | Path, labels, usages, images, header: str = "emotion,pixels,Usage") -> Path:
+    """Write a ``fer2013.csv``: one row per image (uint8, 48x48 or any size, flattened row by row)
+    with its class index and Usage (``Training``, ``PublicTest`` or ``PrivateTest``). ``header``
+    names and orders the columns, as written: ``emotion, Usage, pixels`` gives icml_face_data.csv,
+    ``emotion,pixels`` torchvision's train.csv and ``pixels`` its unlabelled test.csv."""
+    cols = [h.strip() for h in header.split(",")]
+    if "pixels" not in cols or len(set(cols)) != len(cols) or not set(cols) <= {"emotion", "pixels", "Usage"}:
+        raise ValueError(f"header {header!r}: pixels and, once each, emotion and Usage are the columns")
+    flat = np.asarray(images, dtype=np.uint8).reshape(len(images), -1)
+    lut = [str(i) for i in range(256)]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        f.write(header + "\n")
+        for y, usage, px in zip(labels, usages, flat.tolist()):
+            values = {"emotion": str(int(y)), "pixels": " ".join(map(lut.__getitem__, px)), "Usage": str(usage)}
+            f.write(",".join(values[c] for c in cols) + "\n")
+    return path

@@ -448,14 +448,12 @@ def _save_png(path: Path, img: np.ndarray, fmt: str = "PNG") -> None:
 
 
 def _export_fer2013(out: Path, spec: ExportSpec) -> dict[str, Any]:
+    from nas.data.fer2013 import write_fer2013_csv
+
     rows = _fer_rows(spec)
-    lut = [str(i) for i in range(256)]
-    flat = rows["images"].reshape(len(rows["images"]), -1)
-    with open(out / "fer2013.csv", "w", newline="") as f:
-        f.write("emotion,pixels,Usage\n")
-        for lab, px, use in zip(rows["labels"].tolist(), flat.tolist(), rows["usage"].tolist()):
-            f.write(f"{lab},{' '.join(map(lut.__getitem__, px))},{SPLITS[use]}\n")
-    _write_clean(out / "clean_labels.csv", range(len(flat)), rows["clean"])
+    write_fer2013_csv(out / "fer2013.csv", rows["labels"].tolist(), [SPLITS[u] for u in rows["usage"].tolist()],
+                      rows["images"])
+    _write_clean(out / "clean_labels.csv", range(len(rows["images"])), rows["clean"])
     return rows
 
 

@@ -1,8 +1,15 @@
 """The prologue every stage shares: resume → device → DDP → run folder → config → seed.
 
-    with open_session(args, parser, stage="train", default_name="train-FER_V1") as s:
-        data = open_data_from_args(s.args)             # the stage's own work, with s.args
-        ...                                             # s.dist, s.device, s.run, s.state
+    read = {}
+    def check(a):                                       # flags and inputs, before the run folder
+        check_args(a)
+        read["data"] = open_data_from_args(a)
+    with open_session(args, parser, stage="train", default_name="train-FER_V1", check=check) as s:
+        ...                                             # the stage's own work: s.args, s.dist,
+                                                        # s.device, s.run, s.state, read["data"]
+
+Bad input met inside the block (after the folder exists) takes back a new run that has done no
+work (:meth:`~nas.runtime.checkpoint.RunDir.discard`), so the corrected command may use the folder.
 
 One resume rule for every stage: ``--resume RUN_DIR`` takes the run's flags back from
 ``RUN_DIR/last.pt``; only the flags in :data:`RESUMABLE_FLAGS` may change, and only when

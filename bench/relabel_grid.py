@@ -247,7 +247,13 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def recommend(summary: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def full_seeds(summary: Sequence[Mapping[str, Any]], seeds: int | None = None) -> int:
+    """The seeds a cell needs to count as complete: ``seeds`` (the grid's ``--seeds``), else the
+    most any arm has."""
+    return int(seeds) if seeds else max((int(e["seeds"]) for e in summary), default=0)
+
+
+def recommend(summary: Sequence[Mapping[str, Any]], seeds: int | None = None) -> dict[str, Any]:
     """What to run at each noise rate, and issue 33's targets for that choice.
 
     The choice never looks at PrivateTest: at each noise rate the method (any arm but the
@@ -256,25 +262,25 @@ def recommend(summary: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     as a user's would be. It is recommended over the plain run only where its last-epoch
     PrivateTest beats the control's with a paired 95 % interval above 0 in every mode of that
     rate; else the recommendation is the plain run (``none``). Only complete modes count (every
-    arm there, each with the control's seeds: means over other seeds do not compare); the rest
-    are listed as pending, and a rate with no complete mode is pending. The targets are then read on
+    arm there, each with the grid's seeds, :func:`full_seeds`: a mode that every arm has reached
+    on one seed so far has no interval to gate with, and means over other seeds do not compare);
+    the rest are listed as pending, and a rate with no complete mode is pending. The targets are then read on
     PrivateTest for the method chosen at 30 %: in each 30 % uniform / ambiguous cell it wins back
     at least half of the clean-minus-control gap and gains at least 5 points at the last epoch,
     the interval excluding 0; at 0 and 10 % it loses at most 0.5 points (3-seed mean)."""
     rates = sorted({e["noise"] for e in summary})
+    full = full_seeds(summary, seeds)
     picks: dict[str, Any] = {}
     for rate in rates:
         cells = [e for e in summary if e["noise"] == rate and "val_acc" in e]
         rules = {e["rule"] for e in cells if e["rule"] not in ("control", "clean")}
         if not rules:
             continue
-        control = {e["mode"]: e["seeds"] for e in cells if e["rule"] == "control"}
-
         def complete(mode: str) -> bool:
-            # means over different seeds are not comparable: a mode counts once every arm there
-            # has the control's seeds, and every arm of the rate is there
-            es = {e["rule"]: e for e in cells if e["mode"] == mode and e["rule"] not in ("control", "clean")}
-            return set(es) == rules and all(e["seeds"] >= control.get(mode, 0) for e in es.values())
+            # a mode counts once every arm of the rate is there, each (the control too) with the
+            # grid's seeds
+            es = {e["rule"]: e for e in cells if e["mode"] == mode and e["rule"] != "clean"}
+            return set(es) - {"control"} == rules and all(e["seeds"] >= full for e in es.values())
 
         modes = sorted({e["mode"] for e in cells})
         done = [m for m in modes if complete(m)]
@@ -409,11 +415,14 @@ def summary_markdown(summary: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
+def plot(summary: Sequence[Mapping[str, Any]], path: Path, seeds: int | None = None) -> Path | None:
     """PrivateTest against the noise rate, a column per noise mode, a line per rule (95 % bars);
-    the top row at the best-PublicTest epoch, the bottom row at the last epoch."""
+    the top row at the best-PublicTest epoch, the bottom row at the last epoch. Only arms with the
+    grid's seeds (:func:`full_seeds`) are drawn: a cell still running shows when it is done."""
     from nas.engine.report import have_matplotlib, save_figure
 
+    full = full_seeds(summary, seeds)
+    summary = [e for e in summary if e["seeds"] >= full]
     if not summary or not have_matplotlib():
         return None
     import matplotlib
@@ -486,11 +495,11 @@ def write_report(out: Path, recipe: Mapping[str, Any], args: argparse.Namespace 
     result = {"recipe": dict(recipe), "runs": len(rows), "summary": summary,
               "provenance": provenance({**vars(args or argparse.Namespace()), **recipe},
                                        getattr(args, "device", None))}
-    result["recommendation"] = recommend(summary)
+    result["recommendation"] = recommend(summary, recipe.get("seeds"))
     atomic_write_text(json.dumps(json_safe(result), indent=2) + "\n", out / "summary.json")
     atomic_write_text(summary_markdown(summary) + "\n" + recommend_markdown(result["recommendation"]),
                       out / "summary.md")
-    plot(summary, out / "relabel_grid.png")
+    plot(summary, out / "relabel_grid.png", recipe.get("seeds"))
     return result
 
 

@@ -110,3 +110,30 @@ def test_a_rate_whose_arms_lack_seeds_is_pending_not_recommended():
     assert rec["best_by_public_test"] == "consensus" and rec["recommended"] == "consensus"
     assert "| 10 % | uniform (ferplus pending) | consensus |" in relabel_grid.recommend_markdown(
         relabel_grid.recommend(s))
+
+
+def test_a_mode_on_fewer_seeds_than_the_grid_is_pending_and_not_drawn(tmp_path):
+    """Every arm of a new mode on its first seed: no interval can gate it yet, so it waits (and the
+    PNG leaves it out) until it has the grid's seeds, even where its arms agree on a seed count."""
+    s = [_entry("uniform", 0.4, "control", 60.0, 64.0), _entry("uniform", 0.4, "clean", 90.0, 94.0),
+         _entry("uniform", 0.4, "consensus", 80.0, 83.0, 19.5, 3.5),
+         _entry("ferplus", 0.4, "control", 58.0, 61.0, seeds=1),
+         _entry("ferplus", 0.4, "consensus", 70.0, 75.0, 14.0, None, seeds=1)]
+    rec = relabel_grid.recommend(s)["by_noise"]["40"]
+    assert rec["modes"] == ["uniform"] and rec["pending_modes"] == ["ferplus"]
+    assert rec["recommended"] == "consensus"
+    assert relabel_grid.recommend(s, seeds=5)["by_noise"]["40"]["recommended"] == "pending"
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from unittest import mock
+
+    import matplotlib.axes
+
+    drawn = []  # (panel, arm) per line drawn
+    with mock.patch.object(matplotlib.axes.Axes, "errorbar", autospec=True,
+                           side_effect=lambda ax, x, y, **kw: drawn.append((id(ax), kw["label"]))):
+        relabel_grid.plot(s, tmp_path / "g.png")
+    # one column (uniform; ferplus left out), two rows (selected and last epoch), three arms each
+    assert len({panel for panel, _ in drawn}) == 2 and len(drawn) == 6
+    assert {arm for _, arm in drawn} == {"control", "clean", "consensus"}

@@ -327,6 +327,9 @@ def test_nan_in_first_epoch_says_no_checkpoint_yet(tmp_path, data, monkeypatch):
     proc = run_inprocess("train_searched.py", train_args(data, run))
     assert_one_line_error(proc, "non-finite loss at epoch 1 step 1", "no checkpoint yet")
     assert not (run / "last.pt").exists()
+    # the run took a step: its folder and log stay (only bad input met before the first step is
+    # taken back, tests/test_check_then_write.py)
+    assert (run / "config.yaml").exists() and (run / "log.txt").exists()
 
 
 def _poison_loss(monkeypatch, epoch_step: tuple[int, int], value: float = float("nan")) -> dict:

@@ -415,6 +415,7 @@ class Loop:
         if self.steps_in_epoch == 0:
             raise FerNasError(f"epoch {epoch + 1} has no batch: the batch size exceeds the training data")
         every_step = not self.sync_free
+        self.run.worked = True  # an error from here on is the run's, not its input's: keep the folder
         bar = self._progress_bar(epoch)
         t0 = time.perf_counter()
         try:

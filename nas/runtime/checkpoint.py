@@ -162,6 +162,8 @@ class RunDir:
         self.path = Path(os.path.normpath(path))
         self.enabled = enabled
         self.quiet = quiet
+        #: set by the loop before its first step: from then on the run has done work to keep
+        self.worked = False
         if not enabled:
             return
         holds_run = self.path.is_dir() and any((self.path / m).exists() for m in (*RUN_MARKERS, RUN_MARK))
@@ -186,12 +188,14 @@ class RunDir:
                               + "\n", self.path / RUN_MARK)
 
     def discard(self) -> bool:
-        """Take back a new run that failed before any work: when the folder holds only what
-        :meth:`__init__` and the first log lines write (:data:`RUN_FILE_NAMES`: the marker,
-        ``config.yaml``, ``log.txt``), remove those files and the folders this run made, so the
-        corrected command runs in the same folder. Anything more (a checkpoint, metrics, a file
-        someone else put there) and nothing is touched. Returns whether it took the run back."""
-        if not self.enabled or self.resume or not self.path.is_dir():
+        """Take back a new run that failed before any work (before the loop's first step: bad
+        input found late): when the folder holds only what :meth:`__init__` and the first log
+        lines write (:data:`RUN_FILE_NAMES`: the marker, ``config.yaml``, ``log.txt``), remove
+        those files and the folders this run made, so the corrected command runs in the same
+        folder. A run that took a step (a non-finite first epoch keeps its log), or a folder with
+        anything more (a checkpoint, metrics, a file someone else put there), is not touched.
+        Returns whether it took the run back."""
+        if not self.enabled or self.resume or self.worked or not self.path.is_dir():
             return False
         with os.scandir(self.path) as it:
             entries = list(it)

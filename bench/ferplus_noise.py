@@ -2,7 +2,8 @@
 its flips.
 
     python bench/ferplus_noise.py [--ferplus ../shared/data/ferplus/fer2013new.csv] [--n 4000]
-                                  [--noise 0.3] [--out bench/results-cpu-ferplus-noise.json]
+                                  [--noise 0.3] [--class_rates 0.1,0.3,0.4]
+                                  [--out bench/results-cpu-ferplus-noise.json]
 
 From the published FER+ votes (ten taggers per FER2013 image): the single-tagger disagreement
 with the majority, overall, by fifth of the images from the most ambiguous up, and by majority
@@ -10,7 +11,9 @@ class (``ambiguous`` follows this curve); the FER2013 → FER+ transition matrix
 distribution of the images whose FER+ majority is i, and the real disagreement it implies (what
 ``ferplus`` flips by). Then, on ``--n`` SynthFER Training faces (seed 0, FER2013's class
 balance, difficulty 0 and 1), the share of each intensity fifth that each noise mode flips at
-``--noise``, and the mean intensity of flipped and kept faces. One JSON document with provenance.
+``--noise``, and the mean intensity of flipped and kept faces; at each of ``--class_rates``, each
+class's share of wrong labels under ``uniform`` and ``ferplus`` noise. One JSON document with
+provenance.
 """
 from __future__ import annotations
 
@@ -89,11 +92,42 @@ def where_flips_sit(n: int, noise: float, difficulty: float, seed: int = 0) -> d
     return out
 
 
+def wrong_by_class(n: int, rates: list[float], seed: int = 0) -> dict[str, Any]:
+    """Per rate and mode (``uniform``, ``ferplus``; ``ambiguous`` keeps each class's share, as
+    ``uniform``): the share of each class's Training labels that are wrong, the commonest wrong
+    label's share, the classes whose faces carry more wrong labels than right ones, and those
+    whose commonest label is a wrong one, on ``n`` faces with FER2013's class balance. Where a
+    wrong label is the commonest, nothing that trusts what most of a class's labels say can put
+    that class right."""
+    from nas.data.dataset import FER_CLASSES
+    from nas.data.synthfer import FER_TRAIN_COUNTS, class_counts, flip_labels
+
+    labels = np.repeat(np.arange(7), class_counts(n, FER_TRAIN_COUNTS))
+    out: dict[str, Any] = {}
+    for rate in rates:
+        for mode in ("uniform", "ferplus"):
+            noisy = flip_labels(labels, rate, np.random.default_rng([seed, 5]), mode=mode)
+            rows = {}
+            for k, c in enumerate(FER_CLASSES):
+                given = np.bincount(noisy[labels == k], minlength=7) / max(int((labels == k).sum()), 1)
+                wrong = 1 - given[k]
+                rows[c] = {"wrong_pct": round(100 * float(wrong), 1),
+                           "commonest_wrong": FER_CLASSES[int(np.argmax(np.where(np.arange(7) == k, -1, given)))],
+                           "commonest_wrong_pct": round(100 * float(np.delete(given, k).max()), 1)}
+            out[f"{mode} {round(100 * rate)} %"] = {
+                "by_class": rows, "majority_wrong": [c for c, r in rows.items() if r["wrong_pct"] > 50],
+                # the commonest label of the class's faces is a wrong one
+                "plurality_wrong": [c for c, r in rows.items() if r["commonest_wrong_pct"] > 100 - r["wrong_pct"]]}
+    return out
+
+
 def get_args_parser() -> ArgumentParser:
     p = ArgumentParser(prog="bench/ferplus_noise.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--ferplus", default=str(DEFAULT_FERPLUS), help="FER+ fer2013new.csv")
     p.add_argument("--n", type=int, default=4000, help="SynthFER Training faces for the noise modes")
     p.add_argument("--noise", type=float, default=0.3, help="share of labels each mode flips")
+    p.add_argument("--class_rates", default="0.1,0.3,0.4",
+                   help="noise rates at which to report each class's share of wrong labels (the grid's)")
     add_out_arg(p)
     return p
 
@@ -105,9 +139,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         raise FerNasError(f"--ferplus {args.ferplus}: no such file")
     if args.n < 70 or not 0.0 < args.noise < 1.0:
         raise FerNasError(f"--n {args.n} --noise {args.noise}: need at least 70 faces and a share in (0, 1)")
+    try:
+        rates = [float(r) for r in str(args.class_rates).split(",") if r.strip()]
+    except ValueError:
+        rates = []
+    if not rates or not all(0.0 < r < 1.0 for r in rates):
+        raise FerNasError(f"--class_rates {args.class_rates}: comma-separated shares in (0, 1)")
     doc = {"bench": "ferplus_noise", "ferplus": ferplus_statistics(Path(args.ferplus)),
            "synthfer": {f"difficulty_{d:g}": where_flips_sit(args.n, args.noise, d) for d in (0.0, 1.0)},
-           "n": args.n, "noise": args.noise}
+           "wrong_labels_by_class": wrong_by_class(args.n, rates),
+           "n": args.n, "noise": args.noise, "class_rates": rates}
     return emit(doc, args, device="cpu")
 
 

@@ -150,3 +150,27 @@ def test_the_demo_bench_refuses_a_used_folder_and_records_provenance(tmp_path, m
     written = json.loads(out.read_text())
     assert written["stages"] == {"relabel": {"test_acc": 0.5}} and written == json.loads(json.dumps(doc))
     assert written["provenance"]["flags"]["quick"] is True and written["provenance"]["torch"]
+
+
+def test_wrong_labels_by_class_against_the_flips_counted_by_hand():
+    """bench/ferplus_noise.py's per-class table: the wrong share of each class and its commonest
+    wrong label, recounted here from flip_labels with the same generator; ferplus noise at 40 %
+    leaves fear with more wrong labels than right ones, uniform noise at 10 % no class."""
+    import numpy as np
+
+    import ferplus_noise
+    from nas.data.dataset import FER_CLASSES
+    from nas.data.synthfer import FER_TRAIN_COUNTS, class_counts, flip_labels
+
+    out = ferplus_noise.wrong_by_class(2000, [0.1, 0.4])
+    labels = np.repeat(np.arange(7), class_counts(2000, FER_TRAIN_COUNTS))
+    noisy = flip_labels(labels, 0.4, np.random.default_rng([0, 5]), mode="ferplus")
+    fear = FER_CLASSES.index("fear")
+    given = noisy[labels == fear]
+    row = out["ferplus 40 %"]["by_class"]["fear"]
+    assert row["wrong_pct"] == round(100 * float((given != fear).mean()), 1)
+    counts = np.bincount(given, minlength=7)
+    counts[fear] = -1
+    assert row["commonest_wrong"] == FER_CLASSES[int(counts.argmax())]
+    assert "fear" in out["ferplus 40 %"]["majority_wrong"]
+    assert out["uniform 10 %"]["majority_wrong"] == [] and out["uniform 10 %"]["plurality_wrong"] == []

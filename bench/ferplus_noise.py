@@ -27,7 +27,7 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from nas.runtime.cli import ArgumentParser, run as cli_run
+from nas.runtime.cli import ArgumentParser, float_list, run as cli_run
 
 if __package__ in (None, ""):
     from common import add_out_arg, emit
@@ -110,10 +110,11 @@ def wrong_by_class(n: int, rates: list[float], seed: int = 0) -> dict[str, Any]:
             rows = {}
             for k, c in enumerate(FER_CLASSES):
                 given = np.bincount(noisy[labels == k], minlength=7) / max(int((labels == k).sum()), 1)
-                wrong = 1 - given[k]
-                rows[c] = {"wrong_pct": round(100 * float(wrong), 1),
-                           "commonest_wrong": FER_CLASSES[int(np.argmax(np.where(np.arange(7) == k, -1, given)))],
-                           "commonest_wrong_pct": round(100 * float(np.delete(given, k).max()), 1)}
+                other = given.copy()
+                other[k] = -1.0  # the commonest label that is not the class's own
+                j = int(other.argmax())
+                rows[c] = {"wrong_pct": round(100 * float(1 - given[k]), 1), "commonest_wrong": FER_CLASSES[j],
+                           "commonest_wrong_pct": round(100 * float(given[j]), 1)}
             out[f"{mode} {round(100 * rate)} %"] = {
                 "by_class": rows, "majority_wrong": [c for c, r in rows.items() if r["wrong_pct"] > 50],
                 # the commonest label of the class's faces is a wrong one
@@ -126,7 +127,7 @@ def get_args_parser() -> ArgumentParser:
     p.add_argument("--ferplus", default=str(DEFAULT_FERPLUS), help="FER+ fer2013new.csv")
     p.add_argument("--n", type=int, default=4000, help="SynthFER Training faces for the noise modes")
     p.add_argument("--noise", type=float, default=0.3, help="share of labels each mode flips")
-    p.add_argument("--class_rates", default="0.1,0.3,0.4",
+    p.add_argument("--class_rates", type=float_list, default=[0.1, 0.3, 0.4],
                    help="noise rates at which to report each class's share of wrong labels (the grid's)")
     add_out_arg(p)
     return p
@@ -139,12 +140,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         raise FerNasError(f"--ferplus {args.ferplus}: no such file")
     if args.n < 70 or not 0.0 < args.noise < 1.0:
         raise FerNasError(f"--n {args.n} --noise {args.noise}: need at least 70 faces and a share in (0, 1)")
-    try:
-        rates = [float(r) for r in str(args.class_rates).split(",") if r.strip()]
-    except ValueError:
-        rates = []
+    rates = list(args.class_rates)
     if not rates or not all(0.0 < r < 1.0 for r in rates):
-        raise FerNasError(f"--class_rates {args.class_rates}: comma-separated shares in (0, 1)")
+        raise FerNasError(f"--class_rates {args.class_rates}: shares in (0, 1)")
     doc = {"bench": "ferplus_noise", "ferplus": ferplus_statistics(Path(args.ferplus)),
            "synthfer": {f"difficulty_{d:g}": where_flips_sit(args.n, args.noise, d) for d in (0.0, 1.0)},
            "wrong_labels_by_class": wrong_by_class(args.n, rates),

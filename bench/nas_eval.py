@@ -84,6 +84,11 @@ QUICK: dict[str, Any] = {
     "train": {"init_channels": 4, "layers": 3, "epochs": 1, "batch_size": 32, "learning_rate": 0.025},
 }
 RANDOM_MATCHES = ("searched", "space")
+#: the random cells' (and, with a fixed pool, the zero-cost candidates') parameter band: target ± 15 %
+MATCH_TOL = 0.15
+#: zero_cost scores candidates on this many Training images, centre-cropped to the retrained
+#: network's input size (NetworkFER's default, what train_searched.py uses): bench/proxy_pool.py's batch
+PROXY_BATCH, RETRAIN_CROP = 64, 44
 #: keys of a folder's protocol that only add units when they grow, where the pool is fixed
 GROWING = ("strategies", "search_seeds", "random", "train_seeds", "references")
 
@@ -174,6 +179,10 @@ def search_unit(out: str, strategy: str, seed: int, recipe: Mapping[str, Any], d
         torch.set_num_threads(threads)
     folder = Path(out) / f"search-{strategy}-s{seed}"
     s = recipe["search"]
+    if strategy == "zero_cost":  # each candidate scored as the network it will be retrained as, on the
+        t = recipe["train"]      # batch bench/proxy_pool.py measures the proxies with
+        s = {**s, "init_channels": t["init_channels"], "layers": t["layers"], "batch_size": PROXY_BATCH,
+             "crop": RETRAIN_CROP}
     argv = ["--strategy", strategy, "--search_space", recipe["space"], "--init_channels", s["init_channels"],
             "--layers", s["layers"], "--batch_size", s["batch_size"], "--crop", s["crop"], "--seed", seed,
             "--train_portion", s["train_portion"], "--arch_learning_rate", s["arch_learning_rate"],
@@ -181,6 +190,14 @@ def search_unit(out: str, strategy: str, seed: int, recipe: Mapping[str, Any], d
     if strategy == "sgas":  # after the warm-up one decision per epoch: 8 decisions in warm-up + 9 epochs
         argv += ["--batch_increase", "0", "--warmup_dec_epoch", s["sgas_warmup"], "--decision_freq", "1",
                  "--epochs_after_last_decision", "0"]
+    elif strategy == "zero_cost" and recipe["random_match"] == "space":
+        # the pool's parameter band: the proxies grow with size, so an unbounded search would keep a
+        # larger cell than the pool's and the comparison would measure size, not the proxy
+        from nas.models.ops import search_space
+
+        target = space_median_params(search_space(recipe["space"]), recipe)
+        argv += ["--zc_min_params", math.ceil(target * (1 - MATCH_TOL)), "--zc_max_params",
+                 math.floor(target * (1 + MATCH_TOL))]
     elif strategy not in ("random", "zero_cost"):  # these two train nothing
         argv += ["--epochs", s["darts_epochs"]]
     res = run_or_resume(search_app, folder, argv, done="done.json")  # search writes no results.json: this row
@@ -625,7 +642,7 @@ def _protocol(args: argparse.Namespace, out: Path, recipe: dict[str, Any], strat
         else:
             target = (int(np.mean([p for p, _ in sizes.values()])) if sizes
                       else count_params(load_genotype("DARTS_V2"), recipe))
-        randoms = sample_matched(space, lambda g: count_params(g, recipe), target, n_random, tol=0.15, seed=0)
+        randoms = sample_matched(space, lambda g: count_params(g, recipe), target, n_random, tol=MATCH_TOL, seed=0)
         for k, g in enumerate(randoms):
             genos.append({"name": f"random_{k:02d}", "kind": "random", "strategy": "random", "search_seed": "",
                           "genotype": genotype_to_dict(g)})

@@ -10,7 +10,7 @@ reference ranking; nothing is retrained here. Each cell is built as the protocol
 scored at initialisation on one seeded Training batch of the protocol's data by the five
 zero-cost proxies (:mod:`nas.search.proxies`) and by their rank vote; the one-shot proxies of the
 pool's searches (``oneshot.csv``: alpha score, supernet accuracy with the cell forced) are read
-when the folder has them. Per proxy: Kendall τ and Spearman ρ against the retrained accuracy,
+when the folder has them, and the cells' parameters and FLOPs (the trivial baselines). Per proxy: Kendall τ and Spearman ρ against the retrained accuracy,
 each with a 95 % bootstrap interval over the cells (2,000 resamples, seeded). One JSON document
 with provenance; a PNG of each proxy against the accuracy.
 """
@@ -146,7 +146,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     for n in names:
         for key, vals in oneshot.get(n, {}).items():
             scores[n][key] = sum(vals) / len(vals)
-    keys = [*PROXIES, "vote", *(["alpha_score", "oneshot_acc"] if oneshot else [])]
+    # the trivial baselines a proxy has to beat (Abdelfattah et al. 2021 report them beside theirs):
+    # the network's size, read from the pool's rows
+    for r in rows:
+        if r["genotype"] in scores:
+            for key in ("params", "flops"):
+                if num(r.get(key)) is not None:
+                    scores[r["genotype"]][key] = float(r[key])
+    keys = [*PROXIES, "vote", "params", "flops", *(["alpha_score", "oneshot_acc"] if oneshot else [])]
     accs = [acc[n] for n in names]
     doc = {"bench": "proxy_pool", "pool": str(pool), "cells": len(names), "accuracy": acc, "scores": scores,
            "proxies": {k: agreement([scores[n].get(k) for n in names], accs, args.seed) for k in keys}}

@@ -162,3 +162,35 @@ def test_power_plan_pools_the_spreads_and_asks_for_enough_cells():
     assert mde_two_sample(big["sd_cells"], k, 40) <= 1.5 < mde_two_sample(big["sd_cells"], k - 1, 40)
     assert "searched cells (search seeds) against the 40 random ones" in nas_eval.summary_markdown(
         {"genotypes": [], "strategies": {}, "power": big})
+
+
+def test_zero_cost_in_a_fixed_pool_searches_within_the_pools_band(tmp_path, monkeypatch):
+    """A zero_cost unit of a fixed pool scores its candidates at the retraining size and batch,
+    within the pool's parameter band (the random cells' target ± MATCH_TOL); other strategies get
+    no budget."""
+    from nas.models.ops import search_space
+
+    seen = {}
+
+    def fake(app, folder, argv, done):
+        seen[Path(folder).name] = [str(a) for a in argv]
+        return {"genotype": {"normal": [], "normal_concat": [], "reduce": [], "reduce_concat": []}}
+
+    monkeypatch.setattr(nas_eval, "run_or_resume", fake)
+    recipe = json.loads(json.dumps(nas_eval.QUICK))
+    recipe["random_match"] = "space"
+    recipe["search"]["init_channels"] = 6  # the search's size differs from the retraining's (C4 L3)
+    nas_eval.search_unit(str(tmp_path), "zero_cost", 1, recipe, "cpu", None)
+    nas_eval.search_unit(str(tmp_path), "darts", 1, recipe, "cpu", None)
+    argv = seen["search-zero_cost-s1"]
+
+    def flag(a, name):
+        return a[a.index(name) + 1]
+
+    target = nas_eval.space_median_params(search_space(recipe["space"]), recipe)
+    lo, hi = int(flag(argv, "--zc_min_params")), int(flag(argv, "--zc_max_params"))
+    assert lo <= target <= hi and lo >= target * (1 - nas_eval.MATCH_TOL) and hi <= target * (1 + nas_eval.MATCH_TOL)
+    assert hi - lo >= 2 * nas_eval.MATCH_TOL * target - 2
+    assert (flag(argv, "--init_channels"), flag(argv, "--layers")) == ("4", "3")
+    assert (flag(argv, "--batch_size"), flag(argv, "--crop")) == (str(nas_eval.PROXY_BATCH), str(nas_eval.RETRAIN_CROP))
+    assert "--zc_min_params" not in seen["search-darts-s1"] and flag(seen["search-darts-s1"], "--init_channels") == "6"

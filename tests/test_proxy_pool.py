@@ -30,16 +30,20 @@ def test_proxy_pool_on_a_pool_ranked_by_naswot(tmp_path, monkeypatch):
         (pool / "genotypes" / f"{n}.json").write_text(genotype_to_json(g))
     scores = proxy_pool.zero_cost_scores(pool, names, batch_size=8, seed=0)
     with open(pool / "nas_eval.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["genotype", "kind", "train_seed", "test_acc"])
+        w = csv.DictWriter(f, fieldnames=["genotype", "kind", "train_seed", "params", "flops", "test_acc"])
         w.writeheader()
-        for n in names:
-            w.writerow({"genotype": n, "kind": "random", "train_seed": 0, "test_acc": scores[n]["naswot"]})
+        order = sorted(names, key=lambda n: scores[n]["naswot"])
+        for n in names:  # the size baselines: FLOPs in NASWOT's order, parameters against it
+            w.writerow({"genotype": n, "kind": "random", "train_seed": 0, "params": 1000 - order.index(n),
+                        "flops": 10 * order.index(n), "test_acc": scores[n]["naswot"]})
     doc = proxy_pool.main(proxy_pool.get_args_parser().parse_args(
         ["--pool", str(pool), "--batch_size", "8", "--out", str(tmp_path / "r.json")]))
     a = doc["proxies"]["naswot"]
     assert a["kendall_tau"] == pytest.approx(1.0) and a["spearman_rho"] == pytest.approx(1.0)
     assert a["tau_low"] <= 1.0 <= a["tau_high"] + 1e-9 and doc["cells"] == 5
-    assert set(doc["proxies"]) == {"naswot", "synflow", "snip", "grad_norm", "jacob_cov", "vote"}
+    assert set(doc["proxies"]) == {"naswot", "synflow", "snip", "grad_norm", "jacob_cov", "vote", "params", "flops"}
+    assert doc["proxies"]["flops"]["kendall_tau"] == pytest.approx(1.0)
+    assert doc["proxies"]["params"]["kendall_tau"] == pytest.approx(-1.0)
     assert json.loads((tmp_path / "r.json").read_text())["provenance"]["flags"]["batch_size"] == 8
     with pytest.raises(FerNasError, match="at least 3 retrained random cells"):
         proxy_pool.main(proxy_pool.get_args_parser().parse_args(["--pool", str(tmp_path / "empty")]))

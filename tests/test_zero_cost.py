@@ -62,3 +62,43 @@ def test_zero_cost_flags_are_checked():
         search.main(search.get_args_parser().parse_args(["--strategy", "zero_cost", "--zc_samples", "1"]))
     with pytest.raises(FerNasError, match="--epochs: --strategy zero_cost trains nothing"):
         search.main(search.get_args_parser().parse_args(["--strategy", "zero_cost", "--epochs", "3"]))
+    with pytest.raises(FerNasError, match="need 0 <= min <= max"):
+        search.main(search.get_args_parser().parse_args(["--strategy", "zero_cost", "--zc_min_params", "900",
+                                                         "--zc_max_params", "800"]))
+    with pytest.raises(FerNasError, match="apply to --strategy zero_cost"):
+        search.main(search.get_args_parser().parse_args(["--strategy", "darts", "--zc_max_params", "800"]))
+
+
+def test_zero_cost_budget_keeps_every_candidate_in_the_band(tmp_path):
+    """With --zc_min_params/--zc_max_params every candidate scored (and so the kept one) has a
+    parameter count in the band, counted on the network as it is built; an empty band fails in
+    one line before any folder is made."""
+    from nas.apps import search
+    from nas.models import build_model, count_parameters
+    from nas.models.genotypes import Genotype, genotype_from_dict
+    from nas.search.random_cells import sample_genotype
+
+    space = ["conv_1x1", "skip_connect", "max_pool_3x3", "sep_conv_3x3"]
+    sizes = sorted(count_parameters(build_model(sample_genotype(space, 4, s), init_channels=2, layers=3,
+                                                auxiliary=False)) for s in range(40))
+    lo, hi = sizes[10], sizes[20]  # a band that most unbounded draws miss
+    assert lo < hi
+    csv = write_fer2013_csv(tmp_path / "d" / "fer2013.csv", *small_fer2013((28, 7, 7), seed=1))
+    res = search.main(search.get_args_parser().parse_args(
+        _argv(csv, tmp_path / "b", "--zc_min_params", str(lo), "--zc_max_params", str(hi))))
+    rows = read_csv_rows(tmp_path / "b" / "proxies.csv")
+    assert len(rows) == 4
+    kept = genotype_from_dict(res["genotype"]) if isinstance(res["genotype"], dict) else res["genotype"]
+    assert isinstance(kept, Genotype)
+    n_kept = count_parameters(build_model(kept, init_channels=2, layers=3, auxiliary=False))
+    assert lo <= n_kept <= hi
+    import torch
+    ckpt = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert len(ckpt["cells"]) == 4
+    for g in ckpt["cells"]:
+        n = count_parameters(build_model(genotype_from_dict(g), init_channels=2, layers=3, auxiliary=False))
+        assert lo <= n <= hi
+    with pytest.raises(FerNasError, match="within the budget"):
+        search.main(search.get_args_parser().parse_args(
+            _argv(csv, tmp_path / "none", "--zc_min_params", "1", "--zc_max_params", "2")))
+    assert not (tmp_path / "none").exists() or not any((tmp_path / "none").iterdir())

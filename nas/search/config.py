@@ -30,6 +30,8 @@ class SearchConfig:
     strategy: str = "sgas"
     zc_samples: int = 100
     zc_proxy: str = "vote"
+    zc_min_params: int = 0
+    zc_max_params: int = 0
     beta_decay_slope: float = 0.5
     aux_skip_start: float = 1.0
     search_space: str = "auto_fernet"
@@ -97,6 +99,12 @@ class SearchConfig:
             raise FerNasError("--beta_decay_slope and --aux_skip_start must be >= 0")
         if self.zc_samples < 2:
             raise FerNasError(f"--zc_samples {self.zc_samples}: sample at least 2 cells")
+        if self.zc_min_params < 0 or self.zc_max_params < 0 or \
+                (self.zc_max_params and self.zc_min_params > self.zc_max_params):
+            raise FerNasError(f"--zc_min_params {self.zc_min_params} / --zc_max_params {self.zc_max_params}: "
+                              "need 0 <= min <= max (0: no bound)")
+        if (self.zc_min_params or self.zc_max_params) and self.strategy != "zero_cost":
+            raise FerNasError("--zc_min_params / --zc_max_params apply to --strategy zero_cost")
         if self.epochs is not None:
             if self.strategy in ("zero_cost", "random"):
                 raise FerNasError(f"--epochs: --strategy {self.strategy} trains nothing")
@@ -137,6 +145,12 @@ def add_search_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--zc_samples", type=int,
         help="zero_cost: random cells scored at initialisation (each built at --init_channels/--layers)")
     add("--zc_proxy", choices=ZC_PROXIES, help="zero_cost: the proxy that keeps a cell, or vote (best mean rank over the five)")
+    add("--zc_min_params", type=int,
+        help="zero_cost: sample only cells whose network (at --init_channels/--layers, no auxiliary head) has at "
+             "least this many parameters (0: no bound); the proxies grow with size, so a budget keeps the "
+             "comparison with size-matched cells fair")
+    add("--zc_max_params", type=int,
+        help="zero_cost: sample only cells whose network has at most this many parameters (0: no bound)")
     add("--beta_decay_slope", type=float,
         help="beta_darts: the Beta-Decay weight is this x epoch (0-based; the authors' code: 50 x epoch/100)")
     add("--aux_skip_start", type=float,

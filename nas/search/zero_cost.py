@@ -5,7 +5,9 @@ owns the position (candidates scored so far), resume after SIGKILL, signals and 
 as for any search. The candidates are ``--zc_samples`` random genotypes of ``--search_space``
 (seeded by ``--seed``), each built as the network it would be retrained as (``--init_channels``,
 ``--layers``) and scored at initialisation on one fixed Training batch of ``--batch_size``
-images (:mod:`nas.search.proxies`). The kept cell is the best by ``--zc_proxy`` (one proxy, or
+images (:mod:`nas.search.proxies`). ``--zc_min_params`` / ``--zc_max_params`` restrict the
+candidates to a parameter budget (as zero-shot searches such as Zen-NAS do): the proxies grow
+with a network's size, and without a budget the kept cell is often just the largest. The kept cell is the best by ``--zc_proxy`` (one proxy, or
 ``vote``: the best mean rank over all five). ``proxies.csv`` holds every candidate's scores.
 """
 from __future__ import annotations
@@ -48,9 +50,8 @@ class ZeroCostSearch(Objective):
         self.args, self.device, self.dist = args, device, dist
         cfg = self.cfg = search_config(args)  # checked: --zc_samples, --zc_proxy
         self.model = nn.Identity()  # the loop's batch-norm and finiteness checks find nothing to do
-        primitives = search_space(cfg.search_space)
-        rng = np.random.default_rng([int(cfg.seed), 7])
-        self.cells: list[Genotype] = [sample_genotype(primitives, 4, rng) for _ in range(cfg.zc_samples)]
+        self.classes = list(data.classes)
+        self.cells: list[Genotype] = self._sample(search_space(cfg.search_space), int(data.images.shape[1]))
         train = data.subset("Training")
         if len(train) < 2:
             raise FerNasError(f"{data.source}: the Training split has {len(train)} images; need at least 2")
@@ -61,8 +62,31 @@ class ZeroCostSearch(Objective):
         self.crop = int(cfg.crop)
         x = eval_views(train.images[pick], mode="center", crop=self.crop, mean=0.5, std=0.25)[0]
         self.x, self.y = x.to(device), train.labels[pick].to(device)
-        self.classes = list(data.classes)
         self.scores: list[dict[str, float] | None] = [None] * len(self.cells)
+
+    def _sample(self, primitives: Sequence[str], in_channels: int) -> list[Genotype]:
+        """``--zc_samples`` random cells (seeded), within ``--zc_min_params`` .. ``--zc_max_params``
+        when a budget is set (rejection sampling: the network is built, not run)."""
+        from nas.models import build_model, count_parameters
+
+        cfg = self.cfg
+        rng = np.random.default_rng([int(cfg.seed), 7])
+        lo, hi = cfg.zc_min_params, cfg.zc_max_params or math.inf
+        if not cfg.zc_min_params and not cfg.zc_max_params:
+            return [sample_genotype(primitives, 4, rng) for _ in range(cfg.zc_samples)]
+        cells: list[Genotype] = []
+        draws = 200 * cfg.zc_samples
+        for _ in range(draws):
+            g = sample_genotype(primitives, 4, rng)
+            n = count_parameters(build_model(g, num_classes=len(self.classes), init_channels=cfg.init_channels,
+                                             layers=cfg.layers, auxiliary=False, in_channels=in_channels))
+            if lo <= n <= hi:
+                cells.append(g)
+                if len(cells) == cfg.zc_samples:
+                    return cells
+        raise FerNasError(f"--zc_min_params {cfg.zc_min_params} / --zc_max_params {cfg.zc_max_params}: only "
+                          f"{len(cells)} of {cfg.zc_samples} cells of {cfg.search_space} within the budget after "
+                          f"{draws} draws; widen it")
 
     # -- the loop's calls -----------------------------------------------------------------
     def epoch_batches(self, epoch: int, generator: torch.Generator) -> list[int]:
@@ -88,9 +112,12 @@ class ZeroCostSearch(Objective):
 
     def describe(self) -> str:
         """The line logged when the run starts."""
-        return (f"zero-cost search: {len(self.cells)} random cells of {self.cfg.search_space}, scored at "
-                f"initialisation as C{self.cfg.init_channels} L{self.cfg.layers} networks on {len(self.y)} Training "
-                f"images; kept by {self.cfg.zc_proxy}")
+        cfg = self.cfg
+        budget = (f" of {cfg.zc_min_params:,} to {cfg.zc_max_params:,} parameters" if cfg.zc_max_params
+                  else f" of at least {cfg.zc_min_params:,} parameters" if cfg.zc_min_params else "")
+        return (f"zero-cost search: {len(self.cells)} random cells of {cfg.search_space}{budget}, scored at "
+                f"initialisation as C{cfg.init_channels} L{cfg.layers} networks on {len(self.y)} Training "
+                f"images; kept by {cfg.zc_proxy}")
 
     def epoch_line(self, row: Mapping[str, Any], epochs: int) -> str:
         """The line logged after the epoch."""

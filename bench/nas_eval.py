@@ -89,6 +89,8 @@ MATCH_TOL = 0.15
 #: zero_cost scores candidates on this many Training images, centre-cropped to the retrained
 #: network's input size (NetworkFER's default, what train_searched.py uses): bench/proxy_pool.py's batch
 PROXY_BATCH, RETRAIN_CROP = 64, 44
+#: strategies that train no supernet (so no one-shot proxies)
+NO_SUPERNET = ("random", "zero_cost")
 #: keys of a folder's protocol that only add units when they grow, where the pool is fixed
 GROWING = ("strategies", "search_seeds", "random", "train_seeds", "references")
 
@@ -270,6 +272,8 @@ def proxy_rows(out: Path, searched: Sequence[Mapping[str, Any]], genos: Sequence
     path = out / PROXY_CSV
     have = {(r["search"], r["genotype"]) for r in read_rows(path)}
     for s in searched:
+        if s["strategy"] in NO_SUPERNET:
+            continue
         folder = out / f"search-{s['strategy']}-s{s['seed']}"
         todo = [g for g in genos if (folder.name, g["name"]) not in have]
         if not todo or not (folder / "last.pt").exists():
@@ -656,6 +660,11 @@ def _protocol(args: argparse.Namespace, out: Path, recipe: dict[str, Any], strat
         if g["name"] not in sizes:
             sizes[g["name"]] = count_params_flops(genotype_from_dict(g["genotype"]), recipe)
 
+    # the one-shot proxies of every finished search, before the retraining: a supernet's checkpoint
+    # stays in its run folder, which a session that ends mid-retraining may not keep
+    has_random = any(g["kind"] == "random" for g in genos)
+    proxies = read_rows(out / PROXY_CSV) if args.summary_only or not has_random else proxy_rows(out, searched, genos)
+
     # 3. retraining, one row per finished unit
     done = {(r["genotype"], int(r["train_seed"])) for r in read_rows(out / CSV_NAME)}
     jobs = [(g, seed) for g in genos for seed in range(train_seeds) if (g["name"], seed) not in done]
@@ -667,8 +676,6 @@ def _protocol(args: argparse.Namespace, out: Path, recipe: dict[str, Any], strat
             bar.update(1)
         bar.close()
     rows = read_rows(out / CSV_NAME)
-    has_random = any(g["kind"] == "random" for g in genos)
-    proxies = read_rows(out / PROXY_CSV) if args.summary_only or not has_random else proxy_rows(out, searched, genos)
     summary = summarize(rows, [{"strategy": g["strategy"], "genotype": g["genotype"]} for g in genos
                                if g["kind"] == "searched"], proxies)
     summary["protocol"] = recipe

@@ -194,3 +194,19 @@ def test_zero_cost_in_a_fixed_pool_searches_within_the_pools_band(tmp_path, monk
     assert (flag(argv, "--init_channels"), flag(argv, "--layers")) == ("4", "3")
     assert (flag(argv, "--batch_size"), flag(argv, "--crop")) == (str(nas_eval.PROXY_BATCH), str(nas_eval.RETRAIN_CROP))
     assert "--zc_min_params" not in seen["search-darts-s1"] and flag(seen["search-darts-s1"], "--init_channels") == "6"
+
+
+def test_one_shot_proxies_skip_searches_without_a_supernet(tmp_path):
+    """A zero_cost search's checkpoint holds candidates and scores, not a supernet: the one-shot
+    proxies pass it by (load_supernet would refuse it) and score nothing for it."""
+    import torch
+
+    folder = tmp_path / "search-zero_cost-s0"
+    folder.mkdir()
+    torch.save({"kind": "fer-nas-zero-cost", "cells": [], "scores": []}, folder / "last.pt")
+    genos = [{"name": "random_00", "kind": "random", "genotype": {}}]
+    from nas.search.oneshot import load_supernet
+
+    with pytest.raises(FerNasError, match="not a search checkpoint"):
+        load_supernet(folder)
+    assert nas_eval.proxy_rows(tmp_path, [{"strategy": "zero_cost", "seed": 0, "genotype": {}}], genos) == []

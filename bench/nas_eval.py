@@ -189,7 +189,7 @@ def search_unit(out: str, strategy: str, seed: int, recipe: Mapping[str, Any], d
             "--layers", s["layers"], "--batch_size", s["batch_size"], "--crop", s["crop"], "--seed", seed,
             "--train_portion", s["train_portion"], "--arch_learning_rate", s["arch_learning_rate"],
             "--device", device, *_data_flags(recipe)]
-    if strategy == "sgas":  # after the warm-up one decision per epoch: 8 decisions in warm-up + 9 epochs
+    if strategy == "sgas":  # a decision at the end of each epoch after the warm-up: warm-up + 8 epochs
         argv += ["--batch_increase", "0", "--warmup_dec_epoch", s["sgas_warmup"], "--decision_freq", "1",
                  "--epochs_after_last_decision", "0"]
     elif strategy == "zero_cost" and recipe["random_match"] == "space":

@@ -291,6 +291,64 @@ def proxy_rows(out: Path, searched: Sequence[Mapping[str, Any]], genos: Sequence
     return read_rows(path)
 
 
+def search_curves(out: Path, searched: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per search with a supernet, from its ``metrics.csv``: per epoch the entropy of the undecided
+    edges' architecture weights (1 = uniform; read before that epoch's decisions), the supernet's
+    accuracy on the architecture half of Training and the parameter-free share of its genotype;
+    and the epoch of SGAS's first decision with the entropy it was taken at."""
+    curves: dict[str, dict[str, Any]] = {}
+    for s in searched:
+        if s["strategy"] in NO_SUPERNET:
+            continue
+        folder = out / f"search-{s['strategy']}-s{s['seed']}"
+        rows = read_rows(folder / "metrics.csv")
+        if not rows:
+            continue
+        entropy = [_num(r.get("alpha_entropy")) for r in rows]
+        first = next((k for k, r in enumerate(rows) if r.get("decided")), None)
+        curves[folder.name] = {
+            "strategy": s["strategy"], "search_seed": s["seed"], "epochs": len(rows), "alpha_entropy": entropy,
+            "supernet_acc": [_num(r.get("valid_acc")) for r in rows],
+            "param_free_share": [_num(r.get("param_free_share")) for r in rows],
+            "epoch_seconds": [_num(r.get("time_s")) for r in rows],
+            "first_decision_epoch": None if first is None else first + 1,
+            "entropy_at_first_decision": None if first is None else entropy[first]}
+    return curves
+
+
+def plot_search_curves(curves: Mapping[str, Mapping[str, Any]], path: Path) -> Path | None:
+    """The searches' entropy and supernet accuracy per epoch, a line per search; a ring marks
+    the epoch at whose end SGAS took its first decision."""
+    from nas.engine.report import have_matplotlib, save_figure
+
+    if not curves or not have_matplotlib():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, c in curves.items():
+        x = list(range(1, c["epochs"] + 1))
+        for ax, key in zip(axes, ("alpha_entropy", "supernet_acc")):
+            pts = [(e, v) for e, v in zip(x, c[key]) if v is not None]
+            line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", ms=3, label=name)
+            k = c["first_decision_epoch"]
+            if k is not None and c[key][k - 1] is not None:
+                ax.plot([k], [c[key][k - 1]], "o", ms=10, mfc="none", color=line.get_color())
+    axes[0].set_ylabel("entropy of softmax(α), undecided edges (1 = uniform)")
+    axes[1].set_ylabel("supernet accuracy on the α half of Training (%)")
+    for ax in axes:
+        ax.set_xlabel("search epoch (ring: the first decision, at its end)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Does the supernet learn before it decides? The protocol's searches", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def proxy_taus(proxies: Sequence[Mapping[str, Any]], accs: Mapping[str, float]) -> dict[str, dict[str, float]]:
     """Per search, Kendall τ of each proxy against the retrained accuracy of the cells in
     ``accs`` (the random ones)."""
@@ -455,6 +513,20 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
                       f"training seeds by {pw['sd_seeds']:.2f}; detecting {pw['target_points']} points at 80 % power "
                       f"needs {need(pw['cells_per_group'])} cells per group, {against}{pool} against the "
                       f"{pw.get('random_cells', '?')} random ones."]
+    searches = summary.get("searches") or {}
+    if searches:
+        def f(v, fmt):
+            return "–" if v is None else format(v, fmt)
+
+        lines += ["", "| search | epochs | entropy after epoch 1 | first decision: epoch / entropy | entropy at the end "
+                      "| supernet accuracy, first / last epoch (%) | parameter-free share at the end |",
+                  "|---|---:|---:|---|---:|---|---:|"]
+        for name, c in searches.items():
+            h, a, pf = c["alpha_entropy"], c["supernet_acc"], c["param_free_share"]
+            last_h = next((v for v in reversed(h) if v is not None), None)
+            lines.append(f"| {name} | {c['epochs']} | {f(h[0], '.5f')} | {f(c['first_decision_epoch'], 'd')} / "
+                         f"{f(c['entropy_at_first_decision'], '.5f')} | {f(last_h, '.5f')} | {f(a[0], '.1f')} / "
+                         f"{f(a[-1], '.1f')} | {f(None if pf[-1] is None else 100 * pf[-1], '.0f')} % |")
     last = summary.get("selected_at_last_epoch") or {}
     if last.get("of"):
         lines += ["", f"{last['runs']} of {last['of']} trainings were selected at their last epoch."]
@@ -678,12 +750,14 @@ def _protocol(args: argparse.Namespace, out: Path, recipe: dict[str, Any], strat
     rows = read_rows(out / CSV_NAME)
     summary = summarize(rows, [{"strategy": g["strategy"], "genotype": g["genotype"]} for g in genos
                                if g["kind"] == "searched"], proxies)
+    summary["searches"] = search_curves(out, searched)
     summary["protocol"] = recipe
     summary["wall_seconds_this_call"] = round(time.time() - t0, 1)
     summary["provenance"] = provenance({**vars(args), **recipe}, args.device)
     atomic_write_text(json.dumps(json_safe(summary), indent=2) + "\n", out / "summary.json")
     atomic_write_text(summary_markdown(summary), out / "summary.md")
     plot(summary, out / "nas_eval.png")
+    plot_search_curves(summary["searches"], out / "nas_eval_searches.png")
     print(summary_markdown(summary))
     return summary
 

@@ -210,3 +210,25 @@ def test_one_shot_proxies_skip_searches_without_a_supernet(tmp_path):
     with pytest.raises(FerNasError, match="not a search checkpoint"):
         load_supernet(folder)
     assert nas_eval.proxy_rows(tmp_path, [{"strategy": "zero_cost", "seed": 0, "genotype": {}}], genos) == []
+
+
+def test_search_curves_read_the_entropy_and_the_first_decision(tmp_path):
+    """summary["searches"]: a search's entropy and supernet accuracy per epoch from its
+    metrics.csv, the epoch of its first decision with the entropy then; zero_cost has none."""
+    folder = tmp_path / "search-sgas-s1"
+    folder.mkdir()
+    rows = [("0.99", "", "60.0", "0.25"), ("0.97", "", "70.0", "0.25"), ("0.95", "normal:2<-0:sep_conv_3x3", "75.5", "0.3"),
+            ("nan", "reduce:5<-4:skip_connect", "80.0", "0.5")]
+    with open(folder / "metrics.csv", "w") as f:
+        f.write("epoch,alpha_entropy,decided,valid_acc,param_free_share,time_s\n")
+        for k, r in enumerate(rows):
+            f.write(f"{k},{r[0]},{r[1]},{r[2]},{r[3]},10\n")
+    curves = nas_eval.search_curves(tmp_path, [{"strategy": "sgas", "seed": 1}, {"strategy": "zero_cost", "seed": 0}])
+    assert list(curves) == ["search-sgas-s1"]
+    c = curves["search-sgas-s1"]
+    assert c["alpha_entropy"] == [0.99, 0.97, 0.95, None] and c["supernet_acc"] == [60.0, 70.0, 75.5, 80.0]
+    assert c["first_decision_epoch"] == 3 and c["entropy_at_first_decision"] == 0.95 and c["epochs"] == 4
+    md = nas_eval.summary_markdown({"genotypes": [], "strategies": {}, "searches": curves})
+    assert "| search-sgas-s1 | 4 | 0.99000 | 3 / 0.95000 | 0.95000 | 60.0 / 80.0 | 50 % |" in md
+    path = nas_eval.plot_search_curves(curves, tmp_path / "s.png")
+    assert path is None or path.stat().st_size > 0

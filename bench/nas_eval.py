@@ -200,8 +200,10 @@ def search_unit(out: str, strategy: str, seed: int, recipe: Mapping[str, Any], d
         target = space_median_params(search_space(recipe["space"]), recipe)
         argv += ["--zc_min_params", math.ceil(target * (1 - MATCH_TOL)), "--zc_max_params",
                  math.floor(target * (1 + MATCH_TOL))]
-    elif strategy not in ("random", "zero_cost"):  # these two train nothing
+    elif strategy not in NO_SUPERNET:
         argv += ["--epochs", s["darts_epochs"]]
+    if strategy not in NO_SUPERNET:  # the supernet's accuracy per epoch beside the entropy (metrics.csv)
+        argv += ["--post_val"]
     res = run_or_resume(search_app, folder, argv, done="done.json")  # search writes no results.json: this row
     out_row = {"strategy": strategy, "seed": seed, "genotype": res["genotype"]}
     atomic_write_text(json.dumps(out_row) + "\n", folder / "done.json")

@@ -194,6 +194,7 @@ def test_zero_cost_in_a_fixed_pool_searches_within_the_pools_band(tmp_path, monk
     assert (flag(argv, "--init_channels"), flag(argv, "--layers")) == ("4", "3")
     assert (flag(argv, "--batch_size"), flag(argv, "--crop")) == (str(nas_eval.PROXY_BATCH), str(nas_eval.RETRAIN_CROP))
     assert "--zc_min_params" not in seen["search-darts-s1"] and flag(seen["search-darts-s1"], "--init_channels") == "6"
+    assert "--post_val" in seen["search-darts-s1"] and "--post_val" not in argv  # supernet accuracy per epoch
 
 
 def test_one_shot_proxies_skip_searches_without_a_supernet(tmp_path):

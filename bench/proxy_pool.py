@@ -10,9 +10,10 @@ reference ranking; nothing is retrained here. Each cell is built as the protocol
 scored at initialisation on one seeded Training batch of the protocol's data by the five
 zero-cost proxies (:mod:`nas.search.proxies`) and by their rank vote; the one-shot proxies of the
 pool's searches (``oneshot.csv``: alpha score, supernet accuracy with the cell forced) are read
-when the folder has them, and the cells' parameters and FLOPs (the trivial baselines). Per proxy: Kendall τ and Spearman ρ against the retrained accuracy,
-each with a 95 % bootstrap interval over the cells (2,000 resamples, seeded). One JSON document
-with provenance; a PNG of each proxy against the accuracy.
+when the folder has them, and so are the cells' parameters and FLOPs (the trivial baselines).
+Per proxy: Kendall τ and Spearman ρ against the retrained accuracy, each with a 95 % bootstrap
+interval over the cells (2,000 resamples, seeded). One JSON document with provenance; a PNG of
+each proxy against the accuracy.
 """
 from __future__ import annotations
 

@@ -7,8 +7,9 @@ as for any search. The candidates are ``--zc_samples`` random genotypes of ``--s
 ``--layers``) and scored at initialisation on one fixed Training batch of ``--batch_size``
 images (:mod:`nas.search.proxies`). ``--zc_min_params`` / ``--zc_max_params`` restrict the
 candidates to a parameter budget (as zero-shot searches such as Zen-NAS do): the proxies grow
-with a network's size, and without a budget the kept cell is often just the largest. The kept cell is the best by ``--zc_proxy`` (one proxy, or
-``vote``: the best mean rank over all five). ``proxies.csv`` holds every candidate's scores.
+with a network's size, and without a budget the kept cell is often just the largest. The kept
+cell is the best by ``--zc_proxy`` (one proxy, or ``vote``: the best mean rank over all five).
+``proxies.csv`` holds every candidate's scores.
 """
 from __future__ import annotations
 

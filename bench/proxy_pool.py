@@ -110,15 +110,25 @@ def plot(doc: Mapping[str, Any], path: Path) -> Path | None:
 
     names = list(doc["accuracy"])
     proxies = [p for p in doc["proxies"] if doc["proxies"][p].get("n", 0) >= 3]
-    fig, axes = plt.subplots(1, len(proxies), figsize=(3.2 * len(proxies), 3.2), squeeze=False)
-    for ax, p in zip(axes[0], proxies):
+    if not proxies:
+        return None
+    cols = min(5, len(proxies))
+    rows = math.ceil(len(proxies) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(proxies):]:
+        ax.set_visible(False)
+    for ax, p in zip(axes.flat, proxies):
         xs = [doc["scores"][n].get(p) for n in names]
         ax.scatter(xs, [doc["accuracy"][n] for n in names], s=12)
+        finite = [x for x in xs if x is not None and math.isfinite(x)]
+        if finite and min(finite) > 0 and max(finite) > 1e3 * min(finite):
+            ax.set_xscale("log")  # synflow spans orders of magnitude
         a = doc["proxies"][p]
         ax.set_title(f"{p}: τ {a['kendall_tau']:+.2f} [{a['tau_low']:+.2f}, {a['tau_high']:+.2f}]", fontsize=8)
         ax.set_xlabel(p, fontsize=8)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("retrained PrivateTest % (mean of seeds)")
+    for row in axes:
+        row[0].set_ylabel("retrained PrivateTest % (mean of seeds)")
     fig.tight_layout()
     return save_figure(fig, path)
 

@@ -37,7 +37,8 @@ def test_proxy_pool_on_a_pool_ranked_by_naswot(tmp_path, monkeypatch):
             w.writerow({"genotype": n, "kind": "random", "train_seed": 0, "params": 1000 - order.index(n),
                         "flops": 10 * order.index(n), "test_acc": scores[n]["naswot"]})
     doc = proxy_pool.main(proxy_pool.get_args_parser().parse_args(
-        ["--pool", str(pool), "--batch_size", "8", "--out", str(tmp_path / "r.json")]))
+        ["--pool", str(pool), "--batch_size", "8", "--out", str(tmp_path / "r.json"),
+         "--png", str(tmp_path / "p.png")]))
     a = doc["proxies"]["naswot"]
     assert a["kendall_tau"] == pytest.approx(1.0) and a["spearman_rho"] == pytest.approx(1.0)
     assert a["tau_low"] <= 1.0 <= a["tau_high"] + 1e-9 and doc["cells"] == 5
@@ -45,5 +46,6 @@ def test_proxy_pool_on_a_pool_ranked_by_naswot(tmp_path, monkeypatch):
     assert doc["proxies"]["flops"]["kendall_tau"] == pytest.approx(1.0)
     assert doc["proxies"]["params"]["kendall_tau"] == pytest.approx(-1.0)
     assert json.loads((tmp_path / "r.json").read_text())["provenance"]["flags"]["batch_size"] == 8
+    assert (tmp_path / "p.png").stat().st_size > 0
     with pytest.raises(FerNasError, match="at least 3 retrained random cells"):
         proxy_pool.main(proxy_pool.get_args_parser().parse_args(["--pool", str(tmp_path / "empty")]))

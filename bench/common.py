@@ -171,6 +171,23 @@ def read_rows(path: Path) -> list[dict[str, str]]:
     return read_csv_rows(path) if Path(path).exists() else []
 
 
+def seed_rank_agreement(rows: Sequence[Mapping[str, str]], kind: str = "random", seed: int = 0) -> dict[str, Any]:
+    """How well one training of each cell ranks the cells as the other does: Kendall τ, with a
+    95 % bootstrap interval, between the PrivateTest (``test_acc``) of training seeds 0 and 1 of
+    a nas_eval CSV's cells of ``kind``. When the cells differ by less than the seeds do, this is
+    near 0, and no proxy can rank them much better than that (the ranking it is judged by is
+    mostly training noise)."""
+    from nas.runtime.stats import bootstrap_ci, kendall_tau
+
+    by: dict[str, dict[int, float]] = {}
+    for r in rows:
+        if r.get("kind") == kind and num(r.get("test_acc")) is not None and num(r.get("train_seed")) is not None:
+            by.setdefault(r["genotype"], {})[int(float(r["train_seed"]))] = float(r["test_acc"])
+    both = sorted(g for g, s in by.items() if 0 in s and 1 in s)
+    tau, lo, hi = bootstrap_ci([by[g][0] for g in both], [by[g][1] for g in both], kendall_tau, seed=seed)
+    return {"cells": len(both), "kendall_tau": tau, "tau_low": lo, "tau_high": hi}
+
+
 def add_out_arg(parser: argparse.ArgumentParser) -> None:
     """``--out FILE``: also write the result there (``.jsonl``: append one line; else a JSON document)."""
     parser.add_argument("--out", default=None,

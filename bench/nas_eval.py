@@ -49,10 +49,10 @@ from nas.runtime.cli import ArgumentParser, run as cli_run
 
 if __package__ in (None, ""):
     from common import FolderLock, check_protocol, num as _num, process_pool, provenance, provenance_columns, \
-        PROVENANCE_COLUMNS, read_rows, run_or_resume
+        PROVENANCE_COLUMNS, read_rows, run_or_resume, seed_rank_agreement
 else:
     from bench.common import FolderLock, check_protocol, num as _num, process_pool, provenance, provenance_columns, \
-        PROVENANCE_COLUMNS, read_rows, run_or_resume
+        PROVENANCE_COLUMNS, read_rows, run_or_resume, seed_rank_agreement
 from nas.runtime.stats import n_for_mde, percentile_among, t_interval, two_sample
 
 CSV_NAME = "nas_eval.csv"
@@ -432,6 +432,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], searched: Sequence[Mapping[str,
     at_last = [r for r in rows if _num(r.get("selected_epoch")) is not None and _num(r.get("last_epoch")) is not None
                and int(float(r["selected_epoch"])) == int(float(r["last_epoch"]))]
     return {"genotypes": table, "strategies": per_strategy, "proxy_taus": taus,
+            "seed_rank_agreement": seed_rank_agreement(rows),
             "selected_at_last_epoch": {"runs": len(at_last), "of": len(rows)},
             "power": power_plan(table, by),
             "random": {"n": len(random_means), "mean_test_acc": float(np.mean(random_means)) if random_means else None}}
@@ -456,7 +457,13 @@ def power_plan(table: Sequence[Mapping[str, Any]], by: Mapping[str, Sequence[Map
                  ([x for x in (_num(r["test_acc"]) for r in rs) if x is not None] for rs in by.values()) if len(a) > 1]
     sd_seeds = math.sqrt(float(np.mean(seed_vars))) if seed_vars else float("nan")
     n_searched, n_random = len(groups[0]), len(groups[1])
-    return {"target_points": target, "sd_cells": sd_cells, "sd_seeds": sd_seeds,
+    # the spread of cells' means holds the seeds' noise too (sd_seeds² / seeds per cell): what is
+    # left is how much the cells themselves differ
+    counts = [e["seeds"] for e in table if e.get("seeds")]
+    seeds_per_cell = float(np.mean(counts)) if counts else float("nan")
+    sd_between = (math.sqrt(max(0.0, sd_cells ** 2 - sd_seeds ** 2 / seeds_per_cell))
+                  if all(math.isfinite(v) for v in (sd_cells, sd_seeds, seeds_per_cell)) else float("nan"))
+    return {"target_points": target, "sd_cells": sd_cells, "sd_seeds": sd_seeds, "sd_between_cells": sd_between,
             "cells_per_group": n_for_mde(sd_cells, target, paired=False),
             "random_cells_vs_searched": n_for_mde(sd_cells, target, paired=False, n_other=n_searched)
             if n_searched else None,
@@ -515,6 +522,14 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
                       f"training seeds by {pw['sd_seeds']:.2f}; detecting {pw['target_points']} points at 80 % power "
                       f"needs {need(pw['cells_per_group'])} cells per group, {against}{pool} against the "
                       f"{pw.get('random_cells', '?')} random ones."]
+        if math.isfinite(pw.get("sd_between_cells", float("nan"))):
+            lines[-1] += (f" Less the seeds' share, the cells themselves differ by {pw['sd_between_cells']:.2f} "
+                          f"points (SD).")
+    agree = summary.get("seed_rank_agreement") or {}
+    if agree.get("cells", 0) >= 3 and math.isfinite(agree.get("kendall_tau", float("nan"))):
+        lines += ["", f"Training seed 0 ranks the {agree['cells']} random cells as seed 1 does with Kendall τ "
+                      f"{agree['kendall_tau']:.2f} (95 % bootstrap {agree['tau_low']:.2f} to {agree['tau_high']:.2f}): "
+                      f"the ceiling a proxy's τ is read against."]
     searches = summary.get("searches") or {}
     if searches:
         def f(v, fmt):

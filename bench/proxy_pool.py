@@ -30,9 +30,9 @@ if __package__ in (None, ""):
 from nas.runtime.cli import ArgumentParser, run as cli_run
 
 if __package__ in (None, ""):
-    from common import add_out_arg, emit, num, read_rows
+    from common import add_out_arg, emit, num, read_rows, seed_rank_agreement
 else:
-    from bench.common import add_out_arg, emit, num, read_rows
+    from bench.common import add_out_arg, emit, num, read_rows, seed_rank_agreement
 
 
 def pool_accuracy(rows: Sequence[Mapping[str, str]]) -> dict[str, float]:
@@ -167,7 +167,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     keys = [*PROXIES, "vote", "params", "flops", *(["alpha_score", "oneshot_acc"] if oneshot else [])]
     accs = [acc[n] for n in names]
     doc = {"bench": "proxy_pool", "pool": str(pool), "cells": len(names), "accuracy": acc, "scores": scores,
-           "proxies": {k: agreement([scores[n].get(k) for n in names], accs, args.seed) for k in keys}}
+           "proxies": {k: agreement([scores[n].get(k) for n in names], accs, args.seed) for k in keys},
+           # the noise ceiling: how well one training of each cell ranks the pool as the other does
+           "seed_rank_agreement": seed_rank_agreement(rows, seed=args.seed)}
     if args.png:
         plot(doc, Path(args.png))
     return emit(doc, args, device="cpu", indent=None)

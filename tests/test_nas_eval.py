@@ -162,6 +162,32 @@ def test_power_plan_pools_the_spreads_and_asks_for_enough_cells():
     assert mde_two_sample(big["sd_cells"], k, 40) <= 1.5 < mde_two_sample(big["sd_cells"], k - 1, 40)
     assert "searched cells (search seeds) against the 40 random ones" in nas_eval.summary_markdown(
         {"genotypes": [], "strategies": {}, "power": big})
+    # less the seeds' share of the spread (sd_seeds² / 2 seeds per cell): what the cells differ by
+    two = nas_eval.power_plan([{**e, "seeds": 2} for e in table], by, target=1.5)
+    assert two["sd_between_cells"] == pytest.approx(math.sqrt(10.6 - 5.0 / 2))
+    assert math.isnan(p["sd_between_cells"])                                  # seeds per cell unknown
+    flat = nas_eval.power_plan([{"kind": "random", "test_acc": 80.0 + 0.1 * k, "seeds": 2} for k in range(3)], by)
+    assert flat["sd_between_cells"] == 0.0                                   # all of it seed noise
+
+
+def test_seed_rank_agreement_by_hand():
+    """Kendall τ between the cells' training seeds 0 and 1: +1 when both seeds order the cells
+    alike, −1 when reversed; cells with one seed, and other kinds, are left out."""
+    def rows(pairs, kind="random"):
+        out = []
+        for k, (a, b) in enumerate(pairs):
+            out += [{"genotype": f"c{k}", "kind": kind, "train_seed": "0", "test_acc": str(a)},
+                    {"genotype": f"c{k}", "kind": kind, "train_seed": "1", "test_acc": str(b)}]
+        return out
+
+    same = nas_eval.seed_rank_agreement(rows([(90, 91), (92, 93), (94, 95), (96, 97)]))
+    assert same["cells"] == 4 and same["kendall_tau"] == pytest.approx(1.0)
+    rev = rows([(90, 97), (92, 95), (94, 93), (96, 91)]) + rows([(50, 50)], kind="searched")
+    rev += [{"genotype": "lone", "kind": "random", "train_seed": "0", "test_acc": "99"}]
+    r = nas_eval.seed_rank_agreement(rev)
+    assert r["cells"] == 4 and r["kendall_tau"] == pytest.approx(-1.0) and r["tau_low"] <= -0.99
+    md = nas_eval.summary_markdown({"genotypes": [], "strategies": {}, "seed_rank_agreement": r})
+    assert "Training seed 0 ranks the 4 random cells as seed 1 does with Kendall τ -1.00" in md
 
 
 def test_zero_cost_in_a_fixed_pool_searches_within_the_pools_band(tmp_path, monkeypatch):

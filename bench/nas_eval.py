@@ -171,8 +171,9 @@ def _data_flags(recipe: Mapping[str, Any]) -> list[str]:
 
 
 def search_unit(out: str, strategy: str, seed: int, recipe: Mapping[str, Any], device: str,
-                threads: int | None) -> dict[str, Any]:
-    """One search (idempotent): its genotype as a dict."""
+                threads: int | None, target: int | None = None) -> dict[str, Any]:
+    """One search (idempotent): its genotype as a dict. ``target``: a fixed pool's median size
+    (:func:`space_median_params`), the centre of zero_cost's parameter band."""
     import torch
 
     from nas.apps import search as search_app
@@ -195,9 +196,10 @@ def search_unit(out: str, strategy: str, seed: int, recipe: Mapping[str, Any], d
     elif strategy == "zero_cost" and recipe["random_match"] == "space":
         # the pool's parameter band: the proxies grow with size, so an unbounded search would keep a
         # larger cell than the pool's and the comparison would measure size, not the proxy
-        from nas.models.ops import search_space
+        if target is None:
+            from nas.models.ops import search_space
 
-        target = space_median_params(search_space(recipe["space"]), recipe)
+            target = space_median_params(search_space(recipe["space"]), recipe)
         argv += ["--zc_min_params", math.ceil(target * (1 - MATCH_TOL)), "--zc_max_params",
                  math.floor(target * (1 + MATCH_TOL))]
     elif strategy not in NO_SUPERNET:
@@ -318,9 +320,13 @@ def search_curves(out: Path, searched: Sequence[Mapping[str, Any]]) -> dict[str,
     return curves
 
 
-def plot_search_curves(curves: Mapping[str, Mapping[str, Any]], path: Path) -> Path | None:
-    """The searches' entropy and supernet accuracy per epoch, a line per search; a ring marks
-    the epoch at whose end SGAS took its first decision."""
+def plot_search_curves(curves: Mapping[str, Mapping[str, Any]], path: Path, *,
+                       title: str = "Does the supernet learn before it decides? The protocol's searches",
+                       xlabel: str = "search epoch (ring: the first decision, at its end)",
+                       hline: float | None = None) -> Path | None:
+    """The searches' entropy and supernet accuracy per epoch, a line per search (the key is its
+    label; a curve may name its ``color``); a ring marks the epoch at whose end SGAS took its
+    first decision, ``hline`` draws a level on the entropy panel. Also ``bench/sgas_warmup.py``'s."""
     from nas.engine.report import have_matplotlib, save_figure
 
     if not curves or not have_matplotlib():
@@ -335,18 +341,20 @@ def plot_search_curves(curves: Mapping[str, Mapping[str, Any]], path: Path) -> P
         x = list(range(1, c["epochs"] + 1))
         for ax, key in zip(axes, ("alpha_entropy", "supernet_acc")):
             pts = [(e, v) for e, v in zip(x, c[key]) if v is not None]
-            line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", ms=3, label=name)
-            k = c["first_decision_epoch"]
+            line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", ms=3, label=name, color=c.get("color"))
+            k = c.get("first_decision_epoch")
             if k is not None and c[key][k - 1] is not None:
                 ax.plot([k], [c[key][k - 1]], "o", ms=10, mfc="none", color=line.get_color())
+    if hline is not None:
+        axes[0].axhline(hline, color="0.5", ls=":", lw=0.8, label=f"{1 - hline:g} below uniform")
     axes[0].set_ylabel("entropy of softmax(α), undecided edges (1 = uniform)")
     axes[1].set_ylabel("supernet accuracy on the α half of Training (%)")
     for ax in axes:
-        ax.set_xlabel("search epoch (ring: the first decision, at its end)")
+        ax.set_xlabel(xlabel)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("Does the supernet learn before it decides? The protocol's searches", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -709,8 +717,11 @@ def _protocol(args: argparse.Namespace, out: Path, recipe: dict[str, Any], strat
     threads = 1 if args.workers > 1 and executor is None else None
     t0 = time.time()
 
-    # 1. searches
-    search_jobs = [(str(out), s, seed, recipe, args.device, threads) for s in strategies for seed in range(search_seeds)]
+    # 1. searches (a fixed pool's median size, once: zero_cost's band and the random cells' match)
+    space = search_space(recipe["space"])
+    target = space_median_params(space, recipe) if recipe["random_match"] == "space" else None
+    search_jobs = [(str(out), s, seed, recipe, args.device, threads, target)
+                   for s in strategies for seed in range(search_seeds)]
     found: dict[int, Any] = {}
     if not args.summary_only:
         with tqdm(total=len(search_jobs), desc="nas_eval searches", unit="search") as bar:
@@ -729,10 +740,7 @@ def _protocol(args: argparse.Namespace, out: Path, recipe: dict[str, Any], strat
                       "search_seed": s["seed"], "genotype": s["genotype"]})
     sizes = {g["name"]: count_params_flops(genotype_from_dict(g["genotype"]), recipe) for g in genos}
     if n_random:
-        space = search_space(recipe["space"])
-        if recipe["random_match"] == "space":
-            target = space_median_params(space, recipe)
-        else:
+        if target is None:
             target = (int(np.mean([p for p, _ in sizes.values()])) if sizes
                       else count_params(load_genotype("DARTS_V2"), recipe))
         randoms = sample_matched(space, lambda g: count_params(g, recipe), target, n_random, tol=MATCH_TOL, seed=0)

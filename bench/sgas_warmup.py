@@ -31,10 +31,10 @@ from nas.runtime.cli import ArgumentParser, run as cli_run
 
 if __package__ in (None, ""):
     from common import add_out_arg, emit, process_pool, run_or_resume
-    from nas_eval import FULL, QUICK, _data_flags
+    from nas_eval import FULL, QUICK, _data_flags, plot_search_curves
 else:
     from bench.common import add_out_arg, emit, process_pool, run_or_resume
-    from bench.nas_eval import FULL, QUICK, _data_flags
+    from bench.nas_eval import FULL, QUICK, _data_flags, plot_search_curves
 
 #: the entropy drop (from 1 = uniform) that counts as "the supernet has learned something"
 MEASURABLE = 0.01
@@ -72,34 +72,24 @@ def first_measurable(entropy: Sequence[float], drop: float = MEASURABLE) -> int 
 
 
 def plot(doc: Mapping[str, Any], path: Path) -> Path | None:
-    from nas.engine.report import have_matplotlib, save_figure
+    """nas_eval's two panels (entropy, supernet accuracy), a colour per architecture learning rate."""
+    from nas.engine.report import have_matplotlib
 
     if not have_matplotlib():
         return None
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     lrs = sorted({r["arch_lr"] for r in doc["runs"]})
-    for r in doc["runs"]:
-        c = colours[lrs.index(r["arch_lr"]) % len(colours)]
-        x = range(1, len(r["alpha_entropy"]) + 1)
-        label = f"arch lr {r['arch_lr']:g}, seed {r['seed']}"
-        axes[0].plot(x, r["alpha_entropy"], "-o", ms=3, color=c, label=label)
-        axes[1].plot(x, r["supernet_acc"], "-o", ms=3, color=c, label=label)
-    axes[0].axhline(1.0 - MEASURABLE, color="0.5", ls=":", lw=0.8, label=f"{MEASURABLE:g} below uniform")
-    axes[0].set_ylabel("entropy of softmax(α) (1 = uniform)")
-    axes[1].set_ylabel("supernet accuracy on the α half (%)")
-    for ax in axes:
-        ax.set_xlabel("epoch of the warm-up (a DARTS search: nothing decided)")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"Does the supernet learn before SGAS's first decision? C{doc['search']['init_channels']} "
-                 f"L{doc['search']['layers']} supernet, {round(0.8 * doc['size']):,} SynthFER Training faces "
-                 f"(half for the weights, half for α)", fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    curves = {f"arch lr {r['arch_lr']:g}, seed {r['seed']}":
+              {"epochs": len(r["alpha_entropy"]), "alpha_entropy": r["alpha_entropy"],
+               "supernet_acc": r["supernet_acc"], "color": colours[lrs.index(r["arch_lr"]) % len(colours)]}
+              for r in doc["runs"]}
+    return plot_search_curves(
+        curves, path, hline=1.0 - MEASURABLE, xlabel="epoch of the warm-up (a DARTS search: nothing decided)",
+        title=f"Does the supernet learn before SGAS's first decision? C{doc['search']['init_channels']} "
+              f"L{doc['search']['layers']} supernet, {round(0.8 * doc['size']):,} SynthFER Training faces "
+              f"(half for the weights, half for α)")
 
 
 def get_args_parser() -> ArgumentParser:

@@ -53,7 +53,7 @@ if __package__ in (None, ""):
 else:
     from bench.common import FolderLock, check_protocol, num as _num, process_pool, provenance, provenance_columns, \
         PROVENANCE_COLUMNS, read_rows, run_or_resume, seed_rank_agreement
-from nas.runtime.stats import n_for_mde, percentile_among, t_interval, two_sample
+from nas.runtime.stats import n_for_mde, percentile_among, t_interval, tau_ceiling, tau_mde, two_sample
 
 CSV_NAME = "nas_eval.csv"
 PROXY_CSV = "oneshot.csv"
@@ -478,7 +478,11 @@ def power_plan(table: Sequence[Mapping[str, Any]], by: Mapping[str, Sequence[Map
             # what a fixed pool asks of a strategy: its search seeds, against the pool's cells
             "searched_cells_vs_random": n_for_mde(sd_cells, target, paired=False, n_other=n_random)
             if n_random > 1 else None,
-            "searched_cells": n_searched, "random_cells": n_random}
+            "searched_cells": n_searched, "random_cells": n_random,
+            # what a proxy's Kendall τ on the random cells can show: the smallest τ they detect at
+            # 80 % power, and the τ a perfect proxy expects against their seed-averaged accuracy
+            "proxy_tau_mde": tau_mde(n_random),
+            "proxy_tau_ceiling": tau_ceiling(sd_between, sd_seeds, seeds_per_cell)}
 
 
 def _mean_or_nan(xs: Sequence[float]) -> float:
@@ -533,6 +537,11 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         if math.isfinite(pw.get("sd_between_cells", float("nan"))):
             lines[-1] += (f" Less the seeds' share, the cells themselves differ by {pw['sd_between_cells']:.2f} "
                           f"points (SD).")
+        if math.isfinite(pw.get("proxy_tau_mde", float("nan"))):
+            lines[-1] += f" A proxy's τ on the random cells detects τ ≥ {pw['proxy_tau_mde']:.2f} at 80 % power"
+            ceil = pw.get("proxy_tau_ceiling", float("nan"))
+            lines[-1] += (f"; a perfect proxy expects τ {ceil:.2f} against their seed-averaged accuracy."
+                          if math.isfinite(ceil) else ".")
     agree = summary.get("seed_rank_agreement") or {}
     if agree.get("cells", 0) >= 3 and math.isfinite(agree.get("kendall_tau", float("nan"))):
         lines += ["", f"Training seed 0 ranks the {agree['cells']} random cells as seed 1 does with Kendall τ "

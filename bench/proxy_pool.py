@@ -12,7 +12,10 @@ zero-cost proxies (:mod:`nas.search.proxies`) and by their rank vote; the one-sh
 pool's searches (``oneshot.csv``: alpha score, supernet accuracy with the cell forced) are read
 when the folder has them, and so are the cells' parameters and FLOPs (the trivial baselines).
 Per proxy: Kendall τ and Spearman ρ against the retrained accuracy, each with a 95 % bootstrap
-interval over the cells (2,000 resamples, seeded). One JSON document with provenance; a PNG of
+interval over the cells (2,000 resamples, seeded). Beside them, what a τ can show: the smallest τ
+the pool detects at 80 % power, the τ a perfect proxy expects given how much the cells differ
+against how much one cell's trainings do (``power``), and how well one training seed ranks the
+cells as the other does (``seed_rank_agreement``). One JSON document with provenance; a PNG of
 each proxy against the accuracy.
 """
 from __future__ import annotations
@@ -42,6 +45,30 @@ def pool_accuracy(rows: Sequence[Mapping[str, str]]) -> dict[str, float]:
         if r.get("kind") == "random" and num(r.get("test_acc")) is not None:
             acc.setdefault(r["genotype"], []).append(float(r["test_acc"]))
     return {g: sum(v) / len(v) for g, v in acc.items()}
+
+
+def pool_power(rows: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+    """What a τ on the pool can show: the smallest τ its cells detect at 80 % power, and the τ a
+    perfect proxy expects against their seed-averaged accuracy (the cells' spread less the
+    seeds' share, against the seeds' spread; :func:`nas.runtime.stats.tau_ceiling`)."""
+    import numpy as np
+
+    from nas.runtime.stats import tau_ceiling, tau_mde
+
+    by: dict[str, list[float]] = {}
+    for r in rows:
+        if r.get("kind") == "random" and num(r.get("test_acc")) is not None:
+            by.setdefault(r["genotype"], []).append(float(r["test_acc"]))
+    means = [float(np.mean(v)) for v in by.values()]
+    seed_vars = [float(np.var(v, ddof=1)) for v in by.values() if len(v) > 1]
+    sd_cells = float(np.std(means, ddof=1)) if len(means) > 1 else float("nan")
+    sd_seeds = math.sqrt(float(np.mean(seed_vars))) if seed_vars else float("nan")
+    k = float(np.mean([len(v) for v in by.values()])) if by else float("nan")
+    sd_between = (math.sqrt(max(0.0, sd_cells ** 2 - sd_seeds ** 2 / k))
+                  if all(math.isfinite(v) for v in (sd_cells, sd_seeds, k)) else float("nan"))
+    return {"cells": len(by), "tau_mde": tau_mde(len(by)), "sd_cells": sd_cells, "sd_seeds": sd_seeds,
+            "seeds_per_cell": k, "sd_between_cells": sd_between,
+            "tau_ceiling": tau_ceiling(sd_between, sd_seeds, k)}
 
 
 def agreement(scores: Sequence[float], accs: Sequence[float], seed: int = 0) -> dict[str, Any]:
@@ -169,7 +196,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     doc = {"bench": "proxy_pool", "pool": str(pool), "cells": len(names), "accuracy": acc, "scores": scores,
            "proxies": {k: agreement([scores[n].get(k) for n in names], accs, args.seed) for k in keys},
            # the noise ceiling: how well one training of each cell ranks the pool as the other does
-           "seed_rank_agreement": seed_rank_agreement(rows, seed=args.seed)}
+           "seed_rank_agreement": seed_rank_agreement(rows, seed=args.seed),
+           # the power of the τ above, and the ceiling that training noise puts on it
+           "power": pool_power(rows)}
     if args.png:
         plot(doc, Path(args.png))
     return emit(doc, args, device="cpu", indent=None)

@@ -168,6 +168,14 @@ def test_power_plan_pools_the_spreads_and_asks_for_enough_cells():
     assert math.isnan(p["sd_between_cells"])                                  # seeds per cell unknown
     flat = nas_eval.power_plan([{"kind": "random", "test_acc": 80.0 + 0.1 * k, "seeds": 2} for k in range(3)], by)
     assert flat["sd_between_cells"] == 0.0                                   # all of it seed noise
+    # what a proxy's τ on the random cells can show: its power and its noise ceiling
+    from nas.runtime.stats import tau_ceiling, tau_mde
+
+    assert big["proxy_tau_mde"] == pytest.approx(tau_mde(40)) and flat["proxy_tau_ceiling"] == 0.0
+    assert two["proxy_tau_ceiling"] == pytest.approx(tau_ceiling(math.sqrt(10.6 - 2.5), math.sqrt(5.0), 2))
+    md = nas_eval.summary_markdown({"genotypes": [], "strategies": {}, "power": two})
+    assert f"detects τ ≥ {tau_mde(4):.2f} at 80 % power; a perfect proxy expects τ " \
+           f"{two['proxy_tau_ceiling']:.2f}" in md
 
 
 def test_seed_rank_agreement_by_hand():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import proxy_pool  # noqa: E402
 
 from nas.models.genotypes import genotype_to_json  # noqa: E402
+from nas.runtime import stats  # noqa: E402
 from nas.runtime.errors import FerNasError  # noqa: E402
 from nas.search.random_cells import sample_genotype  # noqa: E402
 
@@ -47,5 +49,19 @@ def test_proxy_pool_on_a_pool_ranked_by_naswot(tmp_path, monkeypatch):
     assert doc["proxies"]["params"]["kendall_tau"] == pytest.approx(-1.0)
     assert json.loads((tmp_path / "r.json").read_text())["provenance"]["flags"]["batch_size"] == 8
     assert (tmp_path / "p.png").stat().st_size > 0
+    # one seed per cell: the power of τ on 5 cells, no seed spread and so no ceiling
+    assert doc["power"]["cells"] == 5 and doc["power"]["tau_mde"] == pytest.approx(stats.tau_mde(5))
+    assert doc["power"]["tau_ceiling"] is None                # NaN, which the JSON writes as null
     with pytest.raises(FerNasError, match="at least 3 retrained random cells"):
         proxy_pool.main(proxy_pool.get_args_parser().parse_args(["--pool", str(tmp_path / "empty")]))
+
+
+def test_pool_power_by_hand():
+    rows = [{"genotype": g, "kind": "random", "test_acc": str(a)}
+            for g, accs in {"a": (90, 92), "b": (93, 95), "c": (96, 98)}.items() for a in accs]
+    rows.append({"genotype": "s", "kind": "searched", "test_acc": "50"})  # not the pool's
+    p = proxy_pool.pool_power(rows)
+    # means 91, 94, 97 (SD 3); every cell's seeds 2 apart (variance 2); 2 seeds: 9 - 2/2 = 8
+    assert p["cells"] == 3 and p["sd_cells"] == pytest.approx(3.0) and p["sd_seeds"] == pytest.approx(math.sqrt(2))
+    assert p["sd_between_cells"] == pytest.approx(math.sqrt(8.0))
+    assert p["tau_ceiling"] == pytest.approx(2 / math.pi * math.asin(math.sqrt(8 / 9)))

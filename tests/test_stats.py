@@ -108,3 +108,37 @@ def test_n_for_mde_is_the_power_analysis_of_g_power():
     # against a fixed group of 3, adding seeds to the other side cannot reach a small target
     assert n_for_mde(2.0, 1.5, paired=False, n_other=3) is None
     assert n_for_mde(1.0, 0.0) is None
+
+
+def _taus(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Kendall's τ of each row pair (no ties: continuous draws), by its definition."""
+    n = x.shape[1]
+    sx, sy = np.sign(x[:, :, None] - x[:, None, :]), np.sign(y[:, :, None] - y[:, None, :])
+    return (sx * sy).sum((1, 2)) / (n * (n - 1))
+
+
+def test_tau_mde_by_hand_and_by_simulation():
+    # 32 cells: τ's null SD is sqrt(2*69 / (9*32*31)) = 0.12433, times 1.95996 + 0.84162
+    assert stats.tau_mde(32) == pytest.approx(0.12433 * 2.80158, abs=2e-4)
+    assert math.isnan(stats.tau_mde(2)) and stats.tau_mde(100) < stats.tau_mde(32)
+    # at that τ (bivariate normal, r = sin(πτ/2)) the z-test on τ rejects in about 80 % of draws;
+    # a little more, as τ varies less away from 0 than under independence
+    n, t = 32, stats.tau_mde(32)
+    r = math.sin(math.pi * t / 2)
+    z = np.random.default_rng(0).normal(size=(4000, 2, n))
+    tau = _taus(z[:, 0], r * z[:, 0] + math.sqrt(1 - r * r) * z[:, 1])
+    assert tau.mean() == pytest.approx(t, abs=0.01)
+    assert 0.79 <= (np.abs(tau) / (t / 2.80158) > 1.96).mean() <= 0.87
+
+
+def test_tau_ceiling_is_what_a_perfect_proxy_reaches():
+    assert stats.tau_ceiling(1.0, 0.0, 2) == 1.0 and stats.tau_ceiling(0.0, 1.0, 2) == 0.0
+    # equal spread between cells and in their means: R = 1/2, τ = (2/π) asin(√½) = 1/2
+    assert stats.tau_ceiling(1.0, math.sqrt(2), 2) == pytest.approx(0.5)
+    assert math.isnan(stats.tau_ceiling(float("nan"), 1.0, 2)) and math.isnan(stats.tau_ceiling(1.0, 1.0, 0))
+    # simulated: the true accuracies against their means over two noisy trainings
+    rng = np.random.default_rng(1)
+    b, s, k = 0.34, 0.49, 2
+    q = rng.normal(0, b, (4000, 32))
+    m = q + rng.normal(0, s / math.sqrt(k), (4000, 32))
+    assert _taus(q, m).mean() == pytest.approx(stats.tau_ceiling(b, s, k), abs=0.01)

@@ -29,8 +29,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 __all__ = ["Comparison", "paired", "two_sample", "t_interval", "sign_flip_p", "permutation_p", "mde_paired",
-           "mde_two_sample", "n_for_mde", "percentile_among", "kendall_tau", "spearman_rho", "bootstrap_ci",
-           "binomial_se"]
+           "mde_two_sample", "n_for_mde", "tau_mde", "tau_ceiling", "percentile_among", "kendall_tau", "spearman_rho",
+           "bootstrap_ci", "binomial_se"]
 
 ALTERNATIVES = ("two-sided", "greater", "less")
 
@@ -243,6 +243,31 @@ def n_for_mde(sd: float, target: float, *, paired: bool = True, n_other: int | N
         else:
             lo = mid + 1
     return hi
+
+
+def tau_mde(n: int, *, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest Kendall τ that ``n`` pairs detect against τ = 0 (two-sided ``alpha``) with
+    ``power``: (z₁₋α/₂ + z_power) times τ's standard deviation under independence,
+    √(2(2n+5) / (9n(n−1))) (the normal approximation; NaN for n < 3)."""
+    from scipy.stats import norm
+
+    if n < 3:
+        return float("nan")
+    return float((norm.ppf(1 - alpha / 2) + norm.ppf(power)) * math.sqrt(2 * (2 * n + 5) / (9 * n * (n - 1))))
+
+
+def tau_ceiling(sd_between: float, sd_seeds: float, seeds: float) -> float:
+    """The Kendall τ that a perfect proxy (one that knows each cell's true accuracy) expects
+    against cells' means over ``seeds`` trainings, when the cells truly differ by ``sd_between``
+    and one cell's trainings by ``sd_seeds``: the means' reliability R = b² / (b² + s²/k), their
+    correlation √R with the truth, and τ = (2/π)·asin(√R) (Greiner's relation, normal errors)."""
+    vals = (sd_between, sd_seeds, seeds)
+    if not all(math.isfinite(v) for v in vals) or sd_between < 0 or sd_seeds < 0 or seeds <= 0:
+        return float("nan")
+    noise = sd_seeds ** 2 / seeds
+    if sd_between == 0:
+        return 0.0
+    return float(2 / math.pi * math.asin(math.sqrt(sd_between ** 2 / (sd_between ** 2 + noise))))
 
 
 # ----------------------------------------------------------------------------- comparisons

@@ -427,10 +427,17 @@ def summarize(rows: Sequence[Mapping[str, Any]], searched: Sequence[Mapping[str,
         mine = [e for e in table if e["kind"] == "searched" and e["strategy"] == s]
         gs = [g["genotype"] for g in searched if g["strategy"] == s]
         vs = two_sample([e["test_acc"] for e in mine], random_means) if random_means else None
+        mean = float(np.mean([e["test_acc"] for e in mine]))
+        p = vs.p if vs else float("nan")
         per_strategy[s] = {
-            "mean_test_acc": float(np.mean([e["test_acc"] for e in mine])),
+            "mean_test_acc": mean,
+            "cells": len(mine),
+            # issue 34's target (b): the cells above the pool's 75th percentile, p < 0.05, ≥ 3 search seeds
+            "above_pool_p75": bool(random_means) and mean > float(np.percentile(random_means, 75)),
+            "target_b": bool(random_means) and len(mine) >= 3 and mean > float(np.percentile(random_means, 75))
+            and p < 0.05,
             "mean_percentile_vs_random": float(np.mean([e["percentile_vs_random"] for e in mine])),
-            "p_value_vs_random": vs.p if vs else float("nan"),
+            "p_value_vs_random": p,
             "vs_random": vs.as_dict() if vs else None,
             "seed_agreement": seed_agreement(gs),
             "param_free_share": float(np.mean([_param_free(g) for g in gs])) if gs else float("nan"),
@@ -443,7 +450,8 @@ def summarize(rows: Sequence[Mapping[str, Any]], searched: Sequence[Mapping[str,
             "seed_rank_agreement": seed_rank_agreement(rows),
             "selected_at_last_epoch": {"runs": len(at_last), "of": len(rows)},
             "power": power_plan(table, by),
-            "random": {"n": len(random_means), "mean_test_acc": float(np.mean(random_means)) if random_means else None}}
+            "random": {"n": len(random_means), "mean_test_acc": float(np.mean(random_means)) if random_means else None,
+                       "p75_test_acc": float(np.percentile(random_means, 75)) if random_means else None}}
 
 
 #: the difference the protocol should detect at 80 % power (issue 34), in points of PrivateTest
@@ -521,6 +529,13 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
                      f"{a['edges']:.0f} / {a['edges_and_ops']:.0f} | "
                      f"{100 * v['param_free_share']:.0f} % | {v['kendall_tau_alpha']:.2f} / "
                      f"{v['kendall_tau_oneshot']:.2f} |")
+    p75 = (summary.get("random") or {}).get("p75_test_acc")
+    if p75 is not None and summary["strategies"]:
+        verdicts = "; ".join(
+            f"{s}: {'holds' if v.get('target_b') else 'not met'} ({v.get('cells', '?')} cells, mean "
+            f"{v['mean_test_acc']:.2f} %, p = {v['p_value_vs_random']:.3g})" for s, v in summary["strategies"].items())
+        lines += ["", f"Target (b), a strategy's cells above the pool's 75th percentile ({p75:.2f} %) with "
+                      f"p < 0.05 over at least 3 search seeds: {verdicts}."]
     pw = summary.get("power") or {}
     if pw and math.isfinite(pw.get("sd_cells", float("nan"))):
         def need(n):

@@ -267,3 +267,31 @@ def test_search_curves_read_the_entropy_and_the_first_decision(tmp_path):
     assert "| search-sgas-s1 | 4 | 0.99000 | 3 / 0.95000 | 0.95000 | 60.0 / 80.0 | 50 % |" in md
     path = nas_eval.plot_search_curves(curves, tmp_path / "s.png")
     assert path is None or path.stat().st_size > 0
+
+
+def test_target_b_needs_the_pool_p75_a_small_p_and_three_search_seeds():
+    from nas.models.genotypes import genotype_to_dict
+    from nas.search.random_cells import sample_genotype
+
+    g = genotype_to_dict(sample_genotype(["sep_conv_3x3", "skip_connect", "max_pool_3x3"], seed=0))
+
+    def row(name, kind, strategy, acc):
+        return {"genotype": name, "kind": kind, "strategy": strategy, "search_seed": "", "train_seed": "0",
+                "params": "1000", "flops": "2000", "test_acc": str(acc), "selected_epoch": "3", "last_epoch": "4"}
+
+    rows = [row(f"random_{k:02d}", "random", "random", 80 + k) for k in range(8)]       # p75: 85.25
+    cells = {"good": (90, 91, 92), "two": (95, 96), "mid": (83, 84, 85.5)}
+    searched = []
+    for s, accs in cells.items():
+        for k, a in enumerate(accs):
+            rows.append(row(f"{s}_s{k}", "searched", s, a))
+            searched.append({"strategy": s, "genotype": g})
+    summary = nas_eval.summarize(rows, searched)
+    st = summary["strategies"]
+    assert summary["random"]["p75_test_acc"] == pytest.approx(85.25)
+    # the 3 best of 11 by exact permutation: p = 1 / C(11, 3) = 1/165
+    assert st["good"]["p_value_vs_random"] == pytest.approx(1 / 165) and st["good"]["target_b"]
+    assert st["two"]["above_pool_p75"] and not st["two"]["target_b"]                    # 2 search seeds
+    assert st["mid"]["mean_test_acc"] == pytest.approx(84.1667, abs=1e-3) and not st["mid"]["above_pool_p75"]
+    md = nas_eval.summary_markdown(summary)
+    assert "75th percentile (85.25 %)" in md and "good: holds (3 cells" in md and "two: not met (2 cells" in md

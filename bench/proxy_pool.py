@@ -3,6 +3,7 @@ retrained random cells.
 
     python bench/proxy_pool.py --pool bench/grids/searchpool [--batch_size 64] [--seed 0]
                                [--out bench/results-cpu-proxy-pool.json] [--png docs/img/proxy_pool.png]
+                               [--md bench/grids/searchpool/proxies.md]
 
 ``--pool`` is a ``bench/nas_eval.py`` folder (its ``nas_eval.csv`` rows, its ``genotypes/`` and its
 ``protocol.json``): the random cells' mean PrivateTest over their training seeds is the
@@ -16,7 +17,7 @@ interval over the cells (2,000 resamples, seeded). Beside them, what a τ can sh
 the pool detects at 80 % power, the τ a perfect proxy expects given how much the cells differ
 against how much one cell's trainings do (``power``), and how well one training seed ranks the
 cells as the other does (``seed_rank_agreement``). One JSON document with provenance; a PNG of
-each proxy against the accuracy.
+each proxy against the accuracy; a Markdown table of the same with target (c) (``--md``).
 """
 from __future__ import annotations
 
@@ -85,6 +86,36 @@ def agreement(scores: Sequence[float], accs: Sequence[float], seed: int = 0) -> 
             "spearman_rho": rho[0], "rho_low": rho[1], "rho_high": rho[2]}
 
 
+#: issue 34's target (c): a proxy that ranks the pool with at least this Kendall τ, its interval above 0
+TARGET_TAU = 0.3
+
+
+def proxies_markdown(doc: Mapping[str, Any]) -> str:
+    """The τ/ρ table of a proxy_pool document, its power, its noise ceiling and target (c)."""
+    def f(v: Any, fmt: str = "+.2f") -> str:
+        return "–" if v is None or not math.isfinite(v) else format(v, fmt)
+
+    lines = ["| proxy | cells | Kendall τ (95 % bootstrap) | Spearman ρ (95 % bootstrap) |", "|---|---:|---|---|"]
+    met = []
+    for k, a in doc["proxies"].items():
+        tau, lo = a.get("kendall_tau"), a.get("tau_low")
+        lines.append(f"| {k} | {a['n']} | {f(tau)} ({f(lo)} to {f(a.get('tau_high'))}) | "
+                     f"{f(a.get('spearman_rho'))} ({f(a.get('rho_low'))} to {f(a.get('rho_high'))}) |")
+        if tau is not None and lo is not None and tau >= TARGET_TAU and lo > 0:
+            met.append(k)
+    pw, agree = doc.get("power") or {}, doc.get("seed_rank_agreement") or {}
+    lines += ["", f"Power: {doc['cells']} cells detect τ ≥ {f(pw.get('tau_mde'), '.2f')} at 80 % power. The cells' "
+                  f"means spread by {f(pw.get('sd_cells'), '.2f')} points, one cell's training seeds by "
+                  f"{f(pw.get('sd_seeds'), '.2f')}; less the seeds' share the cells differ by "
+                  f"{f(pw.get('sd_between_cells'), '.2f')}, so a perfect proxy expects τ "
+                  f"{f(pw.get('tau_ceiling'), '.2f')} against their seed-averaged accuracy. Training seed 0 ranks "
+                  f"{agree.get('cells', 0)} cells as seed 1 does with τ {f(agree.get('kendall_tau'))} "
+                  f"({f(agree.get('tau_low'))} to {f(agree.get('tau_high'))}).",
+              "", f"Target (c), a proxy with τ ≥ {TARGET_TAU} and its interval above 0: "
+                  + (f"met by {', '.join(met)}." if met else "met by none.")]
+    return "\n".join(lines) + "\n"
+
+
 def zero_cost_scores(pool: Path, names: Sequence[str], batch_size: int, seed: int) -> dict[str, dict[str, float]]:
     """The five proxies and the vote of every named cell, built at the protocol's retraining size."""
     import torch
@@ -124,6 +155,7 @@ def get_args_parser() -> ArgumentParser:
     p.add_argument("--batch_size", type=int, default=64, help="Training images the proxies see")
     p.add_argument("--seed", type=int, default=0, help="seed of the batch, the weights and the bootstrap")
     p.add_argument("--png", default=None, help="also draw each proxy against the retrained accuracy")
+    p.add_argument("--md", default=None, help="also write the τ/ρ table, the power and target (c) as Markdown here")
     add_out_arg(p)
     return p
 
@@ -201,7 +233,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
            "power": pool_power(rows)}
     if args.png:
         plot(doc, Path(args.png))
-    return emit(doc, args, device="cpu", indent=None)
+    full = emit(doc, args, device="cpu", indent=None)
+    if args.md:
+        from nas.runtime.checkpoint import atomic_write_text
+
+        atomic_write_text(proxies_markdown(full), Path(args.md))
+    return full
 
 
 if __name__ == "__main__":

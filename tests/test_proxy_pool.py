@@ -40,7 +40,7 @@ def test_proxy_pool_on_a_pool_ranked_by_naswot(tmp_path, monkeypatch):
                         "flops": 10 * order.index(n), "test_acc": scores[n]["naswot"]})
     doc = proxy_pool.main(proxy_pool.get_args_parser().parse_args(
         ["--pool", str(pool), "--batch_size", "8", "--out", str(tmp_path / "r.json"),
-         "--png", str(tmp_path / "p.png")]))
+         "--png", str(tmp_path / "p.png"), "--md", str(tmp_path / "p.md")]))
     a = doc["proxies"]["naswot"]
     assert a["kendall_tau"] == pytest.approx(1.0) and a["spearman_rho"] == pytest.approx(1.0)
     assert a["tau_low"] <= 1.0 <= a["tau_high"] + 1e-9 and doc["cells"] == 5
@@ -50,6 +50,9 @@ def test_proxy_pool_on_a_pool_ranked_by_naswot(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "r.json").read_text())["provenance"]["flags"]["batch_size"] == 8
     assert (tmp_path / "p.png").stat().st_size > 0
     # one seed per cell: the power of τ on 5 cells, no seed spread and so no ceiling
+    md = (tmp_path / "p.md").read_text()
+    assert "| naswot | 5 | +1.00 (" in md and "| params | 5 | -1.00 (" in md
+    assert "Target (c)" in md and "naswot" in md.split("Target (c)")[1] and "params" not in md.split("Target (c)")[1]
     assert doc["power"]["cells"] == 5 and doc["power"]["tau_mde"] == pytest.approx(stats.tau_mde(5))
     assert doc["power"]["tau_ceiling"] is None                # NaN, which the JSON writes as null
     with pytest.raises(FerNasError, match="at least 3 retrained random cells"):

@@ -422,6 +422,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], searched: Sequence[Mapping[str,
             e["percentile_vs_random"] = percentile_among(e["test_acc"], random_means)
     strategies = sorted({e["strategy"] for e in table if e["kind"] == "searched"})
     taus = proxy_taus(proxies, {e["genotype"]: e["test_acc"] for e in table if e["kind"] == "random"})
+    p75 = float(np.percentile(random_means, 75)) if random_means else None
     per_strategy = {}
     for s in strategies:
         mine = [e for e in table if e["kind"] == "searched" and e["strategy"] == s]
@@ -433,9 +434,8 @@ def summarize(rows: Sequence[Mapping[str, Any]], searched: Sequence[Mapping[str,
             "mean_test_acc": mean,
             "cells": len(mine),
             # issue 34's target (b): the cells above the pool's 75th percentile, p < 0.05, ≥ 3 search seeds
-            "above_pool_p75": bool(random_means) and mean > float(np.percentile(random_means, 75)),
-            "target_b": bool(random_means) and len(mine) >= 3 and mean > float(np.percentile(random_means, 75))
-            and p < 0.05,
+            "above_pool_p75": p75 is not None and mean > p75,
+            "target_b": p75 is not None and mean > p75 and p < 0.05 and len(mine) >= 3,
             "mean_percentile_vs_random": float(np.mean([e["percentile_vs_random"] for e in mine])),
             "p_value_vs_random": p,
             "vs_random": vs.as_dict() if vs else None,
@@ -451,7 +451,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], searched: Sequence[Mapping[str,
             "selected_at_last_epoch": {"runs": len(at_last), "of": len(rows)},
             "power": power_plan(table, by),
             "random": {"n": len(random_means), "mean_test_acc": float(np.mean(random_means)) if random_means else None,
-                       "p75_test_acc": float(np.percentile(random_means, 75)) if random_means else None}}
+                       "p75_test_acc": p75}}
 
 
 #: the difference the protocol should detect at 80 % power (issue 34), in points of PrivateTest

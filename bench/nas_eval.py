@@ -532,7 +532,8 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     p75 = (summary.get("random") or {}).get("p75_test_acc")
     if p75 is not None and summary["strategies"]:
         verdicts = "; ".join(
-            f"{s}: {'holds' if v.get('target_b') else 'not met'} ({v.get('cells', '?')} cells, mean "
+            f"{s}: {'holds' if v.get('target_b') else 'not met'} ({v.get('cells', '?')} cell"
+            f"{'' if v.get('cells') == 1 else 's'}, mean "
             f"{v['mean_test_acc']:.2f} %, p = {v['p_value_vs_random']:.3g})" for s, v in summary["strategies"].items())
         lines += ["", f"Target (b), a strategy's cells above the pool's 75th percentile ({p75:.2f} %) with "
                       f"p < 0.05 over at least 3 search seeds: {verdicts}."]
@@ -584,7 +585,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
 
 def plot(summary: Mapping[str, Any], path: Path) -> Path | None:
     """Accuracy against parameters: random cells grey, searched ones coloured by strategy,
-    references labelled; bars span the training seeds' lowest to highest accuracy (with two
+    references labelled, a dotted line at the random cells' 75th percentile; bars span the training seeds' lowest to highest accuracy (with two
     seeds a 95 % t-interval is ±12.7 half-ranges, too wide to show anything)."""
     from nas.engine.report import have_matplotlib, save_figure
 
@@ -610,6 +611,9 @@ def plot(summary: Mapping[str, Any], path: Path) -> Path | None:
             ax.errorbar(e["params"], e["test_acc"], yerr=err, fmt="D", color="black", ms=6, capsize=2)
             ax.annotate(e["genotype"], (e["params"], e["test_acc"]), textcoords="offset points", xytext=(5, 5),
                         fontsize=8)
+    p75 = (summary.get("random") or {}).get("p75_test_acc")
+    if p75 is not None:  # the bar of target (b): a strategy's cells should sit above it
+        ax.axhline(p75, color="0.5", ls=":", lw=1, label="random cells' 75th percentile")
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles))
     ax.legend(uniq.values(), uniq.keys(), fontsize=8)

@@ -14,6 +14,11 @@ grid):
   (noncentral t; :func:`mde_paired`, :func:`mde_two_sample`). A comparison that finds nothing
   says nothing about differences smaller than that.
 
+Rankings (a proxy against retrained accuracy) get the same three answers: Kendall's τ with a
+bootstrap interval (:func:`kendall_tau`, :func:`bootstrap_ci`), the smallest τ that n items
+detect (:func:`tau_mde`), and the τ that training noise leaves to a perfect ranker
+(:func:`tau_ceiling`).
+
     >>> c = paired([75.1, 74.0, 76.2], [73.0, 73.5, 74.9])
     >>> round(c.diff, 3), c.n
     (1.3, 3)

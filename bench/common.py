@@ -171,6 +171,22 @@ def read_rows(path: Path) -> list[dict[str, str]]:
     return read_csv_rows(path) if Path(path).exists() else []
 
 
+def finished_cells(rows: Sequence[Mapping[str, str]], seeds: int | None = None) -> tuple[list[Mapping[str, str]], list[str]]:
+    """The rows of a nas_eval CSV whose genotype has a PrivateTest (``test_acc``) for each of its
+    training seeds 0 … ``seeds``−1 (None: as many as the most-trained genotype has), and the
+    sorted names of the others. A run read mid-way (the pool spans sessions) would otherwise
+    compare a one-seed mean with the two-seed means beside it."""
+    by: dict[str, set[int]] = {}
+    for r in rows:
+        if num(r.get("test_acc")) is not None and num(r.get("train_seed")) is not None:
+            by.setdefault(r["genotype"], set()).add(int(float(r["train_seed"])))
+    if seeds is None:
+        seeds = max((len(s) for s in by.values()), default=0)
+    done = {g for g, s in by.items() if set(range(seeds)) <= s}
+    return ([r for r in rows if r["genotype"] in done],
+            sorted({r["genotype"] for r in rows} - done))
+
+
 def seed_rank_agreement(rows: Sequence[Mapping[str, str]], kind: str = "random", seed: int = 0) -> dict[str, Any]:
     """How well one training of each cell ranks the cells as the other does: Kendall τ, with a
     95 % bootstrap interval, between the PrivateTest (``test_acc``) of training seeds 0 and 1 of

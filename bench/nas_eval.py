@@ -49,10 +49,12 @@ from nas.runtime.cli import ArgumentParser, run as cli_run
 
 if __package__ in (None, ""):
     from common import FolderLock, check_protocol, num as _num, process_pool, provenance, provenance_columns, \
-        PROVENANCE_COLUMNS, read_rows, run_or_resume, seed_rank_agreement
+        PROVENANCE_COLUMNS, finished_cells, read_rows, run_or_resume, \
+        seed_rank_agreement
 else:
     from bench.common import FolderLock, check_protocol, num as _num, process_pool, provenance, provenance_columns, \
-        PROVENANCE_COLUMNS, read_rows, run_or_resume, seed_rank_agreement
+        PROVENANCE_COLUMNS, finished_cells, read_rows, run_or_resume, \
+        seed_rank_agreement
 from nas.runtime.stats import n_for_mde, percentile_among, t_interval, tau_ceiling, tau_mde, two_sample
 
 CSV_NAME = "nas_eval.csv"
@@ -513,6 +515,8 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         pct = e.get("percentile_vs_random")
         lines.append(f"| {e['genotype']} | {e['kind']} | {e['strategy']} | {e['search_seed']} | {e['params']:,} | "
                      f"{e['flops']:,} | {e['test_acc']:.2f}{ci} | {'' if pct is None else f'{pct:.0f}'} |")
+    if summary.get("unfinished"):
+        lines += ["", f"Not counted until each of their training seeds has finished: {', '.join(summary['unfinished'])}."]
     lines += ["", "| strategy | mean PrivateTest % | mean percentile vs random | searched − random (95 % CI) | "
                   "p (searched > random) | detectable at 80 % power | seed agreement: edges / edges+ops % | "
                   "parameter-free share | Kendall τ: alphas / one-shot |",
@@ -800,9 +804,11 @@ def _protocol(args: argparse.Namespace, out: Path, recipe: dict[str, Any], strat
             _append(out / CSV_NAME, row)
             bar.update(1)
         bar.close()
-    rows = read_rows(out / CSV_NAME)
+    # a cell counts once each of its training seeds has finished (a pool read between sessions)
+    rows, unfinished = finished_cells(read_rows(out / CSV_NAME), train_seeds)
     summary = summarize(rows, [{"strategy": g["strategy"], "genotype": g["genotype"]} for g in genos
                                if g["kind"] == "searched"], proxies)
+    summary["unfinished"] = unfinished
     summary["searches"] = search_curves(out, searched)
     summary["protocol"] = recipe
     summary["wall_seconds_this_call"] = round(time.time() - t0, 1)

@@ -7,7 +7,7 @@ retrained random cells.
 
 ``--pool`` is a ``bench/nas_eval.py`` folder (its ``nas_eval.csv`` rows, its ``genotypes/`` and its
 ``protocol.json``): the random cells' mean PrivateTest over their training seeds is the
-reference ranking; nothing is retrained here. Each cell is built as the protocol retrains it and
+reference ranking (a cell counts once all its seeds have finished); nothing is retrained here. Each cell is built as the protocol retrains it and
 scored at initialisation on one seeded Training batch of the protocol's data by the five
 zero-cost proxies (:mod:`nas.search.proxies`) and by their rank vote; the one-shot proxies of the
 pool's searches (``oneshot.csv``: alpha score, supernet accuracy with the cell forced) are read
@@ -34,9 +34,9 @@ if __package__ in (None, ""):
 from nas.runtime.cli import ArgumentParser, run as cli_run
 
 if __package__ in (None, ""):
-    from common import add_out_arg, emit, num, read_rows, seed_rank_agreement
+    from common import add_out_arg, emit, finished_cells, num, read_rows, seed_rank_agreement
 else:
-    from bench.common import add_out_arg, emit, num, read_rows, seed_rank_agreement
+    from bench.common import add_out_arg, emit, finished_cells, num, read_rows, seed_rank_agreement
 
 
 def pool_accuracy(rows: Sequence[Mapping[str, str]]) -> dict[str, float]:
@@ -113,6 +113,8 @@ def proxies_markdown(doc: Mapping[str, Any]) -> str:
                   f"({f(agree.get('tau_low'))} to {f(agree.get('tau_high'))}).",
               "", f"Target (c), a proxy with τ ≥ {TARGET_TAU} and its interval above 0: "
                   + (f"met by {', '.join(met)}." if met else "met by none.")]
+    if doc.get("unfinished"):
+        lines += ["", f"Not counted until each of their training seeds has finished: {', '.join(doc['unfinished'])}."]
     return "\n".join(lines) + "\n"
 
 
@@ -197,7 +199,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from nas.search.proxies import PROXIES
 
     pool = Path(args.pool)
-    rows = read_rows(pool / "nas_eval.csv")
+    # a cell counts once each of its training seeds has finished (a pool read between sessions)
+    rows, unfinished = finished_cells(read_rows(pool / "nas_eval.csv"))
     acc = pool_accuracy(rows)
     if len(acc) < 3 or not (pool / "protocol.json").exists():
         raise FerNasError(f"--pool {pool}: needs a nas_eval folder with at least 3 retrained random cells "
@@ -225,7 +228,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     scores[r["genotype"]][key] = float(r[key])
     keys = [*PROXIES, "vote", "params", "flops", *(["alpha_score", "oneshot_acc"] if oneshot else [])]
     accs = [acc[n] for n in names]
-    doc = {"bench": "proxy_pool", "pool": str(pool), "cells": len(names), "accuracy": acc, "scores": scores,
+    doc = {"bench": "proxy_pool", "pool": str(pool), "cells": len(names), "unfinished": unfinished,
+           "accuracy": acc, "scores": scores,
            "proxies": {k: agreement([scores[n].get(k) for n in names], accs, args.seed) for k in keys},
            # the noise ceiling: how well one training of each cell ranks the pool as the other does
            "seed_rank_agreement": seed_rank_agreement(rows, seed=args.seed),

@@ -178,6 +178,21 @@ def test_power_plan_pools_the_spreads_and_asks_for_enough_cells():
            f"{two['proxy_tau_ceiling']:.2f}" in md
 
 
+def test_finished_cells_wait_for_every_training_seed():
+    """Mid-run, a cell counts once each of its training seeds 0 … n−1 has a PrivateTest: a one-seed
+    mean would sit among two-seed ones. Without n, the most any genotype has."""
+    rows = [{"genotype": g, "train_seed": str(s), "test_acc": a}
+            for g, s, a in [("a", 0, "90"), ("a", 1, "91"), ("b", 1, "92"), ("c", 0, "93"), ("c", 1, ""),
+                            ("d", 0, "94")]]
+    kept, unfinished = nas_eval.finished_cells(rows, 2)
+    assert {r["genotype"] for r in kept} == {"a"} and len(kept) == 2 and unfinished == ["b", "c", "d"]
+    assert nas_eval.finished_cells(rows)[1] == ["b", "c", "d"]        # a has two seeds: two it is
+    kept, unfinished = nas_eval.finished_cells(rows, 1)
+    assert {r["genotype"] for r in kept} == {"a", "c", "d"} and unfinished == ["b"]
+    md = nas_eval.summary_markdown({"genotypes": [], "strategies": {}, "unfinished": ["b", "c"]})
+    assert "Not counted until each of their training seeds has finished: b, c." in md
+
+
 def test_seed_rank_agreement_by_hand():
     """Kendall τ between the cells' training seeds 0 and 1: +1 when both seeds order the cells
     alike, −1 when reversed; cells with one seed, and other kinds, are left out."""

@@ -38,12 +38,15 @@ def test_proxy_pool_on_a_pool_ranked_by_naswot(tmp_path, monkeypatch):
         for n in names:  # the size baselines: FLOPs in NASWOT's order, parameters against it
             w.writerow({"genotype": n, "kind": "random", "train_seed": 0, "params": 1000 - order.index(n),
                         "flops": 10 * order.index(n), "test_acc": scores[n]["naswot"]})
+        # a cell whose seed 1 finished before its seed 0: not counted yet (it has no genotype file either)
+        w.writerow({"genotype": "random_05", "kind": "random", "train_seed": 1, "params": 999, "flops": 9,
+                    "test_acc": 50.0})
     doc = proxy_pool.main(proxy_pool.get_args_parser().parse_args(
         ["--pool", str(pool), "--batch_size", "8", "--out", str(tmp_path / "r.json"),
          "--png", str(tmp_path / "p.png"), "--md", str(tmp_path / "p.md")]))
     a = doc["proxies"]["naswot"]
     assert a["kendall_tau"] == pytest.approx(1.0) and a["spearman_rho"] == pytest.approx(1.0)
-    assert a["tau_low"] <= 1.0 <= a["tau_high"] + 1e-9 and doc["cells"] == 5
+    assert a["tau_low"] <= 1.0 <= a["tau_high"] + 1e-9 and doc["cells"] == 5 and doc["unfinished"] == ["random_05"]
     assert set(doc["proxies"]) == {"naswot", "synflow", "snip", "grad_norm", "jacob_cov", "vote", "params", "flops"}
     assert doc["proxies"]["flops"]["kendall_tau"] == pytest.approx(1.0)
     assert doc["proxies"]["params"]["kendall_tau"] == pytest.approx(-1.0)
@@ -52,6 +55,7 @@ def test_proxy_pool_on_a_pool_ranked_by_naswot(tmp_path, monkeypatch):
     # one seed per cell: the power of τ on 5 cells, no seed spread and so no ceiling
     md = (tmp_path / "p.md").read_text()
     assert "| naswot | 5 | +1.00 (" in md and "| params | 5 | -1.00 (" in md
+    assert "Not counted until each of their training seeds has finished: random_05." in md
     assert "Target (c)" in md and "naswot" in md.split("Target (c)")[1] and "params" not in md.split("Target (c)")[1]
     assert doc["power"]["cells"] == 5 and doc["power"]["tau_mde"] == pytest.approx(stats.tau_mde(5))
     assert doc["power"]["tau_ceiling"] is None                # NaN, which the JSON writes as null

@@ -451,6 +451,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], searched: Sequence[Mapping[str,
     return {"genotypes": table, "strategies": per_strategy, "proxy_taus": taus,
             "seed_rank_agreement": seed_rank_agreement(rows),
             "selected_at_last_epoch": {"runs": len(at_last), "of": len(rows)},
+            "training_seconds": _seconds(rows),
             "power": power_plan(table, by),
             "random": {"n": len(random_means), "mean_test_acc": float(np.mean(random_means)) if random_means else None,
                        "p75_test_acc": p75}}
@@ -493,6 +494,13 @@ def power_plan(table: Sequence[Mapping[str, Any]], by: Mapping[str, Sequence[Map
             # 80 % power, and the τ a perfect proxy expects against their seed-averaged accuracy
             "proxy_tau_mde": tau_mde(n_random),
             "proxy_tau_ceiling": tau_ceiling(sd_between, sd_seeds, seeds_per_cell)}
+
+
+def _seconds(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The trainings' wall time from the rows' ``seconds`` (a unit resumed after a stop counts only
+    its last call, so the sum is a lower bound and the median the better figure)."""
+    xs = [x for x in (_num(r.get("seconds")) for r in rows) if x is not None]
+    return {"trainings": len(xs), "median": float(np.median(xs)) if xs else None, "sum": float(sum(xs))}
 
 
 def _mean_or_nan(xs: Sequence[float]) -> float:
@@ -584,6 +592,11 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     last = summary.get("selected_at_last_epoch") or {}
     if last.get("of"):
         lines += ["", f"{last['runs']} of {last['of']} trainings were selected at their last epoch."]
+    secs = summary.get("training_seconds") or {}
+    if secs.get("median") is not None:
+        lines += ["", f"Retraining took {secs['median'] / 60:.1f} minutes of wall time per training (median of "
+                      f"{secs['trainings']}; {secs['sum'] / 3600:.1f} hours summed over them, a lower bound: a training "
+                      f"resumed after a stop counts only its last call)."]
     return "\n".join(lines) + "\n"
 
 

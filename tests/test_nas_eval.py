@@ -193,6 +193,16 @@ def test_finished_cells_wait_for_every_training_seed():
     assert "Not counted until each of their training seeds has finished: b, c." in md
 
 
+def test_training_seconds_from_the_rows():
+    rows = [{"seconds": s} for s in ("600", "900", "", "1200")]   # one row without a time
+    secs = nas_eval._seconds(rows)
+    assert secs == {"trainings": 3, "median": 900.0, "sum": 2700.0}
+    md = nas_eval.summary_markdown({"genotypes": [], "strategies": {}, "training_seconds": secs})
+    assert "Retraining took 15.0 minutes of wall time per training (median of 3; 0.8 hours summed" in md
+    assert "Retraining took" not in nas_eval.summary_markdown({"genotypes": [], "strategies": {},
+                                                                "training_seconds": nas_eval._seconds([])})
+
+
 def test_seed_rank_agreement_by_hand():
     """Kendall τ between the cells' training seeds 0 and 1: +1 when both seeds order the cells
     alike, −1 when reversed; cells with one seed, and other kinds, are left out."""

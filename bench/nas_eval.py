@@ -55,7 +55,8 @@ else:
     from bench.common import FolderLock, check_protocol, num as _num, process_pool, provenance, provenance_columns, \
         PROVENANCE_COLUMNS, finished_cells, read_rows, run_or_resume, \
         seed_rank_agreement
-from nas.runtime.stats import n_for_mde, percentile_among, t_interval, tau_ceiling, tau_mde, two_sample
+from nas.runtime.stats import n_for_mde, percentile_among, size_adjusted, t_interval, tau_ceiling, tau_mde, \
+    two_sample
 
 CSV_NAME = "nas_eval.csv"
 PROXY_CSV = "oneshot.csv"
@@ -418,7 +419,8 @@ def summarize(rows: Sequence[Mapping[str, Any]], searched: Sequence[Mapping[str,
                       "search_seed": rs[0]["search_seed"], "params": int(float(rs[0]["params"])),
                       "flops": int(float(rs[0]["flops"])), "seeds": len(accs), "test_acc": m, "test_acc_ci": ci,
                       "test_acc_min": min(accs), "test_acc_max": max(accs)})
-    random_means = [e["test_acc"] for e in table if e["kind"] == "random"]
+    randoms = [e for e in table if e["kind"] == "random"]
+    random_means = [e["test_acc"] for e in randoms]
     for e in table:
         if e["kind"] != "random":
             e["percentile_vs_random"] = percentile_among(e["test_acc"], random_means)
@@ -441,6 +443,11 @@ def summarize(rows: Sequence[Mapping[str, Any]], searched: Sequence[Mapping[str,
             "mean_percentile_vs_random": float(np.mean([e["percentile_vs_random"] for e in mine])),
             "p_value_vs_random": p,
             "vs_random": vs.as_dict() if vs else None,
+            # the same comparison at equal size (the pool is matched to the space's median, a
+            # searched cell need not be): one slope of accuracy on parameters (thousands) for both
+            "vs_random_size_adjusted": size_adjusted(
+                [e["test_acc"] for e in mine], [e["test_acc"] for e in randoms],
+                [e["params"] / 1000 for e in mine], [e["params"] / 1000 for e in randoms]) if len(randoms) > 2 else None,
             "seed_agreement": seed_agreement(gs),
             "param_free_share": float(np.mean([_param_free(g) for g in gs])) if gs else float("nan"),
             "kendall_tau_alpha": _mean_or_nan([t["tau_alpha"] for t in taus.values() if t["strategy"] == s]),
@@ -549,6 +556,15 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
             f"{v['mean_test_acc']:.2f} %, p = {v['p_value_vs_random']:.3g})" for s, v in summary["strategies"].items())
         lines += ["", f"Target (b), a strategy's cells above the pool's 75th percentile ({p75:.2f} %) with "
                       f"p < 0.05 over at least 3 search seeds: {verdicts}."]
+    adj = {k: v["vs_random_size_adjusted"] for k, v in summary["strategies"].items()
+           if v.get("vs_random_size_adjusted") and math.isfinite(v["vs_random_size_adjusted"]["diff"])}
+    if adj:
+        lines += ["", "At equal size (accuracy on parameters, one slope for the random cells and the strategy's, "
+                      "least squares; t-interval and one-sided p): " + "; ".join(
+                          f"{k}: {a['diff']:+.2f} points ({a['low']:+.2f} to {a['high']:+.2f}), p = {a['p']:.3g}, "
+                          f"slope {10 * a['slope']:+.2f} points per 10,000 parameters ({10 * a['slope_low']:+.2f} to "
+                          f"{10 * a['slope_high']:+.2f}), {a['outside_b_range']} of its {a['n_a']} cells outside the "
+                          f"random cells' size range" for k, a in adj.items()) + "."]
     pw = summary.get("power") or {}
     if pw and math.isfinite(pw.get("sd_cells", float("nan"))):
         def need(n):

@@ -320,3 +320,32 @@ def test_target_b_needs_the_pool_p75_a_small_p_and_three_search_seeds():
     assert st["mid"]["mean_test_acc"] == pytest.approx(84.1667, abs=1e-3) and not st["mid"]["above_pool_p75"]
     md = nas_eval.summary_markdown(summary)
     assert "75th percentile (85.25 %)" in md and "good: holds (3 cells" in md and "two: not met (2 cells" in md
+    # every cell the same size: no slope to fit, so no size-adjusted line
+    assert math.isnan(st["good"]["vs_random_size_adjusted"]["diff"]) and "At equal size" not in md
+
+
+def test_size_adjusted_comparison_in_the_summary():
+    """A strategy whose larger cells sit on the random cells' accuracy-size line gains nothing
+    at equal size, though its raw mean is higher."""
+    from nas.models.genotypes import genotype_to_dict
+    from nas.search.random_cells import sample_genotype
+
+    g = genotype_to_dict(sample_genotype(["sep_conv_3x3", "skip_connect", "max_pool_3x3"], seed=0))
+
+    def row(name, kind, strategy, params, acc):
+        return {"genotype": name, "kind": kind, "strategy": strategy, "search_seed": "", "train_seed": "0",
+                "params": str(params), "flops": "2000", "test_acc": str(acc), "selected_epoch": "3", "last_epoch": "4"}
+
+    rows = [row(f"random_{k:02d}", "random", "random", 40_000 + 1000 * k, 90 + 0.1 * k + (0.05 if k % 2 else -0.05))
+            for k in range(10)]
+    rows += [row(f"big_s{k}", "searched", "big", 60_000 + 1000 * k, 92 + 0.1 * k) for k in range(3)]
+    summary = nas_eval.summarize(rows, [{"strategy": "big", "genotype": g}] * 3)
+    st = summary["strategies"]["big"]
+    assert st["vs_random"]["diff"] > 1.5 and st["vs_random"]["p"] < 0.01         # raw: far above the pool
+    adj = st["vs_random_size_adjusted"]
+    assert abs(adj["diff"]) < 0.15 and adj["p"] > 0.05 and adj["outside_b_range"] == 3
+    assert adj["slope"] == pytest.approx(0.1, abs=0.01)                            # points per 1,000 parameters
+    md = nas_eval.summary_markdown(summary)
+    assert "At equal size" in md and f"big: {adj['diff']:+.2f} points (" in md
+    assert f"slope {10 * adj['slope']:+.2f} points per 10,000 parameters" in md
+    assert "3 of its 3 cells outside the random cells' size range" in md

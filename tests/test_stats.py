@@ -142,3 +142,38 @@ def test_tau_ceiling_is_what_a_perfect_proxy_reaches():
     q = rng.normal(0, b, (4000, 32))
     m = q + rng.normal(0, s / math.sqrt(k), (4000, 32))
     assert _taus(q, m).mean() == pytest.approx(stats.tau_ceiling(b, s, k), abs=0.01)
+
+
+def test_size_adjusted_against_its_hand_cases_and_frisch_waugh():
+    # exact lines: random cells on y = 90 + 0.1·size, searched ones 1.5 above it, two out of range
+    size_b = [40.0, 42, 44, 46, 48, 50]
+    b = [90 + 0.1 * x for x in size_b]
+    size_a = [47.0, 55, 60]
+    a = [91.5 + 0.1 * x for x in size_a]
+    r = stats.size_adjusted(a, b, size_a, size_b)
+    assert r["diff"] == pytest.approx(1.5) and r["slope"] == pytest.approx(0.1) and r["outside_b_range"] == 2
+    assert r["df"] == 6 and r["p"] < 1e-6
+    # noisy: the same diff and standard error by partialling size out first (Frisch–Waugh–Lovell)
+    rng = np.random.default_rng(0)
+    size_b = list(rng.uniform(40, 54, 30))
+    b = list(92 + 0.02 * np.asarray(size_b) + rng.normal(0, 0.5, 30))
+    size_a = [47.1, 58.7, 60.2]
+    a = [93.7, 93.9, 92.9]
+    r = stats.size_adjusted(a, b, size_a, size_b)
+    y, s = np.r_[a, b], np.r_[size_a, size_b]
+    g = np.r_[np.ones(3), np.zeros(30)]
+    base = np.column_stack([np.ones(33), s])
+
+    def partial(v):
+        return v - base @ np.linalg.lstsq(base, v, rcond=None)[0]
+
+    ry, rg = partial(y), partial(g)
+    diff = float(ry @ rg / (rg @ rg))
+    rss = float(((ry - diff * rg) ** 2).sum())
+    se = math.sqrt(rss / 30 / float(rg @ rg))
+    assert r["diff"] == pytest.approx(diff) and r["df"] == 30
+    assert r["high"] - r["diff"] == pytest.approx(sps.t.ppf(0.975, 30) * se)
+    assert r["p"] == pytest.approx(sps.t.sf(diff / se, 30))
+    with pytest.raises(ValueError, match="one finite size per finite value"):
+        stats.size_adjusted([1.0], [2.0, 3.0], [1.0, 2.0], [1.0])
+    assert math.isnan(stats.size_adjusted([1.0], [2.0, 3.0], [1.0], [1.0, 2.0])["diff"])   # no residual df

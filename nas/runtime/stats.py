@@ -34,8 +34,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 __all__ = ["Comparison", "paired", "two_sample", "t_interval", "sign_flip_p", "permutation_p", "mde_paired",
-           "mde_two_sample", "n_for_mde", "tau_mde", "tau_ceiling", "percentile_among", "kendall_tau", "spearman_rho",
-           "bootstrap_ci", "binomial_se"]
+           "mde_two_sample", "n_for_mde", "tau_mde", "tau_ceiling", "size_adjusted", "percentile_among",
+           "kendall_tau", "spearman_rho", "bootstrap_ci", "binomial_se"]
 
 ALTERNATIVES = ("two-sided", "greater", "less")
 
@@ -317,6 +317,35 @@ def two_sample(a: Sequence[float], b: Sequence[float], *, alternative: str = "gr
     return Comparison("two-sample", na, nb, float(a_.mean()), float(b_.mean()), diff, diff - half, diff + half,
                       pooled_sd, permutation_p(a_, b_, alternative), "exact permutation" if exact else "permutation",
                       alternative, mde_two_sample(pooled_sd, na, nb, power=power), power)
+
+
+def size_adjusted(a: Sequence[float], b: Sequence[float], size_a: Sequence[float],
+                  size_b: Sequence[float]) -> dict[str, Any]:
+    """``a`` against ``b`` at equal size: the analysis of covariance y = c + slope·size + diff·[in a]
+    by least squares over both groups, with ``diff``'s two-sided 95 % t-interval and one-sided p
+    (a > b), the slope (per unit of size) with its interval, and how many of ``a`` lie outside
+    ``b``'s size range (where the line is extrapolated, not measured)."""
+    from scipy.stats import t
+
+    y = np.asarray([*a, *b], dtype=float)
+    size = np.asarray([*size_a, *size_b], dtype=float)
+    if len(a) != len(size_a) or len(b) != len(size_b) or not (np.isfinite(y).all() and np.isfinite(size).all()):
+        raise ValueError("size_adjusted needs one finite size per finite value")
+    x = np.column_stack([np.ones(len(y)), size, np.r_[np.ones(len(size_a)), np.zeros(len(size_b))]])
+    df = len(y) - 3
+    lo_b, hi_b = (min(size_b), max(size_b)) if len(size_b) else (float("nan"), float("nan"))
+    out: dict[str, Any] = {"n_a": len(size_a), "n_b": len(size_b), "df": df,
+                           "outside_b_range": int(sum(not lo_b <= s <= hi_b for s in size_a))}
+    if df < 1 or np.linalg.matrix_rank(x) < 3:
+        return {**out, **{k: float("nan") for k in ("diff", "low", "high", "p", "slope", "slope_low", "slope_high")}}
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    resid = y - x @ coef
+    se = np.sqrt(np.diag(float(resid @ resid) / df * np.linalg.inv(x.T @ x)))
+    crit = float(t.ppf(0.975, df))
+    diff, slope = float(coef[2]), float(coef[1])
+    p = float(t.sf(diff / se[2], df)) if se[2] > 0 else (0.0 if diff > 0 else 1.0)
+    return {**out, "diff": diff, "low": diff - crit * float(se[2]), "high": diff + crit * float(se[2]), "p": p,
+            "slope": slope, "slope_low": slope - crit * float(se[1]), "slope_high": slope + crit * float(se[1])}
 
 
 # ----------------------------------------------------------------------------- ranks

@@ -612,7 +612,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     if secs.get("median") is not None:
         lines += ["", f"Retraining took {secs['median'] / 60:.1f} minutes of wall time per training (median of "
                       f"{secs['trainings']}; {secs['sum'] / 3600:.1f} hours summed over them, a lower bound: a training "
-                      f"resumed after a stop counts only its last call)."]
+                      f"resumed after a stop counts only its last call; units run side by side overlap in time)."]
     return "\n".join(lines) + "\n"
 
 

@@ -171,7 +171,8 @@ def read_rows(path: Path) -> list[dict[str, str]]:
     return read_csv_rows(path) if Path(path).exists() else []
 
 
-def finished_cells(rows: Sequence[Mapping[str, str]], seeds: int | None = None) -> tuple[list[Mapping[str, str]], list[str]]:
+def finished_cells(rows: Sequence[Mapping[str, str]],
+                   seeds: int | None = None) -> tuple[list[Mapping[str, str]], list[str]]:
     """The rows of a nas_eval CSV whose genotype has a PrivateTest (``test_acc``) for each of its
     training seeds 0 … ``seeds``−1 (None: as many as the most-trained genotype has), and the
     sorted names of the others. A run read mid-way (the pool spans sessions) would otherwise

@@ -447,7 +447,8 @@ def summarize(rows: Sequence[Mapping[str, Any]], searched: Sequence[Mapping[str,
             # searched cell need not be): one slope of accuracy on parameters (thousands) for both
             "vs_random_size_adjusted": size_adjusted(
                 [e["test_acc"] for e in mine], [e["test_acc"] for e in randoms],
-                [e["params"] / 1000 for e in mine], [e["params"] / 1000 for e in randoms]) if len(randoms) > 2 else None,
+                [e["params"] / 1000 for e in mine], [e["params"] / 1000 for e in randoms])
+            if len(randoms) > 2 else None,
             "seed_agreement": seed_agreement(gs),
             "param_free_share": float(np.mean([_param_free(g) for g in gs])) if gs else float("nan"),
             "kendall_tau_alpha": _mean_or_nan([t["tau_alpha"] for t in taus.values() if t["strategy"] == s]),
@@ -531,7 +532,8 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         lines.append(f"| {e['genotype']} | {e['kind']} | {e['strategy']} | {e['search_seed']} | {e['params']:,} | "
                      f"{e['flops']:,} | {e['test_acc']:.2f}{ci} | {'' if pct is None else f'{pct:.0f}'} |")
     if summary.get("unfinished"):
-        lines += ["", f"Not counted until each of their training seeds has finished: {', '.join(summary['unfinished'])}."]
+        lines += ["", "Not counted until each of their training seeds has finished: "
+                      f"{', '.join(summary['unfinished'])}."]
     lines += ["", "| strategy | mean PrivateTest % | mean percentile vs random | searched − random (95 % CI) | "
                   "p (searched > random) | detectable at 80 % power | seed agreement: edges / edges+ops % | "
                   "parameter-free share | Kendall τ: alphas / one-shot |",
@@ -611,8 +613,9 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     secs = summary.get("training_seconds") or {}
     if secs.get("median") is not None:
         lines += ["", f"Retraining took {secs['median'] / 60:.1f} minutes of wall time per training (median of "
-                      f"{secs['trainings']}; {secs['sum'] / 3600:.1f} hours summed over them, a lower bound: a training "
-                      f"resumed after a stop counts only its last call; units run side by side overlap in time)."]
+                      f"{secs['trainings']}; {secs['sum'] / 3600:.1f} hours summed over them, a lower bound: a "
+                      f"training resumed after a stop counts only its last call; units run side by side overlap "
+                      f"in time)."]
     return "\n".join(lines) + "\n"
 
 

@@ -6,18 +6,18 @@ retrained random cells.
                                [--md bench/grids/searchpool/proxies.md]
 
 ``--pool`` is a ``bench/nas_eval.py`` folder (its ``nas_eval.csv`` rows, its ``genotypes/`` and its
-``protocol.json``): the random cells' mean PrivateTest over their training seeds is the
-reference ranking (a cell counts once all its seeds have finished); nothing is retrained here. Each cell is built as the protocol retrains it and
-scored at initialisation on one seeded Training batch of the protocol's data by the five
-zero-cost proxies (:mod:`nas.search.proxies`) and by their rank vote; the one-shot proxies of the
-pool's searches (``oneshot.csv``: alpha score, supernet accuracy with the cell forced) are read
-when the folder has them, and so are the cells' parameters and FLOPs (the trivial baselines).
-Per proxy: Kendall τ and Spearman ρ against the retrained accuracy, each with a 95 % bootstrap
-interval over the cells (2,000 resamples, seeded). Beside them, what a τ can show: the smallest τ
-the pool detects at 80 % power, the τ a perfect proxy expects given how much the cells differ
-against how much one cell's trainings do (``power``), and how well one training seed ranks the
-cells as the other does (``seed_rank_agreement``). One JSON document with provenance; a PNG of
-each proxy against the accuracy; a Markdown table of the same with target (c) (``--md``).
+``protocol.json``): the random cells' mean PrivateTest over their training seeds is the reference
+ranking (a cell counts once all its seeds have finished); nothing is retrained here. Each cell is
+built as the protocol retrains it and scored at initialisation on one seeded Training batch of the
+protocol's data by the five zero-cost proxies (:mod:`nas.search.proxies`) and by their rank vote;
+the one-shot proxies of the pool's searches (``oneshot.csv``: alpha score, supernet accuracy with
+the cell forced) are read when the folder has them, and so are the cells' parameters and FLOPs (the
+trivial baselines). Per proxy: Kendall τ and Spearman ρ against the retrained accuracy, each with a
+95 % bootstrap interval over the cells (2,000 resamples, seeded). Beside them, what a τ can show:
+the smallest τ the pool detects at 80 % power, the τ a perfect proxy expects given how much the
+cells differ against how much one cell's trainings do (``power``), and how well one training seed
+ranks the cells as the other does (``seed_rank_agreement``). One JSON document with provenance; a
+PNG of each proxy against the accuracy; a Markdown table of the same with target (c) (``--md``).
 """
 from __future__ import annotations
 
